@@ -1,0 +1,30 @@
+//! Credentials toolbox, usable by any layer above `store`: password hashing, TOTP codes and
+//! access tokens. None of it holds state about users; that is the session actors' job.
+
+pub mod password;
+pub mod token;
+pub mod totp;
+
+pub use password::PasswordHasher;
+pub use token::{AccessClaims, TokenIssuer};
+
+/// Why a credential was refused. Variants say nothing a client may not learn.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// Wrong password or unknown email: deliberately one case.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    #[error("account is inactive")]
+    AccountInactive,
+    #[error("invalid MFA code")]
+    InvalidMfaCode,
+    #[error("missing bearer token")]
+    MissingToken,
+    #[error("invalid token")]
+    InvalidToken,
+    #[error("token expired")]
+    TokenExpired,
+    /// The hashing machinery itself failed (a bad stored hash, a panicked worker).
+    #[error("password hashing failed: {0}")]
+    Hashing(String),
+}

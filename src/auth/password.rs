@@ -1,0 +1,153 @@
+//! scrypt password hashing, kept off the async runtime.
+//!
+//! Hashing costs tens of milliseconds of CPU by design. Run on a runtime worker it would stall
+//! every request scheduled there, and run inside a user actor it would stall that user's every
+//! request, so it runs on tokio's blocking pool. A semaphore bounds how many hashes run at
+//! once: a burst of logins queues here instead of spawning dozens of blocking threads that
+//! would each take a core.
+
+use std::sync::Arc;
+
+use scrypt::password_hash::{PasswordHasher as _, PasswordVerifier as _};
+use scrypt::phc::PasswordHash;
+use scrypt::{Params, Scrypt};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Semaphore;
+
+use super::AuthError;
+use crate::config::PasswordSettings;
+
+#[derive(Clone)]
+pub struct PasswordHasher {
+    scrypt: Scrypt,
+    permits: Arc<Semaphore>,
+    /// A hash of a random password, verified against when the email is unknown, so that an
+    /// unknown email costs the same time as a wrong password and timing tells nothing.
+    dummy_hash: Arc<str>,
+}
+
+impl PasswordHasher {
+    pub async fn new(settings: &PasswordSettings) -> Result<Self, AuthError> {
+        let params = Params::new(settings.log_n, settings.r, settings.p)
+            .map_err(|e| AuthError::Hashing(e.to_string()))?;
+        let mut hasher = Self {
+            scrypt: Scrypt::new_with_params(params),
+            permits: Arc::new(Semaphore::new(settings.max_concurrent_hashes)),
+            dummy_hash: Arc::from(""),
+        };
+        let random = SecretString::from(uuid::Uuid::new_v4().to_string());
+        hasher.dummy_hash = Arc::from(hasher.hash(random).await?);
+        Ok(hasher)
+    }
+
+    /// A fresh salted PHC string (`$scrypt$ln=..,r=..,p=..$salt$hash`).
+    pub async fn hash(&self, password: SecretString) -> Result<String, AuthError> {
+        let scrypt = self.scrypt;
+        self.run_blocking(move || {
+            scrypt
+                .hash_password(password.expose_secret().as_bytes())
+                .map(|hash| hash.to_string())
+                .map_err(|e| AuthError::Hashing(e.to_string()))
+        })
+        .await
+    }
+
+    /// Checks `password` against a stored hash, or against the dummy hash when there is no
+    /// user (`None`), in which case the answer is always false.
+    pub async fn verify(
+        &self,
+        password: SecretString,
+        stored: Option<&str>,
+    ) -> Result<bool, AuthError> {
+        let is_real = stored.is_some();
+        let stored: String = stored.unwrap_or(&self.dummy_hash).to_owned();
+        let scrypt = self.scrypt;
+        let matches = self
+            .run_blocking(move || {
+                let hash =
+                    PasswordHash::new(&stored).map_err(|e| AuthError::Hashing(e.to_string()))?;
+                Ok(scrypt
+                    .verify_password(password.expose_secret().as_bytes(), &hash)
+                    .is_ok())
+            })
+            .await?;
+        Ok(is_real && matches)
+    }
+
+    async fn run_blocking<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| AuthError::Hashing("hasher closed".into()))?;
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| AuthError::Hashing(format!("hashing task failed: {e}")))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cheap() -> PasswordSettings {
+        PasswordSettings {
+            log_n: 4,
+            r: 8,
+            p: 1,
+            max_concurrent_hashes: 2,
+        }
+    }
+
+    #[tokio::test]
+    async fn verifies_the_right_password_only() {
+        let hasher = PasswordHasher::new(&cheap()).await.unwrap();
+        let hash = hasher
+            .hash(SecretString::from("correct horse"))
+            .await
+            .unwrap();
+        assert!(hash.starts_with("$scrypt$ln=4,r=8,p=1$"), "{hash}");
+        assert!(
+            hasher
+                .verify("correct horse".into(), Some(&hash))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !hasher
+                .verify("wrong horse".into(), Some(&hash))
+                .await
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_dummy_hash_never_verifies() {
+        let hasher = PasswordHasher::new(&cheap()).await.unwrap();
+        assert!(!hasher.verify("anything".into(), None).await.unwrap());
+        assert!(!hasher.verify("".into(), None).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_hash_made_with_other_parameters_still_verifies() {
+        let old = PasswordHasher::new(&cheap()).await.unwrap();
+        let hash = old.hash("pw".into()).await.unwrap();
+        let new = PasswordHasher::new(&PasswordSettings {
+            log_n: 5,
+            ..cheap()
+        })
+        .await
+        .unwrap();
+        assert!(new.verify("pw".into(), Some(&hash)).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_stored_hash_is_an_error_not_a_match() {
+        let hasher = PasswordHasher::new(&cheap()).await.unwrap();
+        let err = hasher.verify("pw".into(), Some("not a phc string")).await;
+        assert!(matches!(err, Err(AuthError::Hashing(_))));
+    }
+}

@@ -1,0 +1,163 @@
+//! Access tokens: HS256 JWTs whose claims name a user (`sub`) and one session (`sid`).
+//!
+//! The algorithm is pinned: a token whose header says anything but HS256 (`none` included) is
+//! refused before its signature is looked at. Issuer, audience and expiry are checked with no
+//! leeway: we issue and verify on the same clock. A valid signature is not enough to get in:
+//! the session actors must also find the `sid` live, which is what makes logout immediate.
+
+use chrono::{DateTime, Utc};
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+
+use super::AuthError;
+use crate::config::JwtSettings;
+use crate::domain::{Session, SessionId, UserId};
+
+const ALGORITHM: Algorithm = Algorithm::HS256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The user id as a string, as RFC 7519 says `sub` is.
+    pub sub: String,
+    pub sid: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub iss: String,
+    pub aud: String,
+    pub jti: String,
+}
+
+/// The identity a verified token asserts; the session actors still decide if it is live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenSubject {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+}
+
+#[derive(Clone)]
+pub struct TokenIssuer {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    issuer: String,
+    audience: String,
+}
+
+impl TokenIssuer {
+    pub fn new(settings: &JwtSettings) -> Self {
+        let secret = settings.secret.expose_secret().as_bytes();
+        let mut validation = Validation::new(ALGORITHM);
+        validation.algorithms = vec![ALGORITHM];
+        validation.leeway = 0;
+        validation.validate_exp = true;
+        validation.set_issuer(&[&settings.issuer]);
+        validation.set_audience(&[&settings.audience]);
+        validation.set_required_spec_claims(&["exp", "iat", "sub", "iss", "aud"]);
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            issuer: settings.issuer.clone(),
+            audience: settings.audience.clone(),
+        }
+    }
+
+    /// A token for `session`, expiring when the session's absolute lifetime ends.
+    pub fn issue(&self, session: &Session, now: DateTime<Utc>) -> Result<String, AuthError> {
+        let claims = AccessClaims {
+            sub: session.user_id.to_string(),
+            sid: session.id.to_string(),
+            iat: now.timestamp(),
+            exp: session.expires_at.timestamp(),
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
+            .map_err(|e| AuthError::Hashing(format!("token signing failed: {e}")))
+    }
+
+    /// Checks signature, algorithm, issuer, audience and expiry, then parses the subject.
+    pub fn verify(&self, token: &str) -> Result<TokenSubject, AuthError> {
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::TokenExpired,
+                _ => AuthError::InvalidToken,
+            })?;
+        let claims = data.claims;
+        Ok(TokenSubject {
+            user_id: claims.sub.parse().map_err(|_| AuthError::InvalidToken)?,
+            session_id: claims.sid.parse().map_err(|_| AuthError::InvalidToken)?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Device;
+
+    fn settings(secret: &str) -> JwtSettings {
+        JwtSettings {
+            secret: secret.to_owned().into(),
+            issuer: "iss".into(),
+            audience: "aud".into(),
+        }
+    }
+
+    fn session(now: DateTime<Utc>) -> Session {
+        Session::open(
+            UserId::new(7),
+            Device::default(),
+            now,
+            chrono::Duration::hours(1),
+        )
+    }
+
+    #[test]
+    fn a_token_round_trips_to_its_session() {
+        let issuer = TokenIssuer::new(&settings("a-secret-of-reasonable-length!!!"));
+        let now = Utc::now();
+        let session = session(now);
+        let token = issuer.issue(&session, now).unwrap();
+        let subject = issuer.verify(&token).unwrap();
+        assert_eq!(subject.user_id, UserId::new(7));
+        assert_eq!(subject.session_id, session.id);
+    }
+
+    #[test]
+    fn another_key_issuer_or_audience_is_refused() {
+        let now = Utc::now();
+        let token = TokenIssuer::new(&settings("key-one"))
+            .issue(&session(now), now)
+            .unwrap();
+        assert_eq!(
+            TokenIssuer::new(&settings("key-two")).verify(&token),
+            Err(AuthError::InvalidToken)
+        );
+
+        let mut other = settings("key-one");
+        other.issuer = "someone-else".into();
+        assert_eq!(
+            TokenIssuer::new(&other).verify(&token),
+            Err(AuthError::InvalidToken)
+        );
+
+        let mut other = settings("key-one");
+        other.audience = "another-api".into();
+        assert_eq!(
+            TokenIssuer::new(&other).verify(&token),
+            Err(AuthError::InvalidToken)
+        );
+    }
+
+    #[test]
+    fn an_expired_token_says_so() {
+        let issuer = TokenIssuer::new(&settings("key"));
+        let then = Utc::now() - chrono::Duration::hours(2);
+        let token = issuer.issue(&session(then), then).unwrap();
+        assert_eq!(issuer.verify(&token), Err(AuthError::TokenExpired));
+    }
+}

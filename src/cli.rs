@@ -1,0 +1,46 @@
+//! The `finsec` command line: `serve` (the default), `migrate`, `seed`, `config check`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "finsec",
+    version,
+    about = "FinSec Sessions: login, MFA and live sessions for the FinSec Banking API"
+)]
+pub struct Cli {
+    /// Folder holding default.toml and the FINSEC_ENV overlays.
+    #[arg(
+        long,
+        env = "FINSEC_CONFIG_DIR",
+        default_value = "config",
+        global = true
+    )]
+    pub config_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service (the default when no command is given).
+    Serve,
+    /// Apply pending database migrations and exit.
+    Migrate,
+    /// Create the demo users (idempotent) and print one line per user.
+    Seed,
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigAction {
+    /// Load and validate the configuration, print a summary without secrets, and exit.
+    Check,
+}

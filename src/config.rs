@@ -1,0 +1,220 @@
+//! Typed settings, built once at start and passed down (no global statics, so every test can
+//! start a server with its own).
+//!
+//! Layers, later ones winning: `config/default.toml`, then `config/$FINSEC_ENV.toml` when
+//! `FINSEC_ENV` is set, then environment variables `FINSEC__SECTION__KEY`. Secrets are
+//! [`SecretString`]s: they never print, not even in a `Debug` of the whole settings.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+/// The JWT secret shipped in `config/default.toml` for local runs. Production refuses it.
+pub const DEMO_JWT_SECRET: &str = "demo-only-jwt-secret-do-not-use-in-production";
+/// HS256 keys shorter than this are guessable offline from any token; production refuses them.
+pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Which overlay was applied (`FINSEC_ENV`); `production` turns on the secret checks.
+    #[serde(default = "default_environment")]
+    pub environment: String,
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub jwt: JwtSettings,
+    pub password: PasswordSettings,
+    pub auth: AuthSettings,
+    pub session: SessionSettings,
+    pub actors: ActorSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct HttpSettings {
+    pub host: String,
+    pub port: u16,
+    pub body_limit: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    /// `memory` or a `mysql://` URL; secret because the URL carries the password.
+    pub url: SecretString,
+    pub max_connections: usize,
+}
+
+impl DatabaseSettings {
+    pub fn is_memory(&self) -> bool {
+        self.url.expose_secret() == "memory"
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JwtSettings {
+    pub secret: SecretString,
+    pub issuer: String,
+    pub audience: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PasswordSettings {
+    pub log_n: u8,
+    pub r: u32,
+    pub p: u32,
+    pub max_concurrent_hashes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    pub require_mfa_token: bool,
+    #[serde(with = "humantime_serde")]
+    pub mfa_challenge_ttl: Duration,
+    pub mfa_max_attempts: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SessionSettings {
+    #[serde(with = "humantime_serde")]
+    pub max_lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ActorSettings {
+    #[serde(with = "humantime_serde")]
+    pub call_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub revoke_retry: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+fn default_environment() -> String {
+    "development".to_owned()
+}
+
+/// Why the settings could not be built. Each message names the offending key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Load(String),
+    #[error("{key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+impl From<figment::Error> for ConfigError {
+    fn from(err: figment::Error) -> Self {
+        // figment's own message names the key ("for key `http.port`") and the file or env var
+        // it came from; flatten it to one line for the operator.
+        let message = err.to_string().replace('\n', " ");
+        let key = err.path.join(".");
+        if key.is_empty() || message.contains(&key) {
+            Self::Load(message)
+        } else {
+            Self::Load(format!("{key}: {message}"))
+        }
+    }
+}
+
+impl Settings {
+    /// Loads `dir/default.toml`, the `FINSEC_ENV` overlay and `FINSEC__*` variables from the
+    /// process environment.
+    pub fn load(dir: &Path) -> Result<Self, ConfigError> {
+        let environment = std::env::var("FINSEC_ENV").ok();
+        Self::from_figment(Self::figment(dir, environment.as_deref()))
+    }
+
+    /// The layered sources, before extraction; tests merge their own values on top.
+    pub fn figment(dir: &Path, environment: Option<&str>) -> Figment {
+        let mut figment = Figment::new().merge(Toml::file_exact(dir.join("default.toml")));
+        if let Some(env) = environment {
+            figment = figment
+                .merge(Toml::file_exact(overlay_path(dir, env)))
+                .merge(("environment", env));
+        }
+        figment.merge(Env::prefixed("FINSEC__").split("__"))
+    }
+
+    pub fn from_figment(figment: Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment.extract()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn is_production(&self) -> bool {
+        self.environment == "production"
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_owned(),
+            })
+        };
+        let secret = self.jwt.secret.expose_secret();
+        if secret.is_empty() {
+            return invalid("jwt.secret", "must not be empty");
+        }
+        if self.is_production() {
+            if secret == DEMO_JWT_SECRET {
+                return invalid(
+                    "jwt.secret",
+                    "is the demo secret from config/default.toml; set FINSEC__JWT__SECRET",
+                );
+            }
+            if secret.len() < MIN_PRODUCTION_SECRET_BYTES {
+                return invalid("jwt.secret", "must be at least 32 bytes in production");
+            }
+        }
+        let url = self.database.url.expose_secret();
+        if url != "memory" && !url.starts_with("mysql://") {
+            return invalid("database.url", "must be \"memory\" or a mysql:// URL");
+        }
+        if self.database.max_connections == 0 {
+            return invalid("database.max_connections", "must be at least 1");
+        }
+        if scrypt::Params::new(self.password.log_n, self.password.r, self.password.p).is_err()
+            || !(1..=20).contains(&self.password.log_n)
+        {
+            return invalid(
+                "password.log_n",
+                "scrypt parameters out of range (log_n 1..=20, r and p at least 1)",
+            );
+        }
+        if self.password.max_concurrent_hashes == 0 {
+            return invalid("password.max_concurrent_hashes", "must be at least 1");
+        }
+        if self.http.body_limit == 0 {
+            return invalid("http.body_limit", "must be at least 1 byte");
+        }
+        if self.auth.mfa_max_attempts == 0 {
+            return invalid("auth.mfa_max_attempts", "must be at least 1");
+        }
+        if self.session.max_lifetime.is_zero() {
+            return invalid("session.max_lifetime", "must be longer than zero");
+        }
+        if self.actors.call_timeout.is_zero() {
+            return invalid("actors.call_timeout", "must be longer than zero");
+        }
+        Ok(())
+    }
+}
+
+fn overlay_path(dir: &Path, environment: &str) -> PathBuf {
+    dir.join(format!("{environment}.toml"))
+}

@@ -1,0 +1,12 @@
+//! The service's vocabulary: values that are valid by construction. Each type can only be
+//! built by parsing, so code deeper in the service never re-checks what it holds.
+
+pub mod email;
+pub mod ids;
+pub mod session;
+pub mod user;
+
+pub use email::Email;
+pub use ids::{SessionId, UserId};
+pub use session::{Device, RevokeReason, Session};
+pub use user::{NewUser, User, UserProfile};

@@ -1,0 +1,143 @@
+//! One login on one device, and why it ended.
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::{SessionId, UserId};
+
+/// Where a session was opened from, as the client told us. Informational only: never trusted
+/// for authorisation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Device {
+    pub user_agent: Option<String>,
+    pub ip: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub user_id: UserId,
+    pub created_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+    /// Absolute end of the session; the access token's `exp` is this instant.
+    pub expires_at: DateTime<Utc>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoke_reason: Option<RevokeReason>,
+    pub device: Device,
+}
+
+impl Session {
+    pub fn open(
+        user_id: UserId,
+        device: Device,
+        now: DateTime<Utc>,
+        lifetime: chrono::Duration,
+    ) -> Self {
+        Self {
+            id: SessionId::random(),
+            user_id,
+            created_at: now,
+            last_seen_at: now,
+            expires_at: now + lifetime,
+            revoked_at: None,
+            revoke_reason: None,
+            device,
+        }
+    }
+
+    /// Live means neither revoked nor past its absolute end.
+    pub fn is_live(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && now < self.expires_at
+    }
+}
+
+/// Why a session ended; stored as the snake_case name in `sessions.revoke_reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    Logout,
+    LogoutAll,
+    Admin,
+    PasswordChanged,
+    IdleTimeout,
+    MaxLifetime,
+    SessionLimit,
+}
+
+impl RevokeReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Logout => "logout",
+            Self::LogoutAll => "logout_all",
+            Self::Admin => "admin",
+            Self::PasswordChanged => "password_changed",
+            Self::IdleTimeout => "idle_timeout",
+            Self::MaxLifetime => "max_lifetime",
+            Self::SessionLimit => "session_limit",
+        }
+    }
+}
+
+impl fmt::Display for RevokeReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown revoke reason {0:?}")]
+pub struct UnknownRevokeReason(pub String);
+
+impl FromStr for RevokeReason {
+    type Err = UnknownRevokeReason;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [
+            Self::Logout,
+            Self::LogoutAll,
+            Self::Admin,
+            Self::PasswordChanged,
+            Self::IdleTimeout,
+            Self::MaxLifetime,
+            Self::SessionLimit,
+        ]
+        .into_iter()
+        .find(|reason| reason.as_str() == s)
+        .ok_or_else(|| UnknownRevokeReason(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn revoke_reasons_round_trip_through_their_names() {
+        for reason in [
+            RevokeReason::Logout,
+            RevokeReason::SessionLimit,
+            RevokeReason::Admin,
+        ] {
+            assert_eq!(reason.as_str().parse::<RevokeReason>(), Ok(reason));
+        }
+        assert!("nonsense".parse::<RevokeReason>().is_err());
+    }
+
+    #[test]
+    fn a_session_dies_at_its_absolute_end_or_when_revoked() {
+        let now = Utc::now();
+        let mut session = Session::open(
+            UserId::new(1),
+            Device::default(),
+            now,
+            chrono::Duration::hours(1),
+        );
+        assert!(session.is_live(now));
+        assert!(!session.is_live(now + chrono::Duration::hours(1)));
+        session.revoked_at = Some(now);
+        assert!(!session.is_live(now));
+    }
+}

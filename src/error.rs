@@ -1,0 +1,166 @@
+//! [`ApiError`]: the one place where an error becomes an HTTP status and a body.
+//!
+//! Every body is `{"error": "<human message>", "code": "<stable_code>"}`. Lower layers have
+//! their own error types (`StoreError`, `AuthError`, `SessionError`); `From` impls fold them
+//! in here, and [`ApiError::status_and_code`] is the single `match` that decides what a
+//! client sees. A 5xx body is opaque; its cause goes to the log, never to the client.
+
+use serde::Serialize;
+use warp::Reply;
+use warp::http::StatusCode;
+use warp::reply::Response;
+
+use crate::auth::AuthError;
+use crate::sessions::SessionError;
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; the message says what to fix.
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("Request body is too large")]
+    PayloadTooLarge,
+    #[error("Invalid credentials")]
+    InvalidCredentials,
+    #[error("Account is inactive")]
+    AccountInactive,
+    #[error("Invalid MFA code")]
+    InvalidMfaCode,
+    #[error("Missing bearer token")]
+    MissingToken,
+    #[error("Invalid token")]
+    InvalidToken,
+    #[error("Token has expired")]
+    TokenExpired,
+    #[error("Session has ended")]
+    SessionEnded,
+    #[error("Forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error("Session not found")]
+    SessionNotFound,
+    #[error("Not found")]
+    NotFound,
+    #[error("Method not allowed")]
+    MethodNotAllowed,
+    /// A dependency (the database, a user actor) did not answer; retrying may work.
+    #[error("Service temporarily unavailable")]
+    Unavailable(String),
+    #[error("Internal server error")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    code: &'a str,
+}
+
+impl ApiError {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            Self::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            Self::AccountInactive => (StatusCode::FORBIDDEN, "account_inactive"),
+            Self::InvalidMfaCode => (StatusCode::UNAUTHORIZED, "invalid_mfa_code"),
+            Self::MissingToken => (StatusCode::UNAUTHORIZED, "missing_token"),
+            Self::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            Self::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
+            Self::SessionEnded => (StatusCode::UNAUTHORIZED, "session_ended"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+
+    pub fn to_response(&self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            // The cause is for operators only.
+            tracing::error!(%code, cause = ?self, "request failed");
+        }
+        let body = ErrorBody {
+            error: self.to_string(),
+            code,
+        };
+        let mut response = warp::reply::json(&body).into_response();
+        *response.status_mut() = status;
+        response
+    }
+}
+
+impl warp::reject::Reject for ApiError {}
+
+impl From<AuthError> for ApiError {
+    fn from(err: AuthError) -> Self {
+        match err {
+            AuthError::InvalidCredentials => Self::InvalidCredentials,
+            AuthError::AccountInactive => Self::AccountInactive,
+            AuthError::InvalidMfaCode => Self::InvalidMfaCode,
+            AuthError::MissingToken => Self::MissingToken,
+            AuthError::InvalidToken => Self::InvalidToken,
+            AuthError::TokenExpired => Self::TokenExpired,
+            AuthError::Hashing(cause) => Self::Internal(cause),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(_) => Self::Unavailable(err.to_string()),
+            StoreError::Conflict(_) | StoreError::Corrupt(_) | StoreError::Migration(_) => {
+                Self::Internal(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(err: SessionError) -> Self {
+        match err {
+            SessionError::Auth(auth) => auth.into(),
+            SessionError::NotFound => Self::SessionNotFound,
+            SessionError::Ended => Self::SessionEnded,
+            // Only reachable where a user id came from a verified token or a lookup; an
+            // unknown id there is a token for a deleted account.
+            SessionError::UnknownUser => Self::SessionEnded,
+            SessionError::Forbidden(why) => Self::Forbidden(why),
+            SessionError::Store(store) => store.into(),
+            SessionError::Unavailable(cause) => Self::Unavailable(cause),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_hide_their_cause() {
+        let err = ApiError::from(StoreError::Unavailable(
+            "password=hunter2 at db:3306".into(),
+        ));
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable")
+        );
+        assert!(!err.to_string().contains("hunter2"));
+        let err = ApiError::from(AuthError::Hashing("salt parse".into()));
+        assert_eq!(err.to_string(), "Internal server error");
+    }
+
+    #[test]
+    fn unknown_email_and_wrong_password_look_the_same() {
+        let err = ApiError::from(SessionError::Auth(AuthError::InvalidCredentials));
+        assert_eq!(
+            err.status_and_code(),
+            (StatusCode::UNAUTHORIZED, "invalid_credentials")
+        );
+        assert_eq!(err.to_string(), "Invalid credentials");
+    }
+}

@@ -1,0 +1,205 @@
+//! The FinSec Banking API's auth endpoints: login, verify-mfa, logout and me. Request and
+//! response field names are the original service's (camelCase in, snake_case out), so its
+//! clients keep working.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use secrecy::SecretString;
+use serde::Serialize;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::extract::{JsonObject, authenticated, device, json_object, with_state};
+use super::{AppState, respond};
+use crate::domain::{Device, Session, SessionId, UserId, UserProfile};
+use crate::error::ApiError;
+use crate::sessions::{Authenticated, Credentials, IssuedSession, LoginOutcome};
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.body_limit;
+    let auth = warp::path("api").and(warp::path("auth"));
+
+    let login = auth
+        .and(warp::path("login"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(json_object(limit, false))
+        .and(device())
+        .then(login)
+        .map(respond);
+
+    let verify_mfa = auth
+        .and(warp::path("verify-mfa"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(json_object(limit, false))
+        .and(device())
+        .then(verify_mfa)
+        .map(respond);
+
+    let logout = auth
+        .and(warp::path("logout"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(with_state(state.clone()))
+        .and(authenticated(state.clone()))
+        .and(json_object(limit, true))
+        .then(logout)
+        .map(respond);
+
+    let me = auth
+        .and(warp::path("me"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(authenticated(state))
+        .map(me);
+
+    login
+        .or(verify_mfa)
+        .unify()
+        .or(logout)
+        .unify()
+        .or(me)
+        .unify()
+}
+
+#[derive(Serialize)]
+struct SessionOpened {
+    message: &'static str,
+    access_token: String,
+    session_id: SessionId,
+    user: UserProfile,
+}
+
+impl SessionOpened {
+    fn new(message: &'static str, issued: IssuedSession) -> Self {
+        Self {
+            message,
+            access_token: issued.access_token,
+            session_id: issued.session.id,
+            user: issued.user,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct MfaRequired {
+    message: &'static str,
+    user_id: UserId,
+    require_mfa: bool,
+    mfa_token: String,
+}
+
+#[derive(Serialize)]
+struct Message {
+    message: &'static str,
+}
+
+/// A session as its owner may see it.
+#[derive(Serialize)]
+struct SessionView {
+    id: SessionId,
+    created_at: DateTime<Utc>,
+    last_seen_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    user_agent: Option<String>,
+    ip: Option<String>,
+}
+
+impl From<&Session> for SessionView {
+    fn from(s: &Session) -> Self {
+        Self {
+            id: s.id,
+            created_at: s.created_at,
+            last_seen_at: s.last_seen_at,
+            expires_at: s.expires_at,
+            user_agent: s.device.user_agent.clone(),
+            ip: s.device.ip.clone(),
+        }
+    }
+}
+
+fn credentials(body: &JsonObject) -> Result<Credentials, ApiError> {
+    Ok(Credentials {
+        email: body.email("email")?,
+        password: SecretString::from(body.string("password")?),
+    })
+}
+
+async fn login(
+    state: Arc<AppState>,
+    body: JsonObject,
+    device: Device,
+) -> Result<Response, ApiError> {
+    let credentials = credentials(&body)?;
+    Ok(match state.sessions.login(credentials, device).await? {
+        LoginOutcome::LoggedIn(issued) => {
+            warp::reply::json(&SessionOpened::new("Login successful", *issued)).into_response()
+        }
+        LoginOutcome::MfaRequired { user_id, mfa_token } => warp::reply::json(&MfaRequired {
+            message: "MFA verification required",
+            user_id,
+            require_mfa: true,
+            mfa_token,
+        })
+        .into_response(),
+    })
+}
+
+async fn verify_mfa(
+    state: Arc<AppState>,
+    body: JsonObject,
+    device: Device,
+) -> Result<Response, ApiError> {
+    let user_id = body.user_id("userId")?;
+    let code = body.string("otpCode")?;
+    let mfa_token = body.optional_string("mfaToken")?;
+    // The original clients' form: email and password resent with the code. Both or neither.
+    let has_email = body.optional_string("email")?.is_some();
+    let has_password = body.optional_string("password")?.is_some();
+    let credentials = match (has_email, has_password) {
+        (true, true) => Some(credentials(&body)?),
+        (false, false) => None,
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "`email` and `password` must be sent together".into(),
+            ));
+        }
+    };
+    let issued = state
+        .sessions
+        .verify_mfa(user_id, code, mfa_token, credentials, device)
+        .await?;
+    Ok(
+        warp::reply::json(&SessionOpened::new("MFA verification successful", issued))
+            .into_response(),
+    )
+}
+
+async fn logout(
+    state: Arc<AppState>,
+    caller: Authenticated,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let user_id = body.optional_user_id("userId")?;
+    let session_id = body.optional_session_id("sessionId")?;
+    state.sessions.logout(&caller, user_id, session_id).await?;
+    Ok(warp::reply::json(&Message {
+        message: "Logged out successfully",
+    })
+    .into_response())
+}
+
+fn me(caller: Authenticated) -> Response {
+    warp::reply::json(&serde_json::json!({
+        "user": caller.user,
+        "session": SessionView::from(&caller.session),
+    }))
+    .into_response()
+}

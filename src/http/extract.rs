@@ -1,0 +1,276 @@
+//! Request extraction: the guard that turns a bearer token into an [`Authenticated`] caller,
+//! JSON bodies read under a size limit, and typed field access that answers every malformed
+//! input with a 400 naming the field. Parse at the edge: handlers receive typed values.
+//!
+//! Field errors never echo the value sent: a mistyped password must not come back in a
+//! response body or a log line.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::{Buf, BytesMut};
+use futures_util::{Stream, StreamExt};
+use serde_json::{Map, Value};
+use warp::{Filter, Rejection};
+
+use super::AppState;
+use crate::domain::{Device, Email, SessionId, UserId};
+use crate::error::ApiError;
+use crate::sessions::Authenticated;
+
+/// Longest user agent we keep (the column's width); the rest is noise.
+const MAX_USER_AGENT: usize = 512;
+
+pub fn with_state(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Infallible> + Clone {
+    warp::any().map(move || state.clone())
+}
+
+/// The caller, authenticated: signature, algorithm, issuer, audience, expiry, then the
+/// session live in the user's actor. Rejects with a 401 otherwise.
+pub fn authenticated(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Authenticated,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("authorization")
+        .and(with_state(state))
+        .and_then(|header: Option<String>, state: Arc<AppState>| async move {
+            let token = bearer_token(header.as_deref()).map_err(warp::reject::custom)?;
+            state
+                .sessions
+                .authenticate(token)
+                .await
+                .map_err(|e| warp::reject::custom(ApiError::from(e)))
+        })
+}
+
+fn bearer_token(header: Option<&str>) -> Result<&str, ApiError> {
+    let header = header.ok_or(ApiError::MissingToken)?;
+    let (scheme, token) = header
+        .trim()
+        .split_once(' ')
+        .ok_or(ApiError::InvalidToken)?;
+    if !scheme.eq_ignore_ascii_case("bearer") || token.trim().is_empty() {
+        return Err(ApiError::InvalidToken);
+    }
+    Ok(token.trim())
+}
+
+/// Where the request came from: user agent and peer address. Informational only.
+pub fn device() -> impl Filter<Extract = (Device,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("user-agent")
+        .and(warp::addr::remote())
+        .map(
+            |agent: Option<String>, addr: Option<std::net::SocketAddr>| Device {
+                user_agent: agent.map(|a| a.chars().take(MAX_USER_AGENT).collect()),
+                ip: addr.map(|a| a.ip().to_string()),
+            },
+        )
+}
+
+/// A JSON object body of at most `limit` bytes. An empty body is `{}` when `optional`.
+pub fn json_object(
+    limit: u64,
+    optional: bool,
+) -> impl Filter<Extract = (JsonObject,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, body| async move {
+            read_object(length, body, limit, optional)
+                .await
+                .map_err(warp::reject::custom)
+        })
+}
+
+async fn read_object<S, B>(
+    declared: Option<u64>,
+    body: S,
+    limit: u64,
+    optional: bool,
+) -> Result<JsonObject, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    // Refuse a declared oversize body before reading a byte of it; count a chunked one as
+    // it arrives.
+    if declared.is_some_and(|len| len > limit) {
+        return Err(ApiError::PayloadTooLarge);
+    }
+    let mut bytes = BytesMut::new();
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let mut chunk =
+            chunk.map_err(|_| ApiError::InvalidRequest("Request body could not be read".into()))?;
+        if (bytes.len() + chunk.remaining()) as u64 > limit {
+            return Err(ApiError::PayloadTooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            bytes.extend_from_slice(part);
+            let n = part.len();
+            chunk.advance(n);
+        }
+    }
+    if optional && bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(JsonObject(Map::new()));
+    }
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(map)) => Ok(JsonObject(map)),
+        Ok(_) => Err(ApiError::InvalidRequest(
+            "Request body must be a JSON object".into(),
+        )),
+        Err(_) => Err(ApiError::InvalidRequest(
+            "Request body must be valid JSON".into(),
+        )),
+    }
+}
+
+/// A parsed JSON object with typed, validating accessors.
+#[derive(Debug, Default)]
+pub struct JsonObject(Map<String, Value>);
+
+impl JsonObject {
+    fn present(&self, field: &str) -> Option<&Value> {
+        self.0.get(field).filter(|v| !v.is_null())
+    }
+
+    /// A required, non-empty string.
+    pub fn string(&self, field: &str) -> Result<String, ApiError> {
+        self.optional_string(field)?
+            .ok_or_else(|| ApiError::InvalidRequest(format!("`{field}` is required")))
+    }
+
+    /// A string that may be absent or null; present but empty or not a string is an error.
+    pub fn optional_string(&self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(Value::String(s)) if s.is_empty() => Err(ApiError::InvalidRequest(format!(
+                "`{field}` must not be empty"
+            ))),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(ApiError::InvalidRequest(format!(
+                "`{field}` must be a string"
+            ))),
+        }
+    }
+
+    pub fn email(&self, field: &str) -> Result<Email, ApiError> {
+        Email::parse(&self.string(field)?)
+            .map_err(|e| ApiError::InvalidRequest(format!("`{field}` {e}")))
+    }
+
+    pub fn optional_email(&self, field: &str) -> Result<Option<Email>, ApiError> {
+        self.optional_string(field)?
+            .map(|raw| {
+                Email::parse(&raw).map_err(|e| ApiError::InvalidRequest(format!("`{field}` {e}")))
+            })
+            .transpose()
+    }
+
+    /// A user id: a positive integer, or a string of digits (the original clients sent both).
+    pub fn optional_user_id(&self, field: &str) -> Result<Option<UserId>, ApiError> {
+        let invalid = || ApiError::InvalidRequest(format!("`{field}` must be a positive integer"));
+        let id = match self.present(field) {
+            None => return Ok(None),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(invalid)?,
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                s.parse().map_err(|_| invalid())?
+            }
+            Some(_) => return Err(invalid()),
+        };
+        if id == 0 {
+            return Err(invalid());
+        }
+        Ok(Some(UserId::new(id)))
+    }
+
+    pub fn user_id(&self, field: &str) -> Result<UserId, ApiError> {
+        self.optional_user_id(field)?
+            .ok_or_else(|| ApiError::InvalidRequest(format!("`{field}` is required")))
+    }
+
+    pub fn optional_session_id(&self, field: &str) -> Result<Option<SessionId>, ApiError> {
+        self.optional_string(field)?
+            .map(|raw| {
+                raw.parse()
+                    .map_err(|_| ApiError::InvalidRequest(format!("`{field}` must be a UUID")))
+            })
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(json: &str) -> JsonObject {
+        match serde_json::from_str(json).unwrap() {
+            Value::Object(map) => JsonObject(map),
+            _ => panic!("not an object"),
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_are_parsed_strictly() {
+        assert_eq!(bearer_token(Some("Bearer abc")).unwrap(), "abc");
+        assert_eq!(bearer_token(Some("bearer  abc ")).unwrap(), "abc");
+        assert!(matches!(bearer_token(None), Err(ApiError::MissingToken)));
+        assert!(matches!(
+            bearer_token(Some("Basic abc")),
+            Err(ApiError::InvalidToken)
+        ));
+        assert!(matches!(
+            bearer_token(Some("Bearer")),
+            Err(ApiError::InvalidToken)
+        ));
+        assert!(matches!(
+            bearer_token(Some("Bearer  ")),
+            Err(ApiError::InvalidToken)
+        ));
+    }
+
+    #[test]
+    fn user_ids_accept_numbers_and_digit_strings_only() {
+        let body = object(r#"{"a": 5, "b": "6", "c": -1, "d": "x", "e": 1.5, "f": 0, "g": null}"#);
+        assert_eq!(body.optional_user_id("a").unwrap(), Some(UserId::new(5)));
+        assert_eq!(body.optional_user_id("b").unwrap(), Some(UserId::new(6)));
+        for field in ["c", "d", "e", "f"] {
+            assert!(body.optional_user_id(field).is_err(), "{field}");
+        }
+        assert_eq!(body.optional_user_id("g").unwrap(), None);
+        assert!(body.user_id("missing").is_err());
+    }
+
+    #[test]
+    fn field_errors_do_not_echo_the_value() {
+        let body = object(r#"{"password": 12345678, "email": "hunter2"}"#);
+        let err = body.string("password").unwrap_err().to_string();
+        assert!(!err.contains("12345678"), "{err}");
+        let err = body.email("email").unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn bodies_over_the_limit_are_refused_declared_or_not() {
+        let chunks = || {
+            futures_util::stream::iter(vec![Ok::<_, warp::Error>(bytes::Bytes::from(vec![
+                b' ';
+                10
+            ]))])
+        };
+        assert!(matches!(
+            read_object(Some(11), chunks(), 10, true).await,
+            Err(ApiError::PayloadTooLarge)
+        ));
+        assert!(matches!(
+            read_object(None, chunks(), 9, true).await,
+            Err(ApiError::PayloadTooLarge)
+        ));
+        assert!(read_object(None, chunks(), 10, true).await.is_ok());
+        assert!(matches!(
+            read_object(None, chunks(), 10, false).await,
+            Err(ApiError::InvalidRequest(_))
+        ));
+    }
+}

@@ -1,0 +1,71 @@
+//! The HTTP edge (warp). [`routes`] assembles every endpoint; handlers parse requests into
+//! typed values, call [`Sessions`], and shape the FinSec API's JSON. Errors of any kind,
+//! a handler's or warp's own (unknown path, wrong method, bad header), become an
+//! [`ApiError`] and leave through its single mapping.
+
+mod auth;
+pub mod extract;
+mod health;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::error::ApiError;
+use crate::sessions::Sessions;
+
+/// What every handler may use.
+pub struct AppState {
+    pub sessions: Sessions,
+    pub body_limit: u64,
+}
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
+    health::routes()
+        .or(auth::routes(state))
+        .unify()
+        .recover(recover)
+        .unify()
+        // Nothing this service returns may be cached: tokens, profiles, session lists.
+        .with(warp::reply::with::header("cache-control", "no-store"))
+        .with(warp::reply::with::header(
+            "x-content-type-options",
+            "nosniff",
+        ))
+        .with(warp::trace::request())
+        .map(Reply::into_response)
+}
+
+/// A handler's result as a response: success as is, failure through [`ApiError`].
+fn respond<R: Reply>(result: Result<R, ApiError>) -> Response {
+    match result {
+        Ok(reply) => reply.into_response(),
+        Err(err) => err.to_response(),
+    }
+}
+
+/// Turns any rejection into the JSON error shape.
+async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
+    let err = if let Some(api) = rejection.find::<ApiError>() {
+        return Ok(api.to_response());
+    } else if rejection.is_not_found() {
+        ApiError::NotFound
+    } else if rejection.find::<warp::reject::MethodNotAllowed>().is_some() {
+        ApiError::MethodNotAllowed
+    } else if rejection.find::<warp::reject::PayloadTooLarge>().is_some() {
+        ApiError::PayloadTooLarge
+    } else if let Some(header) = rejection.find::<warp::reject::InvalidHeader>() {
+        ApiError::InvalidRequest(format!("Invalid header `{}`", header.name()))
+    } else if let Some(header) = rejection.find::<warp::reject::MissingHeader>() {
+        ApiError::InvalidRequest(format!("Missing header `{}`", header.name()))
+    } else if rejection.find::<warp::reject::InvalidQuery>().is_some() {
+        ApiError::InvalidRequest("Invalid query string".into())
+    } else {
+        ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
+    };
+    Ok(err.to_response())
+}

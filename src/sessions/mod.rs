@@ -1,0 +1,280 @@
+//! Live sessions: the per-user actors that own them, the registry that finds those actors,
+//! the supervisor that watches them, and [`Sessions`], the operations the HTTP layer calls.
+//!
+//! Flow of a login: `Sessions::login` looks the email up in the store (a read), verifies the
+//! password on the blocking pool (never in an actor), then asks the user's actor to open a
+//! session or an MFA challenge. Every change to a user's sessions happens inside that user's
+//! actor, which writes it to the store before it answers.
+
+pub mod messages;
+pub mod registry;
+pub mod supervisor;
+pub mod user_actor;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use ractor::{Actor, ActorRef};
+use secrecy::SecretString;
+
+use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
+use crate::domain::{Device, Email, RevokeReason, Session, SessionId, UserId, UserProfile};
+use crate::store::{DynStore, StoreError};
+pub use messages::{LoginStep, MfaAttempt, SessionGrant, SupervisorMsg, UserMsg};
+pub use registry::{Registry, Residents};
+pub use supervisor::SessionSupervisor;
+pub use user_actor::SessionPolicy;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The session named by a request is not a live session of this user.
+    #[error("session not found")]
+    NotFound,
+    /// The session a token names has ended (logged out, revoked or expired).
+    #[error("session has ended")]
+    Ended,
+    /// The user id names no account.
+    #[error("unknown user")]
+    UnknownUser,
+    /// The caller may not act on that user's sessions.
+    #[error("forbidden: {0}")]
+    Forbidden(&'static str),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The user's actor could not answer in time, or could not start.
+    #[error("sessions unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A fresh session and the token that carries it.
+#[derive(Debug, Clone)]
+pub struct IssuedSession {
+    pub access_token: String,
+    pub session: Session,
+    pub user: UserProfile,
+}
+
+#[derive(Debug, Clone)]
+pub enum LoginOutcome {
+    LoggedIn(Box<IssuedSession>),
+    MfaRequired { user_id: UserId, mfa_token: String },
+}
+
+/// What an authenticated request knows about its caller: a verified token whose session the
+/// user's actor has just confirmed live.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub session: Session,
+    pub user: UserProfile,
+}
+
+/// The email and password of the original FinSec `verify-mfa` form.
+pub struct Credentials {
+    pub email: Email,
+    pub password: SecretString,
+}
+
+pub struct Sessions {
+    store: DynStore,
+    registry: Registry,
+    supervisor: ActorRef<SupervisorMsg>,
+    hasher: PasswordHasher,
+    tokens: TokenIssuer,
+    require_mfa_token: bool,
+}
+
+pub struct SessionsConfig {
+    pub policy: SessionPolicy,
+    pub call_timeout: std::time::Duration,
+    pub require_mfa_token: bool,
+}
+
+impl Sessions {
+    /// Starts the supervisor and wires the registry to it.
+    pub async fn start(
+        store: DynStore,
+        hasher: PasswordHasher,
+        tokens: TokenIssuer,
+        config: SessionsConfig,
+    ) -> Result<Self, SessionError> {
+        let residents = Arc::new(Residents::default());
+        let (supervisor, _handle) = Actor::spawn(None, SessionSupervisor, residents.clone())
+            .await
+            .map_err(|e| SessionError::Unavailable(format!("supervisor failed to start: {e}")))?;
+        let registry = Registry::new(
+            residents,
+            supervisor.get_cell(),
+            store.clone(),
+            Arc::new(config.policy),
+            config.call_timeout,
+        );
+        Ok(Self {
+            store,
+            registry,
+            supervisor,
+            hasher,
+            tokens,
+            require_mfa_token: config.require_mfa_token,
+        })
+    }
+
+    /// Stops the supervisor and, with it, every user actor.
+    pub fn stop(&self) {
+        self.supervisor.stop(Some("shutdown".into()));
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// The password step. An unknown email and a wrong password are the same error and cost
+    /// the same scrypt verification.
+    pub async fn login(
+        &self,
+        credentials: Credentials,
+        device: Device,
+    ) -> Result<LoginOutcome, SessionError> {
+        let user_id = self.check_password(credentials).await?;
+        let step = self
+            .registry
+            .ask(user_id, |reply| UserMsg::Login {
+                device: device.clone(),
+                reply,
+            })
+            .await?;
+        Ok(match step {
+            LoginStep::SessionOpened(grant) => {
+                LoginOutcome::LoggedIn(Box::new(self.issue(*grant)?))
+            }
+            LoginStep::MfaRequired { mfa_token } => {
+                LoginOutcome::MfaRequired { user_id, mfa_token }
+            }
+        })
+    }
+
+    /// The second factor. With `credentials` (the original clients' form) the password is
+    /// checked here and stands in for the challenge; without, the challenge opened by the
+    /// password step must be pending in the user's actor.
+    pub async fn verify_mfa(
+        &self,
+        user_id: UserId,
+        code: String,
+        mfa_token: Option<String>,
+        credentials: Option<Credentials>,
+        device: Device,
+    ) -> Result<IssuedSession, SessionError> {
+        let password_verified = match credentials {
+            Some(credentials) => {
+                // The email must be this user's: a right password for another account does
+                // not open this one, and says no more than a wrong password would.
+                if self.check_password(credentials).await? != user_id {
+                    return Err(AuthError::InvalidCredentials.into());
+                }
+                true
+            }
+            None => {
+                if self.require_mfa_token && mfa_token.is_none() {
+                    return Err(AuthError::InvalidMfaCode.into());
+                }
+                false
+            }
+        };
+        let attempt = MfaAttempt {
+            code,
+            mfa_token,
+            password_verified,
+            device,
+        };
+        let grant = self
+            .registry
+            .ask(user_id, |reply| UserMsg::VerifyMfa {
+                attempt: attempt.clone(),
+                reply,
+            })
+            .await
+            .map_err(|err| match err {
+                // Guessing codes for ids that do not exist must look like a wrong code.
+                SessionError::UnknownUser => AuthError::InvalidMfaCode.into(),
+                other => other,
+            })?;
+        self.issue(grant)
+    }
+
+    /// Verifies a bearer token and asks the user's actor whether its session is live.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, SessionError> {
+        let subject = self.tokens.verify(token)?;
+        let grant = self
+            .registry
+            .ask(subject.user_id, |reply| UserMsg::Validate {
+                session_id: subject.session_id,
+                reply,
+            })
+            .await
+            .map_err(|err| match err {
+                SessionError::UnknownUser => SessionError::Ended,
+                other => other,
+            })?;
+        Ok(Authenticated {
+            user_id: subject.user_id,
+            session_id: subject.session_id,
+            session: grant.session,
+            user: grant.user,
+        })
+    }
+
+    /// Ends one of the caller's own sessions (their current one by default).
+    pub async fn logout(
+        &self,
+        caller: &Authenticated,
+        user_id: Option<UserId>,
+        session_id: Option<SessionId>,
+    ) -> Result<(), SessionError> {
+        if user_id.is_some_and(|id| id != caller.user_id) {
+            return Err(SessionError::Forbidden(
+                "you can only end your own sessions",
+            ));
+        }
+        let session_id = session_id.unwrap_or(caller.session_id);
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::Revoke {
+                session_id,
+                reason: RevokeReason::Logout,
+                reply,
+            })
+            .await
+    }
+
+    /// Looks the email up and verifies the password; the user id on success.
+    async fn check_password(&self, credentials: Credentials) -> Result<UserId, SessionError> {
+        let user = self.store.user_by_email(&credentials.email).await?;
+        let stored = user.as_ref().map(|u| u.password_hash.as_str());
+        let verified = self.hasher.verify(credentials.password, stored).await?;
+        match user {
+            Some(user) if verified => {
+                if user.is_active {
+                    Ok(user.id)
+                } else {
+                    Err(AuthError::AccountInactive.into())
+                }
+            }
+            _ => Err(AuthError::InvalidCredentials.into()),
+        }
+    }
+
+    fn issue(&self, grant: SessionGrant) -> Result<IssuedSession, SessionError> {
+        let access_token = self.tokens.issue(&grant.session, Utc::now())?;
+        Ok(IssuedSession {
+            access_token,
+            session: grant.session,
+            user: grant.user,
+        })
+    }
+}

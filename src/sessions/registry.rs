@@ -1,0 +1,160 @@
+//! Which user actors are resident: user id → `ActorRef`, spawning an actor on first use.
+//!
+//! Race-free get-or-spawn: each user's entry is a `OnceCell` created under the dashmap entry
+//! lock, and the (async) spawn runs inside `get_or_try_init` after the lock is released. Two
+//! concurrent first requests for one user share one cell, so exactly one actor is spawned and
+//! both get it; requests for other users never wait on it. Actors are unnamed: ractor names
+//! are global, and a name would only add a second way for two spawns to collide.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorCell, ActorId, ActorRef, MessagingErr, SpawnErr};
+use tokio::sync::OnceCell;
+
+use super::SessionError;
+use super::messages::{Reply, UserMsg};
+use super::user_actor::{SessionPolicy, StartError, UserActor, UserActorArgs};
+use crate::domain::UserId;
+use crate::store::DynStore;
+
+/// The resident actors, shared by the registry (which adds) and the supervisor (which
+/// removes an actor when it stops or fails).
+#[derive(Default)]
+pub struct Residents {
+    by_user: DashMap<UserId, Arc<OnceCell<ActorRef<UserMsg>>>>,
+    by_actor: DashMap<ActorId, UserId>,
+}
+
+impl Residents {
+    /// Drops a stopped or failed actor. Only that actor's entry goes: if the user already has
+    /// a newer actor, it stays.
+    pub fn forget(&self, actor: ActorId) -> Option<UserId> {
+        let (_, user) = self.by_actor.remove(&actor)?;
+        self.by_user.remove_if(&user, |_, cell| {
+            cell.get().map(|a| a.get_id()) == Some(actor)
+        });
+        Some(user)
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_actor.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_actor.is_empty()
+    }
+
+    fn actor_of(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
+        self.by_user.get(&user).and_then(|cell| cell.get().cloned())
+    }
+}
+
+pub struct Registry {
+    residents: Arc<Residents>,
+    supervisor: ActorCell,
+    store: DynStore,
+    policy: Arc<SessionPolicy>,
+    call_timeout: Duration,
+}
+
+impl Registry {
+    pub fn new(
+        residents: Arc<Residents>,
+        supervisor: ActorCell,
+        store: DynStore,
+        policy: Arc<SessionPolicy>,
+        call_timeout: Duration,
+    ) -> Self {
+        Self {
+            residents,
+            supervisor,
+            store,
+            policy,
+            call_timeout,
+        }
+    }
+
+    /// Asks `user`'s actor a question and waits at most the configured call timeout.
+    ///
+    /// If the actor died after we looked it up (its mailbox is closed), it is forgotten and
+    /// the question is asked once more of a fresh actor, loaded from the store. If it died
+    /// while handling the question, we do not ask again: the write may or may not have
+    /// happened, and the caller hears 503.
+    pub async fn ask<T: Send + 'static>(
+        &self,
+        user: UserId,
+        question: impl Fn(Reply<T>) -> UserMsg,
+    ) -> Result<T, SessionError> {
+        for _ in 0..2 {
+            let actor = self.actor_for(user).await?;
+            match actor.call(&question, Some(self.call_timeout)).await {
+                Ok(CallResult::Success(answer)) => return answer,
+                Ok(CallResult::Timeout) => {
+                    return Err(SessionError::Unavailable("user actor timed out".into()));
+                }
+                Ok(CallResult::SenderError) => {
+                    return Err(SessionError::Unavailable(
+                        "user actor stopped mid-request".into(),
+                    ));
+                }
+                Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
+                    self.residents.forget(actor.get_id());
+                }
+                Err(other) => return Err(SessionError::Unavailable(other.to_string())),
+            }
+        }
+        Err(SessionError::Unavailable(
+            "user actor keeps stopping".into(),
+        ))
+    }
+
+    /// The user's resident actor, if any, without spawning one.
+    pub fn resident(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
+        self.residents.actor_of(user)
+    }
+
+    async fn actor_for(&self, user: UserId) -> Result<ActorRef<UserMsg>, SessionError> {
+        // The entry guard is dropped at the end of this statement: never held across `.await`.
+        let cell = self.residents.by_user.entry(user).or_default().clone();
+        match cell.get_or_try_init(|| self.spawn(user)).await {
+            Ok(actor) => Ok(actor.clone()),
+            Err(err) => {
+                // Leave no empty cell behind for a user id that failed to load (it may not
+                // exist at all: an attacker's guess must not grow the map).
+                self.residents
+                    .by_user
+                    .remove_if(&user, |_, c| c.get().is_none());
+                Err(err)
+            }
+        }
+    }
+
+    async fn spawn(&self, user: UserId) -> Result<ActorRef<UserMsg>, SessionError> {
+        let args = UserActorArgs {
+            user_id: user,
+            store: self.store.clone(),
+            policy: self.policy.clone(),
+        };
+        let (actor, _handle) = Actor::spawn_linked(None, UserActor, args, self.supervisor.clone())
+            .await
+            .map_err(start_error)?;
+        self.residents.by_actor.insert(actor.get_id(), user);
+        Ok(actor)
+    }
+}
+
+fn start_error(err: SpawnErr) -> SessionError {
+    if let SpawnErr::StartupFailed(cause) = &err {
+        match cause.downcast_ref::<StartError>() {
+            Some(StartError::UnknownUser) => return SessionError::UnknownUser,
+            Some(StartError::Store(store)) => {
+                return SessionError::Unavailable(format!("loading user failed: {store}"));
+            }
+            None => {}
+        }
+    }
+    SessionError::Unavailable(format!("user actor failed to start: {err}"))
+}

@@ -1,0 +1,169 @@
+//! Building and running the service: [`Application::build`] opens the store, starts the
+//! session actors and binds the listener (port 0 picks a free port, which is how every test
+//! runs its own server); [`Application::run_until_stopped`] serves until the shutdown future
+//! resolves, then stops the actors and closes the store.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret;
+use tokio::net::TcpListener;
+
+use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
+use crate::config::Settings;
+use crate::http::{self, AppState};
+use crate::seed::{self, SeedError};
+use crate::sessions::{SessionError, SessionPolicy, Sessions, SessionsConfig};
+use crate::store::{self, DynStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("database: {0}")]
+    Store(#[from] StoreError),
+    #[error("password hasher: {0}")]
+    Hasher(#[from] AuthError),
+    #[error("seeding demo users: {0}")]
+    Seed(#[from] SeedError),
+    #[error("session actors: {0}")]
+    Sessions(#[from] SessionError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("config: {key}: {reason}")]
+    Config { key: &'static str, reason: String },
+}
+
+pub struct Application {
+    listener: TcpListener,
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    store: DynStore,
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let store = store::connect(
+            settings.database.url.expose_secret(),
+            settings.database.max_connections,
+        )
+        .await?;
+        Self::build_with_store(settings, store).await
+    }
+
+    /// Like [`build`](Self::build) on a store that is already open (tests, tools).
+    pub async fn build_with_store(
+        settings: &Settings,
+        store: DynStore,
+    ) -> Result<Self, StartupError> {
+        let hasher = PasswordHasher::new(&settings.password).await?;
+        if settings.database.is_memory() {
+            // The embedded store starts empty every time; give it the demo users.
+            for line in seed::ensure_demo_users(store.as_ref(), &hasher).await? {
+                tracing::info!(email = %line.email, "demo user ready");
+            }
+        }
+        let policy = SessionPolicy {
+            max_lifetime: chrono_duration(settings.session.max_lifetime, "session.max_lifetime")?,
+            mfa_challenge_ttl: chrono_duration(
+                settings.auth.mfa_challenge_ttl,
+                "auth.mfa_challenge_ttl",
+            )?,
+            mfa_max_attempts: settings.auth.mfa_max_attempts,
+            revoke_retry: settings.actors.revoke_retry,
+        };
+        let sessions = Sessions::start(
+            store.clone(),
+            hasher,
+            TokenIssuer::new(&settings.jwt),
+            SessionsConfig {
+                policy,
+                call_timeout: settings.actors.call_timeout,
+                require_mfa_token: settings.auth.require_mfa_token,
+            },
+        )
+        .await?;
+
+        let addr = format!("{}:{}", settings.http.host, settings.http.port);
+        let listener = TcpListener::bind(&addr)
+            .await
+            .map_err(|source| StartupError::Bind {
+                addr: addr.clone(),
+                source,
+            })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let state = Arc::new(AppState {
+            sessions,
+            body_limit: settings.http.body_limit,
+        });
+        Ok(Self {
+            listener,
+            addr,
+            state,
+            store,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The running session machinery, for tests that reach behind the HTTP API.
+    pub fn state(&self) -> Arc<AppState> {
+        self.state.clone()
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
+        tracing::info!(addr = %self.addr, "listening");
+        warp::serve(http::routes(self.state.clone()))
+            .incoming(self.listener)
+            .graceful(shutdown)
+            .run()
+            .await;
+        self.state.sessions.stop();
+        if let Err(err) = self.store.close().await {
+            tracing::warn!(error = %err, "closing the store failed");
+        }
+        tracing::info!("stopped");
+    }
+}
+
+fn chrono_duration(
+    d: std::time::Duration,
+    key: &'static str,
+) -> Result<chrono::Duration, StartupError> {
+    chrono::Duration::from_std(d).map_err(|_| StartupError::Config {
+        key,
+        reason: "duration is too long".into(),
+    })
+}
+
+/// Resolves on Ctrl-C or SIGTERM (what `docker stop` sends).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
