@@ -1,0 +1,375 @@
+//! `spawn_app()`: a real server on a random port over a fresh MariaDB database, and a client
+//! with one method per endpoint, so tests read like a client's story.
+
+use std::sync::{Arc, Mutex, Once};
+use std::time::Duration;
+
+use figment::Figment;
+use finsec::auth::PasswordHasher;
+use finsec::auth::totp::TotpCode;
+use finsec::config::Settings;
+use finsec::domain::{Email, NewUser, UserId};
+use finsec::http::AppState;
+use finsec::startup::Application;
+use finsec::store::{MySqlStore, SessionStore};
+use reqwest::{Response, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+#[path = "../support/database.rs"]
+mod database;
+pub use database::TestDatabase;
+
+pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough-0123456789";
+pub const ISSUER: &str = "finsec-sessions";
+pub const AUDIENCE: &str = "finsec-banking-api";
+
+/// Everything the service logs during the test run, so a test can prove what it never logs.
+pub static CAPTURED_LOGS: Mutex<Vec<u8>> = Mutex::new(Vec::new());
+
+struct CaptureWriter;
+
+impl std::io::Write for CaptureWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        CAPTURED_LOGS.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        tracing_subscriber::fmt()
+            .with_env_filter("finsec=trace,warp=debug,ractor=debug")
+            .with_writer(|| CaptureWriter)
+            .with_ansi(false)
+            .init();
+    });
+}
+
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&CAPTURED_LOGS.lock().unwrap()).into_owned()
+}
+
+/// A user created directly in the test's database.
+#[derive(Debug, Clone)]
+pub struct TestUser {
+    pub id: UserId,
+    pub email: String,
+    pub password: String,
+    pub totp_secret: Option<String>,
+}
+
+impl TestUser {
+    /// The TOTP code for `offset_steps` steps from now.
+    pub fn totp_code(&self, offset_steps: i64) -> String {
+        let secret = self.totp_secret.as_deref().expect("user has MFA");
+        let now = chrono::Utc::now().timestamp() + offset_steps * 30;
+        TotpCode::from_base32(secret).unwrap().generate(now as u64)
+    }
+
+    pub fn credentials(&self) -> Value {
+        json!({"email": self.email, "password": self.password})
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct UserSpec {
+    pub mfa: bool,
+    pub inactive: bool,
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub db: TestDatabase,
+    pub settings: Settings,
+    pub state: Arc<AppState>,
+    pub client: reqwest::Client,
+    store: MySqlStore,
+    hasher: PasswordHasher,
+    server: Option<Server>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|figment| figment).await
+}
+
+/// Starts the service with test settings, adjusted by `configure`.
+pub async fn spawn_app_with(configure: impl FnOnce(Figment) -> Figment) -> TestApp {
+    let db = TestDatabase::create().await;
+    let settings = test_settings(&db.url, configure);
+    start(db, settings).await
+}
+
+fn test_settings(url: &str, configure: impl FnOnce(Figment) -> Figment) -> Settings {
+    let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let figment = Settings::figment(&config_dir, None)
+        .merge(("http.host", "127.0.0.1"))
+        .merge(("http.port", 0))
+        .merge(("database.url", url))
+        .merge(("database.max_connections", 4))
+        .merge(("jwt.secret", JWT_SECRET))
+        // Cheap hashing keeps the suite fast; one test runs at the production cost.
+        .merge(("password.log_n", 4));
+    Settings::from_figment(configure(figment)).expect("test settings are valid")
+}
+
+async fn start(db: TestDatabase, settings: Settings) -> TestApp {
+    capture_logs();
+    let store = MySqlStore::connect(&db.url, 2)
+        .await
+        .expect("fixture store");
+    let hasher = PasswordHasher::new(&settings.password)
+        .await
+        .expect("hasher");
+    let server = Server::launch(&settings).await;
+    TestApp {
+        address: server.address.clone(),
+        state: server.state.clone(),
+        db,
+        settings,
+        client: reqwest::Client::new(),
+        store,
+        hasher,
+        server: Some(server),
+    }
+}
+
+/// One running instance of the service.
+struct Server {
+    address: String,
+    state: Arc<AppState>,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    async fn launch(settings: &Settings) -> Self {
+        let app = Application::build(settings)
+            .await
+            .expect("application starts");
+        let address = format!("http://127.0.0.1:{}", app.port());
+        let state = app.state();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            state,
+            shutdown,
+            task,
+        }
+    }
+}
+
+impl TestApp {
+    /// Stops this server and starts a new one with the same settings on the same database:
+    /// all the new one knows is what the first wrote to MySQL.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let server = Server::launch(&self.settings).await;
+        self.address = server.address.clone();
+        self.state = server.state.clone();
+        self.server = Some(server);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown.send(());
+            tokio::time::timeout(Duration::from_secs(10), server.task)
+                .await
+                .expect("server stops within 10 s")
+                .expect("server task ends cleanly");
+        }
+    }
+
+    pub async fn create_user(&self, spec: UserSpec) -> TestUser {
+        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let totp_secret = spec.mfa.then(random_totp_secret);
+        let user = self
+            .store
+            .insert_user(NewUser {
+                email: Email::parse(&email).unwrap(),
+                password_hash: self.hasher.hash(password.clone().into()).await.unwrap(),
+                first_name: "Test".into(),
+                last_name: "User".into(),
+                phone_number: Some("+1-555-0100".into()),
+                is_active: !spec.inactive,
+                mfa_enabled: spec.mfa,
+                totp_secret: totp_secret.clone(),
+            })
+            .await
+            .expect("fixture user is created");
+        TestUser {
+            id: user.id,
+            email,
+            password,
+            totp_secret,
+        }
+    }
+
+    pub async fn user(&self) -> TestUser {
+        self.create_user(UserSpec::default()).await
+    }
+
+    pub async fn mfa_user(&self) -> TestUser {
+        self.create_user(UserSpec {
+            mfa: true,
+            ..UserSpec::default()
+        })
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn post_json(&self, path: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    pub async fn post_raw(&self, path: &str, body: impl Into<reqwest::Body>) -> Response {
+        self.client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    pub async fn login(&self, body: &Value) -> Response {
+        self.post_json("/api/auth/login", body).await
+    }
+
+    pub async fn verify_mfa(&self, body: &Value) -> Response {
+        self.post_json("/api/auth/verify-mfa", body).await
+    }
+
+    /// Logs `user` in (no MFA) and returns the token and session id.
+    pub async fn logged_in(&self, user: &TestUser) -> LoggedIn {
+        let response = self.login(&user.credentials()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        LoggedIn::from_body(&response.json().await.unwrap())
+    }
+
+    /// Runs `user`'s password step and returns the MFA token.
+    pub async fn begin_mfa(&self, user: &TestUser) -> String {
+        let response = self.login(&user.credentials()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let body: Value = response.json().await.unwrap();
+        body["mfaToken"].as_str().expect("mfaToken").to_owned()
+    }
+
+    pub async fn logout(&self, token: &str, body: Option<&Value>) -> Response {
+        let request = self
+            .client
+            .post(self.url("/api/auth/logout"))
+            .bearer_auth(token);
+        let request = match body {
+            Some(body) => request.json(body),
+            None => request,
+        };
+        request.send().await.expect("request is sent")
+    }
+
+    pub async fn me(&self, token: &str) -> Response {
+        self.client
+            .get(self.url("/api/auth/me"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    /// The number of user actors resident right now.
+    pub async fn resident_actors(&self) -> usize {
+        ractor::call_t!(
+            self.state.sessions.supervisor(),
+            finsec::sessions::SupervisorMsg::CountResidents,
+            1000
+        )
+        .expect("supervisor answers")
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            let _ = server.shutdown.send(());
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggedIn {
+    pub token: String,
+    pub session_id: String,
+}
+
+impl LoggedIn {
+    pub fn from_body(body: &Value) -> Self {
+        Self {
+            token: body["access_token"]
+                .as_str()
+                .expect("access_token")
+                .to_owned(),
+            session_id: body["session_id"].as_str().expect("session_id").to_owned(),
+        }
+    }
+}
+
+/// Asserts an error response: status, and the `{"error", "code"}` shape with this code.
+pub async fn assert_error(response: Response, status: StatusCode, code: &str) -> Value {
+    assert_eq!(response.status(), status, "status for expected code {code}");
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(content_type, "application/json");
+    let body: Value = response.json().await.expect("error body is JSON");
+    assert_eq!(body["code"], code, "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    assert_eq!(
+        body.as_object().unwrap().len(),
+        2,
+        "only error and code: {body}"
+    );
+    body
+}
+
+fn random_totp_secret() -> String {
+    totp_rs::Secret::generate().to_base32()
+}
+
+impl TestApp {
+    pub async fn post_raw_with_token(
+        &self,
+        path: &str,
+        token: &str,
+        body: &'static str,
+    ) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+}

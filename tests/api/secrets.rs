@@ -1,0 +1,62 @@
+//! The original service logged secrets. Here nothing secret reaches a log line or a response.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{captured_logs, spawn_app};
+
+#[tokio::test]
+async fn no_password_hash_secret_code_or_token_is_ever_logged() {
+    let app = spawn_app().await;
+    let jane = app.mfa_user().await;
+
+    let response = app.login(&jane.credentials()).await;
+    let body: Value = response.json().await.unwrap();
+    let mfa_token = body["mfaToken"].as_str().unwrap().to_owned();
+    let wrong = app
+        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": "000000", "mfaToken": mfa_token}))
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let response = app
+        .verify_mfa(
+            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0),
+            "email": jane.email, "password": jane.password}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    let token = body["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(app.logout(&token, None).await.status(), StatusCode::OK);
+    let failed = app
+        .login(&json!({"email": jane.email, "password": "a-wrong-guess-123"}))
+        .await;
+    assert_eq!(failed.status(), StatusCode::UNAUTHORIZED);
+
+    let hash = app
+        .db
+        .query_one(&format!(
+            "SELECT password_hash FROM users WHERE id = {}",
+            jane.id
+        ))
+        .await
+        .unwrap();
+    let logs = captured_logs();
+    assert!(
+        logs.contains(&jane.id.to_string()),
+        "the flow was logged at all"
+    );
+    let secrets = [
+        ("password", jane.password.as_str()),
+        ("wrong password", "a-wrong-guess-123"),
+        ("password hash", hash.as_str()),
+        ("TOTP secret", jane.totp_secret.as_deref().unwrap()),
+        ("MFA token", mfa_token.as_str()),
+        ("access token", token.as_str()),
+    ];
+    for (what, secret) in secrets {
+        assert!(!logs.contains(secret), "the {what} appears in the logs");
+    }
+    // Not in a response either: the profile carries no hash or secret.
+    let user = body["user"].to_string();
+    assert!(!user.contains(&hash) && !user.contains(jane.totp_secret.as_deref().unwrap()));
+}

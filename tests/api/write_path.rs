@@ -1,0 +1,84 @@
+//! Write-through: nothing is acknowledged that did not reach MySQL, and a revocation takes
+//! effect at once even when the write has to be retried.
+
+use std::time::Duration;
+
+use reqwest::StatusCode;
+
+use crate::helpers::{assert_error, spawn_app_with};
+
+#[tokio::test]
+async fn a_login_whose_write_fails_is_not_acknowledged() {
+    let app = spawn_app_with(|f| f.merge(("actors.revoke_retry", "100ms"))).await;
+    let john = app.user().await;
+    app.db
+        .execute("RENAME TABLE sessions TO sessions_offline")
+        .await;
+
+    let response = app.login(&john.credentials()).await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+
+    app.db
+        .execute("RENAME TABLE sessions_offline TO sessions")
+        .await;
+    let count = app.db.query_one("SELECT COUNT(*) FROM sessions").await;
+    assert_eq!(count.as_deref(), Some("0"));
+    let session = app.logged_in(&john).await;
+    assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_revocation_bites_at_once_and_its_write_is_retried_until_it_lands() {
+    let mut app = spawn_app_with(|f| f.merge(("actors.revoke_retry", "100ms"))).await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+    app.db
+        .execute("RENAME TABLE sessions TO sessions_offline")
+        .await;
+
+    // The client is told the logout did not complete...
+    let response = app.logout(&session.token, None).await;
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    // ...but the session is already refused: revocation fails closed.
+    assert_eq!(
+        app.me(&session.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    app.db
+        .execute("RENAME TABLE sessions_offline TO sessions")
+        .await;
+    let query = format!(
+        "SELECT revoke_reason FROM sessions WHERE id = '{}'",
+        session.session_id
+    );
+    let mut reason = None;
+    for _ in 0..100 {
+        reason = app.db.query_one(&query).await;
+        if reason.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        reason.as_deref(),
+        Some("logout"),
+        "the retried write landed"
+    );
+
+    app.restart().await;
+    assert_eq!(
+        app.me(&session.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
