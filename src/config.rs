@@ -218,3 +218,69 @@ impl Settings {
 fn overlay_path(dir: &Path, environment: &str) -> PathBuf {
     dir.join(format!("{environment}.toml"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn repo_config() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config")
+    }
+
+    #[test]
+    fn the_shipped_defaults_load() {
+        let settings = Settings::from_figment(Settings::figment(&repo_config(), None)).unwrap();
+        assert_eq!(settings.http.port, 5000);
+        assert!(settings.database.is_memory());
+        assert_eq!(
+            settings.session.max_lifetime,
+            Duration::from_secs(12 * 3600)
+        );
+        assert!(!settings.is_production());
+    }
+
+    #[test]
+    fn production_refuses_the_demo_secret_and_short_secrets() {
+        let production = || Settings::figment(&repo_config(), Some("production"));
+        let err = Settings::from_figment(production())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("jwt.secret:"), "{err}");
+
+        let short = production().merge(("jwt.secret", "x".repeat(31)));
+        let err = Settings::from_figment(short).unwrap_err().to_string();
+        assert!(err.contains("at least 32 bytes"), "{err}");
+
+        let good = production().merge(("jwt.secret", "x".repeat(32)));
+        assert!(Settings::from_figment(good).unwrap().is_production());
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let base = || Settings::figment(&repo_config(), None);
+        let cases = [
+            (base().merge(("http.port", "abc")), "http.port"),
+            (
+                base().merge(("session.max_lifetime", "soon")),
+                "session.max_lifetime",
+            ),
+            (
+                base().merge(("database.url", "postgres://x")),
+                "database.url",
+            ),
+            (base().merge(("password.log_n", 0)), "password.log_n"),
+        ];
+        for (figment, key) in cases {
+            let err = Settings::from_figment(figment).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let settings = Settings::from_figment(Settings::figment(&repo_config(), None)).unwrap();
+        let debug = format!("{settings:?}");
+        assert!(!debug.contains(DEMO_JWT_SECRET));
+    }
+}

@@ -1,0 +1,24 @@
+# Build: the release binary, against the locked dependency versions.
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY sql ./sql
+COPY config ./config
+RUN cargo build --release --locked --bin finsec
+
+# Run: a slim image with the binary, its config files and nothing else.
+FROM debian:bookworm-slim
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 finsec
+WORKDIR /app
+COPY --from=build /src/target/release/finsec /usr/local/bin/finsec
+COPY config ./config
+USER finsec
+ENV FINSEC_ENV=production
+EXPOSE 5000
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD curl -fsS http://127.0.0.1:5000/ || exit 1
+ENTRYPOINT ["finsec"]
+CMD ["serve"]
