@@ -29,6 +29,7 @@ pub struct Settings {
     pub password: PasswordSettings,
     pub auth: AuthSettings,
     pub session: SessionSettings,
+    pub admin: AdminSettings,
     pub actors: ActorSettings,
     pub log: LogSettings,
 }
@@ -66,6 +67,7 @@ pub struct PasswordSettings {
     pub r: u32,
     pub p: u32,
     pub max_concurrent_hashes: usize,
+    pub min_length: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,6 +82,27 @@ pub struct AuthSettings {
 pub struct SessionSettings {
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub touch_interval: Duration,
+    pub max_per_user: usize,
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    /// Empty means the admin API is off.
+    pub api_key: SecretString,
+}
+
+impl AdminSettings {
+    pub fn api_key(&self) -> Option<&str> {
+        Some(self.api_key.expose_secret()).filter(|key| !key.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -88,6 +111,8 @@ pub struct ActorSettings {
     pub call_timeout: Duration,
     #[serde(with = "humantime_serde")]
     pub revoke_retry: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle_passivate: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -205,8 +230,28 @@ impl Settings {
         if self.auth.mfa_max_attempts == 0 {
             return invalid("auth.mfa_max_attempts", "must be at least 1");
         }
-        if self.session.max_lifetime.is_zero() {
-            return invalid("session.max_lifetime", "must be longer than zero");
+        for (key, duration) in [
+            ("session.max_lifetime", self.session.max_lifetime),
+            ("session.idle_timeout", self.session.idle_timeout),
+            ("session.sweep_interval", self.session.sweep_interval),
+            ("actors.idle_passivate", self.actors.idle_passivate),
+            ("actors.revoke_retry", self.actors.revoke_retry),
+        ] {
+            if duration.is_zero() {
+                return invalid(key, "must be longer than zero");
+            }
+        }
+        if self.session.max_per_user == 0 {
+            return invalid("session.max_per_user", "must be at least 1");
+        }
+        if self.password.min_length == 0 {
+            return invalid("password.min_length", "must be at least 1");
+        }
+        if let Some(key) = self.admin.api_key()
+            && self.is_production()
+            && key.len() < MIN_PRODUCTION_SECRET_BYTES
+        {
+            return invalid("admin.api_key", "must be at least 32 bytes in production");
         }
         if self.actors.call_timeout.is_zero() {
             return invalid("actors.call_timeout", "must be longer than zero");

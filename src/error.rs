@@ -37,6 +37,14 @@ pub enum ApiError {
     SessionEnded,
     #[error("Forbidden: {0}")]
     Forbidden(&'static str),
+    #[error("Weak password: {0}")]
+    WeakPassword(String),
+    #[error("Missing X-Admin-Key header")]
+    AdminKeyRequired,
+    #[error("Invalid admin key")]
+    InvalidAdminKey,
+    #[error("User not found")]
+    UserNotFound,
     #[error("Session not found")]
     SessionNotFound,
     #[error("Not found")]
@@ -69,6 +77,11 @@ impl ApiError {
             Self::TokenExpired => (StatusCode::UNAUTHORIZED, "token_expired"),
             Self::SessionEnded => (StatusCode::UNAUTHORIZED, "session_ended"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
+            Self::AdminKeyRequired | Self::InvalidAdminKey => {
+                (StatusCode::UNAUTHORIZED, "invalid_admin_key")
+            }
+            Self::UserNotFound => (StatusCode::NOT_FOUND, "user_not_found"),
             Self::SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -126,10 +139,12 @@ impl From<SessionError> for ApiError {
             SessionError::Auth(auth) => auth.into(),
             SessionError::NotFound => Self::SessionNotFound,
             SessionError::Ended => Self::SessionEnded,
-            // Only reachable where a user id came from a verified token or a lookup; an
-            // unknown id there is a token for a deleted account.
-            SessionError::UnknownUser => Self::SessionEnded,
+            // Where a client must not learn whether an id exists (login, MFA, tokens), the
+            // sessions layer has already turned this into the answer for a wrong credential;
+            // what reaches here is an operator's question about a user id.
+            SessionError::UnknownUser => Self::UserNotFound,
             SessionError::Forbidden(why) => Self::Forbidden(why),
+            SessionError::WeakPassword(why) => Self::WeakPassword(why),
             SessionError::Store(store) => store.into(),
             SessionError::Unavailable(cause) => Self::Unavailable(cause),
         }

@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 
 use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
 use crate::config::Settings;
-use crate::http::{self, AppState};
+use crate::http::{self, AdminKey, AppState};
 use crate::seed::{self, SeedError};
 use crate::sessions::{SessionError, SessionPolicy, Sessions, SessionsConfig};
 use crate::store::{self, DynStore, StoreError};
@@ -65,15 +65,26 @@ impl Application {
                 tracing::info!(email = %line.email, "demo user ready");
             }
         }
+        let session = &settings.session;
         let policy = SessionPolicy {
-            max_lifetime: chrono_duration(settings.session.max_lifetime, "session.max_lifetime")?,
+            max_lifetime: chrono_duration(session.max_lifetime, "session.max_lifetime")?,
+            idle_timeout: chrono_duration(session.idle_timeout, "session.idle_timeout")?,
+            touch_interval: chrono_duration(session.touch_interval, "session.touch_interval")?,
+            max_per_user: session.max_per_user,
             mfa_challenge_ttl: chrono_duration(
                 settings.auth.mfa_challenge_ttl,
                 "auth.mfa_challenge_ttl",
             )?,
             mfa_max_attempts: settings.auth.mfa_max_attempts,
             revoke_retry: settings.actors.revoke_retry,
+            idle_passivate: chrono_duration(
+                settings.actors.idle_passivate,
+                "actors.idle_passivate",
+            )?,
+            sweep_interval: session.sweep_interval,
+            retention: chrono_duration(session.retention, "session.retention")?,
         };
+        let idle_timeout = policy.idle_timeout;
         let sessions = Sessions::start(
             store.clone(),
             hasher,
@@ -82,6 +93,7 @@ impl Application {
                 policy,
                 call_timeout: settings.actors.call_timeout,
                 require_mfa_token: settings.auth.require_mfa_token,
+                min_password_length: settings.password.min_length,
             },
         )
         .await?;
@@ -99,6 +111,8 @@ impl Application {
         let state = Arc::new(AppState {
             sessions,
             body_limit: settings.http.body_limit,
+            idle_timeout,
+            admin_key: settings.admin.api_key().map(AdminKey::new),
         });
         Ok(Self {
             listener,

@@ -3,7 +3,9 @@
 //! production does.
 
 use chrono::{Duration, DurationRound, Utc};
-use finsec::domain::{Device, Email, NewUser, RevokeReason, Session, SessionId, UserId};
+use finsec::domain::{
+    Device, Email, NewUser, Revocation, RevokeReason, Session, SessionId, UserId,
+};
 use finsec::store::{DynStore, MemoryStore, MySqlStore, StoreError};
 
 #[path = "support/database.rs"]
@@ -141,7 +143,7 @@ async fn sessions_live_until_revoked_or_expired(subject: Subject) {
         store.insert_session(s).await.unwrap();
     }
     store
-        .revoke_session(revoked.id, t, RevokeReason::Logout)
+        .revoke_sessions(&[revoked.id], &Revocation::new(t, RevokeReason::Logout))
         .await
         .unwrap();
 
@@ -162,7 +164,48 @@ async fn sessions_live_until_revoked_or_expired(subject: Subject) {
     );
 }
 
-async fn revoking_is_idempotent(subject: Subject) {
+async fn revoking_is_idempotent_and_keeps_the_first_reason(subject: Subject) {
+    let store = subject.store;
+    let user = store
+        .insert_user(new_user("ada@example.com"))
+        .await
+        .unwrap();
+    let t = now();
+    let a = session(user.id, t, Duration::hours(1));
+    let b = session(user.id, t, Duration::hours(1));
+    store.insert_session(&a).await.unwrap();
+    store.insert_session(&b).await.unwrap();
+
+    let first = Revocation {
+        at: t,
+        reason: RevokeReason::Admin,
+        note: Some("card reported stolen".into()),
+    };
+    store.revoke_sessions(&[a.id], &first).await.unwrap();
+    // Again, with another reason, and together with a live one and an unknown id: the first
+    // revocation of `a` stands, `b` ends, the unknown id is ignored.
+    let second = Revocation::new(t + Duration::seconds(5), RevokeReason::Logout);
+    store
+        .revoke_sessions(&[a.id, b.id, SessionId::random()], &second)
+        .await
+        .unwrap();
+    store.revoke_sessions(&[], &second).await.unwrap();
+
+    let a = store.session_by_id(a.id).await.unwrap().unwrap();
+    assert_eq!(a.revoked_at, Some(t));
+    assert_eq!(a.revoke_reason, Some(RevokeReason::Admin));
+    assert_eq!(a.revoke_note.as_deref(), Some("card reported stolen"));
+    let b = store.session_by_id(b.id).await.unwrap().unwrap();
+    assert_eq!(b.revoke_reason, Some(RevokeReason::Logout));
+    assert_eq!(b.revoked_at, Some(t + Duration::seconds(5)));
+    assert!(store.live_sessions(user.id, t).await.unwrap().is_empty());
+    assert_eq!(
+        store.session_by_id(SessionId::random()).await.unwrap(),
+        None
+    );
+}
+
+async fn touches_move_last_seen(subject: Subject) {
     let store = subject.store;
     let user = store
         .insert_user(new_user("ada@example.com"))
@@ -171,21 +214,136 @@ async fn revoking_is_idempotent(subject: Subject) {
     let t = now();
     let s = session(user.id, t, Duration::hours(1));
     store.insert_session(&s).await.unwrap();
+    store
+        .touch_session(s.id, t + Duration::minutes(3))
+        .await
+        .unwrap();
+    let stored = store.session_by_id(s.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, t + Duration::minutes(3));
+    assert_eq!(stored.created_at, t);
+}
 
+async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Subject) {
+    let store = subject.store;
+    let user = store
+        .insert_user(new_user("ada@example.com"))
+        .await
+        .unwrap();
+    let t = now();
+    let fresh = session(user.id, t, Duration::hours(1));
+    let idle = session(user.id, t - Duration::minutes(30), Duration::hours(1));
+    let old = session(user.id, t - Duration::hours(3), Duration::hours(1));
+    for s in [&fresh, &idle, &old] {
+        store.insert_session(s).await.unwrap();
+    }
+    let ended = store
+        .expire_sessions(t, t - Duration::minutes(15))
+        .await
+        .unwrap();
+    assert_eq!(ended, 2);
+    let reason = |id| {
+        let store = store.clone();
+        async move {
+            store
+                .session_by_id(id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoke_reason
+        }
+    };
+    assert_eq!(reason(fresh.id).await, None);
+    assert_eq!(reason(idle.id).await, Some(RevokeReason::IdleTimeout));
+    assert_eq!(reason(old.id).await, Some(RevokeReason::MaxLifetime));
+    assert_eq!(
+        store
+            .expire_sessions(t, t - Duration::minutes(15))
+            .await
+            .unwrap(),
+        0,
+        "idempotent"
+    );
+}
+
+async fn pruning_deletes_only_rows_that_ended_before_the_cutoff(subject: Subject) {
+    let store = subject.store;
+    let user = store
+        .insert_user(new_user("ada@example.com"))
+        .await
+        .unwrap();
+    let t = now();
+    let live = session(user.id, t - Duration::days(40), Duration::days(60));
+    let revoked_long_ago = session(user.id, t - Duration::days(40), Duration::days(60));
+    let revoked_recently = session(user.id, t - Duration::days(40), Duration::days(60));
+    let expired_long_ago = session(user.id, t - Duration::days(40), Duration::hours(1));
+    for s in [
+        &live,
+        &revoked_long_ago,
+        &revoked_recently,
+        &expired_long_ago,
+    ] {
+        store.insert_session(s).await.unwrap();
+    }
     store
-        .revoke_session(s.id, t, RevokeReason::Logout)
+        .revoke_sessions(
+            &[revoked_long_ago.id],
+            &Revocation::new(t - Duration::days(31), RevokeReason::Logout),
+        )
         .await
         .unwrap();
     store
-        .revoke_session(s.id, t + Duration::seconds(5), RevokeReason::Admin)
+        .revoke_sessions(
+            &[revoked_recently.id],
+            &Revocation::new(t - Duration::days(1), RevokeReason::Logout),
+        )
         .await
         .unwrap();
-    // Unknown ids are not an error either: a retried write must be able to land twice.
+    assert_eq!(
+        store.prune_sessions(t - Duration::days(30)).await.unwrap(),
+        2
+    );
+    assert!(store.session_by_id(live.id).await.unwrap().is_some());
+    assert!(
+        store
+            .session_by_id(revoked_recently.id)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .session_by_id(revoked_long_ago.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(
+        store
+            .session_by_id(expired_long_ago.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn password_hashes_can_be_replaced(subject: Subject) {
+    let store = subject.store;
+    let user = store
+        .insert_user(new_user("ada@example.com"))
+        .await
+        .unwrap();
     store
-        .revoke_session(SessionId::random(), t, RevokeReason::Logout)
+        .set_password_hash(user.id, "$scrypt$new")
         .await
         .unwrap();
-    assert!(store.live_sessions(user.id, t).await.unwrap().is_empty());
+    let stored = store.user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "$scrypt$new");
+    assert!(
+        store
+            .set_password_hash(UserId::new(424_242), "$scrypt$x")
+            .await
+            .is_err()
+    );
 }
 
 async fn duplicate_session_ids_conflict(subject: Subject) {
@@ -253,7 +411,11 @@ conformance!(
     users_round_trip,
     duplicate_emails_conflict,
     sessions_live_until_revoked_or_expired,
-    revoking_is_idempotent,
+    revoking_is_idempotent_and_keeps_the_first_reason,
+    touches_move_last_seen,
+    the_sweep_ends_expired_and_idle_sessions_with_their_reasons,
+    pruning_deletes_only_rows_that_ended_before_the_cutoff,
+    password_hashes_can_be_replaced,
     duplicate_session_ids_conflict,
     a_session_needs_an_existing_user,
     totp_steps_only_move_forward,

@@ -99,6 +99,7 @@ mod tests {
             r: 8,
             p: 1,
             max_concurrent_hashes: 2,
+            min_length: 12,
         }
     }
 

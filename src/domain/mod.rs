@@ -8,5 +8,5 @@ pub mod user;
 
 pub use email::Email;
 pub use ids::{SessionId, UserId};
-pub use session::{Device, RevokeReason, Session};
+pub use session::{Device, Revocation, RevokeReason, Session};
 pub use user::{NewUser, User, UserProfile};

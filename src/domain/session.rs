@@ -26,7 +26,27 @@ pub struct Session {
     pub expires_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoke_reason: Option<RevokeReason>,
+    /// Free text an operator gave when forcing a logout.
+    pub revoke_note: Option<String>,
     pub device: Device,
+}
+
+/// Why and when a session ends: what the store records with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revocation {
+    pub at: DateTime<Utc>,
+    pub reason: RevokeReason,
+    pub note: Option<String>,
+}
+
+impl Revocation {
+    pub fn new(at: DateTime<Utc>, reason: RevokeReason) -> Self {
+        Self {
+            at,
+            reason,
+            note: None,
+        }
+    }
 }
 
 impl Session {
@@ -44,18 +64,41 @@ impl Session {
             expires_at: now + lifetime,
             revoked_at: None,
             revoke_reason: None,
+            revoke_note: None,
             device,
         }
     }
 
-    /// Live means neither revoked nor past its absolute end.
+    /// Live means neither revoked nor past its absolute end. (Idle expiry depends on
+    /// configuration; see [`Session::end_reason`].)
     pub fn is_live(&self, now: DateTime<Utc>) -> bool {
         self.revoked_at.is_none() && now < self.expires_at
+    }
+
+    /// When the idle timer ends this session if no request comes first.
+    pub fn idle_expires_at(&self, idle_timeout: chrono::Duration) -> DateTime<Utc> {
+        (self.last_seen_at + idle_timeout).min(self.expires_at)
+    }
+
+    /// Why this session must end at `now`, if it must: its absolute lifetime is over, or it
+    /// has been idle for `idle_timeout`.
+    pub fn end_reason(
+        &self,
+        now: DateTime<Utc>,
+        idle_timeout: chrono::Duration,
+    ) -> Option<RevokeReason> {
+        if now >= self.expires_at {
+            Some(RevokeReason::MaxLifetime)
+        } else if now >= self.last_seen_at + idle_timeout {
+            Some(RevokeReason::IdleTimeout)
+        } else {
+            None
+        }
     }
 }
 
 /// Why a session ended; stored as the snake_case name in `sessions.revoke_reason`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     Logout,
@@ -139,5 +182,27 @@ mod tests {
         assert!(!session.is_live(now + chrono::Duration::hours(1)));
         session.revoked_at = Some(now);
         assert!(!session.is_live(now));
+    }
+
+    #[test]
+    fn idle_and_absolute_limits_name_their_reason() {
+        let now = Utc::now();
+        let minutes = chrono::Duration::minutes;
+        let mut session = Session::open(UserId::new(1), Device::default(), now, minutes(60));
+        assert_eq!(session.end_reason(now + minutes(14), minutes(15)), None);
+        assert_eq!(
+            session.end_reason(now + minutes(15), minutes(15)),
+            Some(RevokeReason::IdleTimeout)
+        );
+        assert_eq!(session.idle_expires_at(minutes(15)), now + minutes(15));
+
+        // Activity pushes the idle end out, but never past the absolute end.
+        session.last_seen_at = now + minutes(50);
+        assert_eq!(session.end_reason(now + minutes(59), minutes(15)), None);
+        assert_eq!(
+            session.end_reason(now + minutes(60), minutes(15)),
+            Some(RevokeReason::MaxLifetime)
+        );
+        assert_eq!(session.idle_expires_at(minutes(15)), now + minutes(60));
     }
 }

@@ -4,15 +4,15 @@
 
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use serde::Serialize;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::extract::{JsonObject, authenticated, device, json_object, with_state};
+use super::views::SessionView;
 use super::{AppState, respond};
-use crate::domain::{Device, Session, SessionId, UserId, UserProfile};
+use crate::domain::{Device, SessionId, UserId, UserProfile};
 use crate::error::ApiError;
 use crate::sessions::{Authenticated, Credentials, IssuedSession, LoginOutcome};
 
@@ -56,6 +56,7 @@ pub fn routes(
         .and(warp::path("me"))
         .and(warp::path::end())
         .and(warp::get())
+        .and(with_state(state.clone()))
         .and(authenticated(state))
         .map(me);
 
@@ -99,30 +100,6 @@ struct MfaRequired {
 #[derive(Serialize)]
 struct Message {
     message: &'static str,
-}
-
-/// A session as its owner may see it.
-#[derive(Serialize)]
-struct SessionView {
-    id: SessionId,
-    created_at: DateTime<Utc>,
-    last_seen_at: DateTime<Utc>,
-    expires_at: DateTime<Utc>,
-    user_agent: Option<String>,
-    ip: Option<String>,
-}
-
-impl From<&Session> for SessionView {
-    fn from(s: &Session) -> Self {
-        Self {
-            id: s.id,
-            created_at: s.created_at,
-            last_seen_at: s.last_seen_at,
-            expires_at: s.expires_at,
-            user_agent: s.device.user_agent.clone(),
-            ip: s.device.ip.clone(),
-        }
-    }
 }
 
 fn credentials(body: &JsonObject) -> Result<Credentials, ApiError> {
@@ -196,10 +173,8 @@ async fn logout(
     .into_response())
 }
 
-fn me(caller: Authenticated) -> Response {
-    warp::reply::json(&serde_json::json!({
-        "user": caller.user,
-        "session": SessionView::from(&caller.session),
-    }))
-    .into_response()
+fn me(state: Arc<AppState>, caller: Authenticated) -> Response {
+    let session = SessionView::new(&caller.session, state.idle_timeout, Some(caller.session_id));
+    warp::reply::json(&serde_json::json!({ "user": caller.user, "session": session }))
+        .into_response()
 }

@@ -190,6 +190,17 @@ impl JsonObject {
             .ok_or_else(|| ApiError::InvalidRequest(format!("`{field}` is required")))
     }
 
+    /// A boolean that may be absent or null.
+    pub fn optional_bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.present(field) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(*b)),
+            Some(_) => Err(ApiError::InvalidRequest(format!(
+                "`{field}` must be true or false"
+            ))),
+        }
+    }
+
     pub fn optional_session_id(&self, field: &str) -> Result<Option<SessionId>, ApiError> {
         self.optional_string(field)?
             .map(|raw| {

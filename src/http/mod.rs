@@ -3,12 +3,18 @@
 //! a handler's or warp's own (unknown path, wrong method, bad header), become an
 //! [`ApiError`] and leave through its single mapping.
 
+mod admin;
 mod auth;
 pub mod extract;
 mod health;
+mod sessions;
+pub mod views;
 
 use std::convert::Infallible;
 use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
@@ -20,13 +26,36 @@ use crate::sessions::Sessions;
 pub struct AppState {
     pub sessions: Sessions,
     pub body_limit: u64,
+    /// For `idle_expires_at` in session views.
+    pub idle_timeout: chrono::Duration,
+    /// `None` turns the admin API off.
+    pub admin_key: Option<AdminKey>,
+}
+
+/// The operators' API key, kept as a SHA-256 digest: comparing digests in constant time
+/// reveals neither the key's bytes nor its length.
+pub struct AdminKey([u8; 32]);
+
+impl AdminKey {
+    pub fn new(key: &str) -> Self {
+        Self(Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn matches(&self, presented: &str) -> bool {
+        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        presented.ct_eq(&self.0).into()
+    }
 }
 
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     health::routes()
-        .or(auth::routes(state))
+        .or(auth::routes(state.clone()))
+        .unify()
+        .or(sessions::routes(state.clone()))
+        .unify()
+        .or(admin::routes(state))
         .unify()
         .recover(recover)
         .unify()
@@ -68,4 +97,18 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
         ApiError::Internal(format!("unhandled rejection: {rejection:?}"))
     };
     Ok(err.to_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_admin_key_matches_only_itself() {
+        let key = AdminKey::new("correct-admin-key");
+        assert!(key.matches("correct-admin-key"));
+        assert!(!key.matches("correct-admin-kez"));
+        assert!(!key.matches("correct-admin-key "));
+        assert!(!key.matches(""));
+    }
 }

@@ -48,27 +48,54 @@ pub enum UserMsg {
         attempt: MfaAttempt,
         reply: Reply<SessionGrant>,
     },
-    /// Is this session live? Asked on every authenticated request.
+    /// Is this session live? Asked on every authenticated request; touches the session.
     Validate {
         session_id: SessionId,
         reply: Reply<SessionGrant>,
     },
+    /// The user's live sessions, newest first.
+    ListSessions { reply: Reply<Vec<Session>> },
     /// End one session. Effective in memory at once; replies after the write commits.
     Revoke {
         session_id: SessionId,
         reason: RevokeReason,
         reply: Reply<()>,
     },
-    /// Timer tick: retry revocations whose write failed.
+    /// End every session but `except`; replies with how many ended.
+    RevokeAll {
+        except: Option<SessionId>,
+        reason: RevokeReason,
+        note: Option<String>,
+        reply: Reply<usize>,
+    },
+    /// Store a new password hash (already computed off the actor), then end every session
+    /// but `keep`; replies with how many ended.
+    ChangePassword {
+        password_hash: String,
+        keep: SessionId,
+        reply: Reply<usize>,
+    },
+    /// From the supervisor's sweep: end expired sessions; passivate when idle.
+    Tick,
+    /// Timer: retry revocation writes that failed.
     RetryRevocations,
     /// Test hook: make the actor panic, to exercise supervision.
     #[cfg(any(test, feature = "test-hooks"))]
     Crash,
 }
 
+impl UserMsg {
+    /// Client requests count as activity; timer ticks do not (or nothing would passivate).
+    pub fn is_from_client(&self) -> bool {
+        !matches!(self, Self::Tick | Self::RetryRevocations)
+    }
+}
+
 /// Messages to the [`SessionSupervisor`](super::supervisor::SessionSupervisor). Its main work
-/// arrives as supervision events from its children; this enum is its own timer ticks.
+/// arrives as supervision events from its children; these are its timer and its diagnostics.
 pub enum SupervisorMsg {
+    /// Timer: expire sessions and prune old rows in the store, and tick every resident actor.
+    Sweep,
     /// How many user actors are resident (for tests and diagnostics).
     CountResidents(RpcReplyPort<usize>),
 }

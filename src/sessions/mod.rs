@@ -22,7 +22,7 @@ use crate::domain::{Device, Email, RevokeReason, Session, SessionId, UserId, Use
 use crate::store::{DynStore, StoreError};
 pub use messages::{LoginStep, MfaAttempt, SessionGrant, SupervisorMsg, UserMsg};
 pub use registry::{Registry, Residents};
-pub use supervisor::SessionSupervisor;
+pub use supervisor::{SessionSupervisor, SupervisorArgs};
 pub use user_actor::SessionPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,9 @@ pub enum SessionError {
     /// The caller may not act on that user's sessions.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// A new password that the policy refuses; the message says why.
+    #[error("weak password: {0}")]
+    WeakPassword(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The user's actor could not answer in time, or could not start.
@@ -72,6 +75,12 @@ pub struct Authenticated {
     pub user: UserProfile,
 }
 
+/// A password change: the current one to prove it is the user, and the new one.
+pub struct PasswordChange {
+    pub current: SecretString,
+    pub new: SecretString,
+}
+
 /// The email and password of the original FinSec `verify-mfa` form.
 pub struct Credentials {
     pub email: Email,
@@ -85,12 +94,14 @@ pub struct Sessions {
     hasher: PasswordHasher,
     tokens: TokenIssuer,
     require_mfa_token: bool,
+    min_password_length: usize,
 }
 
 pub struct SessionsConfig {
     pub policy: SessionPolicy,
     pub call_timeout: std::time::Duration,
     pub require_mfa_token: bool,
+    pub min_password_length: usize,
 }
 
 impl Sessions {
@@ -102,14 +113,20 @@ impl Sessions {
         config: SessionsConfig,
     ) -> Result<Self, SessionError> {
         let residents = Arc::new(Residents::default());
-        let (supervisor, _handle) = Actor::spawn(None, SessionSupervisor, residents.clone())
+        let policy = Arc::new(config.policy);
+        let args = SupervisorArgs {
+            residents: residents.clone(),
+            store: store.clone(),
+            policy: policy.clone(),
+        };
+        let (supervisor, _handle) = Actor::spawn(None, SessionSupervisor, args)
             .await
             .map_err(|e| SessionError::Unavailable(format!("supervisor failed to start: {e}")))?;
         let registry = Registry::new(
             residents,
             supervisor.get_cell(),
             store.clone(),
-            Arc::new(config.policy),
+            policy,
             config.call_timeout,
         );
         Ok(Self {
@@ -119,6 +136,7 @@ impl Sessions {
             hasher,
             tokens,
             require_mfa_token: config.require_mfa_token,
+            min_password_length: config.min_password_length,
         })
     }
 
@@ -149,7 +167,12 @@ impl Sessions {
                 device: device.clone(),
                 reply,
             })
-            .await?;
+            .await
+            .map_err(|err| match err {
+                // Deleted between the password check and now: as if it never existed.
+                SessionError::UnknownUser => AuthError::InvalidCredentials.into(),
+                other => other,
+            })?;
         Ok(match step {
             LoginStep::SessionOpened(grant) => {
                 LoginOutcome::LoggedIn(Box::new(self.issue(*grant)?))
@@ -247,6 +270,105 @@ impl Sessions {
             .ask(caller.user_id, |reply| UserMsg::Revoke {
                 session_id,
                 reason: RevokeReason::Logout,
+                reply,
+            })
+            .await
+    }
+
+    /// The caller's live sessions, newest first.
+    pub async fn sessions_of(&self, caller: &Authenticated) -> Result<Vec<Session>, SessionError> {
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::ListSessions { reply })
+            .await
+    }
+
+    /// Ends one of the caller's sessions by id (another device of theirs, or this one).
+    pub async fn revoke_session(
+        &self,
+        caller: &Authenticated,
+        session_id: SessionId,
+    ) -> Result<(), SessionError> {
+        self.logout(caller, None, Some(session_id)).await
+    }
+
+    /// Ends every session of the caller, or every other one with `keep_current`.
+    pub async fn logout_all(
+        &self,
+        caller: &Authenticated,
+        keep_current: bool,
+    ) -> Result<usize, SessionError> {
+        let except = keep_current.then_some(caller.session_id);
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::RevokeAll {
+                except,
+                reason: RevokeReason::LogoutAll,
+                note: None,
+                reply,
+            })
+            .await
+    }
+
+    /// Checks the current password, hashes the new one (both off the runtime and off the
+    /// actor), then has the actor store it and end every other session. Returns how many
+    /// sessions ended.
+    pub async fn change_password(
+        &self,
+        caller: &Authenticated,
+        change: PasswordChange,
+    ) -> Result<usize, SessionError> {
+        use secrecy::ExposeSecret;
+        let new = change.new.expose_secret();
+        if new.chars().count() < self.min_password_length {
+            return Err(SessionError::WeakPassword(format!(
+                "the new password must be at least {} characters long",
+                self.min_password_length
+            )));
+        }
+        if new.trim().eq_ignore_ascii_case(&caller.user.email) {
+            return Err(SessionError::WeakPassword(
+                "the new password must not be your email address".into(),
+            ));
+        }
+        let user = self
+            .store
+            .user_by_id(caller.user_id)
+            .await?
+            .ok_or(SessionError::Ended)?;
+        if !self
+            .hasher
+            .verify(change.current, Some(&user.password_hash))
+            .await?
+        {
+            return Err(AuthError::InvalidCredentials.into());
+        }
+        let password_hash = self.hasher.hash(change.new).await?;
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::ChangePassword {
+                password_hash: password_hash.clone(),
+                keep: caller.session_id,
+                reply,
+            })
+            .await
+    }
+
+    /// Operators: any user's live sessions.
+    pub async fn admin_sessions_of(&self, user_id: UserId) -> Result<Vec<Session>, SessionError> {
+        self.registry
+            .ask(user_id, |reply| UserMsg::ListSessions { reply })
+            .await
+    }
+
+    /// Operators: forced logout of every device of `user_id`, with the operator's reason.
+    pub async fn admin_logout_all(
+        &self,
+        user_id: UserId,
+        note: Option<String>,
+    ) -> Result<usize, SessionError> {
+        self.registry
+            .ask(user_id, |reply| UserMsg::RevokeAll {
+                except: None,
+                reason: RevokeReason::Admin,
+                note: note.clone(),
                 reply,
             })
             .await

@@ -47,6 +47,14 @@ impl Residents {
         self.by_actor.is_empty()
     }
 
+    /// Every resident actor (for the supervisor's ticks).
+    pub fn actors(&self) -> Vec<ActorRef<UserMsg>> {
+        self.by_user
+            .iter()
+            .filter_map(|entry| entry.value().get().cloned())
+            .collect()
+    }
+
     fn actor_of(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
         self.by_user.get(&user).and_then(|cell| cell.get().cloned())
     }
@@ -79,9 +87,11 @@ impl Registry {
 
     /// Asks `user`'s actor a question and waits at most the configured call timeout.
     ///
-    /// If the actor died after we looked it up (its mailbox is closed), it is forgotten and
-    /// the question is asked once more of a fresh actor, loaded from the store. If it died
-    /// while handling the question, we do not ask again: the write may or may not have
+    /// If the actor stopped taking messages after we looked it up (it crashed, or it is
+    /// passivating and draining its queue), we wait for it to exit, forget it, and ask once
+    /// more of a fresh actor loaded from the store. Waiting first matters: a draining actor
+    /// may still be writing, and its successor must load what it wrote. If the actor died
+    /// while handling our question, we do not ask again: the write may or may not have
     /// happened, and the caller hears 503.
     pub async fn ask<T: Send + 'static>(
         &self,
@@ -101,6 +111,16 @@ impl Registry {
                     ));
                 }
                 Err(MessagingErr::SendErr(_) | MessagingErr::ChannelClosed) => {
+                    if actor
+                        .get_cell()
+                        .wait(Some(self.call_timeout))
+                        .await
+                        .is_err()
+                    {
+                        return Err(SessionError::Unavailable(
+                            "user actor is slow to stop".into(),
+                        ));
+                    }
                     self.residents.forget(actor.get_id());
                 }
                 Err(other) => return Err(SessionError::Unavailable(other.to_string())),

@@ -1,43 +1,64 @@
-//! The parent of every user actor. A user actor that panics or stops is reported here
-//! (ractor links children to their supervisor); the supervisor logs it and drops it from the
-//! registry, so the next request for that user spawns a fresh actor that reloads the user's
-//! sessions from the store. Nothing is lost: every acknowledged change was written through
-//! before the reply, and an in-memory-only revocation is what the retry timer is for.
+//! The parent of every user actor, and the keeper of time.
 //!
-//! ractor's default supervision stops the supervisor when any child stops; that would take
-//! every user down with one, so it is overridden.
+//! Supervision: a user actor that panics or stops is reported here (ractor links children to
+//! their supervisor); the supervisor logs it and drops it from the registry, so the next
+//! request for that user spawns a fresh actor that reloads the user's sessions from the store.
+//! Nothing is lost: every acknowledged change was written through before the reply. ractor's
+//! default supervision stops the supervisor when any child stops; that would take every user
+//! down with one, so it is overridden.
+//!
+//! Sweeps, every `session.sweep_interval`:
+//! 1. in the store, end sessions past their absolute end, and sessions whose *stored*
+//!    `last_seen_at` is older than `idle_timeout + touch_interval`: touches are written at
+//!    most once per `touch_interval`, so only then is a session surely idle, even one whose
+//!    actor holds a fresher time in memory;
+//! 2. delete rows that ended more than `session.retention` ago;
+//! 3. tick every resident user actor, which ends its own expired sessions exactly (it knows
+//!    the true last activity) and passivates if it has been idle for `actors.idle_passivate`.
 
 use std::sync::Arc;
 
+use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
-use super::messages::SupervisorMsg;
+use super::messages::{SupervisorMsg, UserMsg};
 use super::registry::Residents;
+use super::user_actor::SessionPolicy;
+use crate::store::DynStore;
 
 pub struct SessionSupervisor;
 
+pub struct SupervisorArgs {
+    pub residents: Arc<Residents>,
+    pub store: DynStore,
+    pub policy: Arc<SessionPolicy>,
+}
+
 impl Actor for SessionSupervisor {
     type Msg = SupervisorMsg;
-    type State = Arc<Residents>;
-    type Arguments = Arc<Residents>;
+    type State = SupervisorArgs;
+    type Arguments = SupervisorArgs;
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
-        residents: Arc<Residents>,
+        myself: ActorRef<Self::Msg>,
+        args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(residents)
+        // The timer task ends by itself once this actor stops and sends start failing.
+        myself.send_interval(args.policy.sweep_interval, || SupervisorMsg::Sweep);
+        Ok(args)
     }
 
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
         message: Self::Msg,
-        residents: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
+            SupervisorMsg::Sweep => sweep(state).await,
             SupervisorMsg::CountResidents(reply) => {
-                let _ = reply.send(residents.len());
+                let _ = reply.send(state.residents.len());
             }
         }
         Ok(())
@@ -47,21 +68,45 @@ impl Actor for SessionSupervisor {
         &self,
         _myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
-        residents: &mut Self::State,
+        state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
             SupervisionEvent::ActorFailed(cell, cause) => {
-                let user = residents.forget(cell.get_id());
+                let user = state.residents.forget(cell.get_id());
                 tracing::error!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
                     error = %cause, "user actor failed; next request reloads it from the store");
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let user = residents.forget(cell.get_id());
+                let user = state.residents.forget(cell.get_id());
                 tracing::debug!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
                     reason = ?reason, "user actor stopped");
             }
             _ => {}
         }
         Ok(())
+    }
+}
+
+async fn sweep(state: &SupervisorArgs) {
+    let now = Utc::now();
+    let policy = &state.policy;
+    // A slow or unreachable database must not stall supervision for long: bound the wait.
+    let limit = policy.sweep_interval;
+    let idle_cutoff = now - policy.idle_timeout - policy.touch_interval;
+    match tokio::time::timeout(limit, state.store.expire_sessions(now, idle_cutoff)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(ended)) => tracing::info!(ended, "sweep ended expired sessions"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not expire sessions"),
+        Err(_) => tracing::warn!("sweep timed out expiring sessions"),
+    }
+    match tokio::time::timeout(limit, state.store.prune_sessions(now - policy.retention)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(pruned)) => tracing::info!(pruned, "sweep pruned ended sessions past retention"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune sessions"),
+        Err(_) => tracing::warn!("sweep timed out pruning sessions"),
+    }
+    for actor in state.residents.actors() {
+        // A closed mailbox means the actor is already stopping; nothing to tick.
+        let _ = actor.cast(UserMsg::Tick);
     }
 }

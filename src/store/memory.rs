@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{SessionStore, StoreError};
-use crate::domain::{Email, NewUser, RevokeReason, Session, SessionId, User, UserId};
+use crate::domain::{Email, NewUser, Revocation, RevokeReason, Session, SessionId, User, UserId};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -118,18 +118,76 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
-    async fn revoke_session(
+    async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        Ok(self.tables().sessions.get(&id).cloned())
+    }
+
+    async fn touch_session(
         &self,
         id: SessionId,
-        at: DateTime<Utc>,
-        reason: RevokeReason,
+        last_seen_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if let Some(session) = self.tables().sessions.get_mut(&id)
-            && session.revoked_at.is_none()
-        {
-            session.revoked_at = Some(at);
-            session.revoke_reason = Some(reason);
+        if let Some(session) = self.tables().sessions.get_mut(&id) {
+            session.last_seen_at = last_seen_at;
         }
+        Ok(())
+    }
+
+    async fn revoke_sessions(
+        &self,
+        ids: &[SessionId],
+        revocation: &Revocation,
+    ) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        for id in ids {
+            if let Some(session) = tables.sessions.get_mut(id) {
+                revoke(session, revocation);
+            }
+        }
+        Ok(())
+    }
+
+    async fn expire_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut ended = 0;
+        for session in self.tables().sessions.values_mut() {
+            if session.revoked_at.is_some() {
+                continue;
+            }
+            let reason = if session.expires_at <= now {
+                RevokeReason::MaxLifetime
+            } else if session.last_seen_at <= idle_cutoff {
+                RevokeReason::IdleTimeout
+            } else {
+                continue;
+            };
+            revoke(session, &Revocation::new(now, reason));
+            ended += 1;
+        }
+        Ok(ended)
+    }
+
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tables = self.tables();
+        let before = tables.sessions.len();
+        tables.sessions.retain(|_, s| {
+            let revoked_long_ago = s.revoked_at.is_some_and(|at| at < ended_before);
+            !(revoked_long_ago || s.expires_at < ended_before)
+        });
+        Ok((before - tables.sessions.len()) as u64)
+    }
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        let user = tables
+            .users
+            .get_mut(&user)
+            .ok_or_else(|| StoreError::Conflict(format!("no user {user}")))?;
+        user.password_hash = password_hash.to_owned();
+        user.updated_at = Utc::now();
         Ok(())
     }
 
@@ -143,5 +201,14 @@ impl SessionStore for MemoryStore {
         }
         user.totp_last_step = Some(step);
         Ok(true)
+    }
+}
+
+/// The first revocation wins, as in MySQL's `WHERE revoked_at IS NULL`.
+fn revoke(session: &mut Session, revocation: &Revocation) {
+    if session.revoked_at.is_none() {
+        session.revoked_at = Some(revocation.at);
+        session.revoke_reason = Some(revocation.reason);
+        session.revoke_note = revocation.note.clone();
     }
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Email, NewUser, RevokeReason, Session, SessionId, User, UserId};
+use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
 
 pub use memory::MemoryStore;
 pub use mysql::MySqlStore;
@@ -58,14 +58,37 @@ pub trait SessionStore: Send + Sync + 'static {
 
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError>;
 
-    /// Marks a session revoked. Idempotent: revoking a revoked session keeps the first
-    /// `revoked_at` and reason, and is not an error (a retried write must not fail).
-    async fn revoke_session(
+    /// One session, live or ended (operators and tests read ended ones).
+    async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
+
+    /// Records the latest activity of a live session (idle expiry reads it after a restart).
+    async fn touch_session(
         &self,
         id: SessionId,
-        at: DateTime<Utc>,
-        reason: RevokeReason,
+        last_seen_at: DateTime<Utc>,
     ) -> Result<(), StoreError>;
+
+    /// Marks sessions revoked, all in one write. Idempotent: a session already revoked keeps
+    /// its first `revoked_at`, reason and note, and unknown ids are ignored, so a retried
+    /// write can never fail on what the first attempt did.
+    async fn revoke_sessions(
+        &self,
+        ids: &[SessionId],
+        revocation: &Revocation,
+    ) -> Result<(), StoreError>;
+
+    /// The sweep: revokes every live session past its absolute end (`max_lifetime`) or last
+    /// seen at or before `idle_cutoff` (`idle_timeout`). Returns how many it ended.
+    async fn expire_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError>;
+
+    /// Deletes session rows that ended before `ended_before` (retention). Returns the count.
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError>;
 
     /// Records `step` as the user's newest accepted TOTP step, only if it is newer than the
     /// stored one. Returns false when it is not (the code was already used), so that even two

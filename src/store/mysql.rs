@@ -8,7 +8,9 @@ use mysql_async::prelude::{Query, Queryable, WithParams};
 use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
 
 use super::{SessionStore, StoreError};
-use crate::domain::{Device, Email, NewUser, RevokeReason, Session, SessionId, User, UserId};
+use crate::domain::{
+    Device, Email, NewUser, Revocation, RevokeReason, Session, SessionId, User, UserId,
+};
 
 mod embedded {
     refinery::embed_migrations!("sql/migrations");
@@ -20,8 +22,8 @@ const ER_DUP_ENTRY: u16 = 1062;
 const USER_COLUMNS: &str = "id, email, password_hash, first_name, last_name, preferred_name, \
      phone_number, address, is_active, mfa_enabled, totp_secret, totp_last_step, created_at, updated_at";
 
-const SESSION_COLUMNS: &str =
-    "id, user_id, created_at, last_seen_at, expires_at, revoked_at, revoke_reason, user_agent, ip";
+const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at, revoked_at, \
+     revoke_reason, revoke_note, user_agent, ip";
 
 #[derive(Clone)]
 pub struct MySqlStore {
@@ -115,6 +117,7 @@ fn session_from_row(mut row: Row) -> Result<Session, StoreError> {
             .map(|r| r.parse())
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("sessions.revoke_reason: {e}")))?,
+        revoke_note: take(&mut row, "revoke_note")?,
         device: Device {
             user_agent: take(&mut row, "user_agent")?,
             ip: take(&mut row, "ip")?,
@@ -220,7 +223,7 @@ impl SessionStore for MySqlStore {
         format!(
             "INSERT INTO sessions ({SESSION_COLUMNS}) \
              VALUES (:id, :user_id, :created_at, :last_seen_at, :expires_at, :revoked_at, \
-             :reason, :user_agent, :ip)"
+             :reason, :note, :user_agent, :ip)"
         )
         .with(params! {
             "id" => s.id.to_string(),
@@ -230,6 +233,7 @@ impl SessionStore for MySqlStore {
             "expires_at" => to_db(s.expires_at),
             "revoked_at" => s.revoked_at.map(to_db),
             "reason" => s.revoke_reason.map(RevokeReason::as_str),
+            "note" => &s.revoke_note,
             "user_agent" => &s.device.user_agent,
             "ip" => &s.device.ip,
         })
@@ -243,19 +247,109 @@ impl SessionStore for MySqlStore {
         })
     }
 
-    async fn revoke_session(
+    async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = conn
+            .exec_first(
+                format!("SELECT {SESSION_COLUMNS} FROM sessions WHERE id = ?"),
+                (id.to_string(),),
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(session_from_row).transpose()
+    }
+
+    async fn touch_session(
         &self,
         id: SessionId,
-        at: DateTime<Utc>,
-        reason: RevokeReason,
+        last_seen_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_drop(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = ? WHERE id = ? AND revoked_at IS NULL",
-            (to_db(at), reason.as_str(), id.to_string()),
+            "UPDATE sessions SET last_seen_at = ? WHERE id = ? AND revoked_at IS NULL",
+            (to_db(last_seen_at), id.to_string()),
         )
         .await
         .map_err(unavailable)
+    }
+
+    async fn revoke_sessions(
+        &self,
+        ids: &[SessionId],
+        revocation: &Revocation,
+    ) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders = vec!["?"; ids.len()].join(", ");
+        let mut params: Vec<mysql_async::Value> = vec![
+            to_db(revocation.at).into(),
+            revocation.reason.as_str().into(),
+            revocation.note.clone().into(),
+        ];
+        params.extend(ids.iter().map(|id| id.to_string().into()));
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            format!(
+                "UPDATE sessions SET revoked_at = ?, revoke_reason = ?, revoke_note = ? \
+                 WHERE revoked_at IS NULL AND id IN ({placeholders})"
+            ),
+            params,
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn expire_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        // Absolute lifetime first, so a session past both limits is recorded as max_lifetime.
+        conn.exec_drop(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = 'max_lifetime' \
+             WHERE revoked_at IS NULL AND expires_at <= ?",
+            (to_db(now), to_db(now)),
+        )
+        .await
+        .map_err(unavailable)?;
+        let mut ended = conn.affected_rows();
+        conn.exec_drop(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = 'idle_timeout' \
+             WHERE revoked_at IS NULL AND last_seen_at <= ?",
+            (to_db(now), to_db(idle_cutoff)),
+        )
+        .await
+        .map_err(unavailable)?;
+        ended += conn.affected_rows();
+        Ok(ended)
+    }
+
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "DELETE FROM sessions WHERE revoked_at < ? OR expires_at < ?",
+            (to_db(ended_before), to_db(ended_before)),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(conn.affected_rows())
+    }
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
+            (password_hash, to_db(Utc::now()), user.get()),
+        )
+        .await
+        .map_err(unavailable)?;
+        if conn.affected_rows() == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!("no user {user}")))
+        }
     }
 
     async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {

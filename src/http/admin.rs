@@ -1,0 +1,99 @@
+//! The operators' API: any user's live sessions, and forced logout of all their devices.
+//! Authorised by `X-Admin-Key`, compared in constant time; with no key configured the whole
+//! API is off and answers 404, as if it did not exist.
+
+use std::sync::Arc;
+
+use serde_json::json;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use super::extract::{JsonObject, json_object, with_state};
+use super::views::SessionView;
+use super::{AppState, respond};
+use crate::domain::UserId;
+use crate::error::ApiError;
+
+/// Longest operator reason kept (the column's width).
+const MAX_REASON: usize = 255;
+
+pub fn routes(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    let limit = state.body_limit;
+    let user = warp::path("api")
+        .and(warp::path("admin"))
+        .and(warp::path("users"))
+        .and(warp::path::param::<u64>());
+
+    let list = user
+        .and(warp::path("sessions"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(admin(state.clone()))
+        .then(list)
+        .map(respond);
+
+    let logout_all = user
+        .and(warp::path("logout-all"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(admin(state))
+        .and(json_object(limit, true))
+        .then(logout_all)
+        .map(respond);
+
+    list.or(logout_all).unify()
+}
+
+/// Passes with the state when `X-Admin-Key` matches the configured key.
+fn admin(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Arc<AppState>,), Error = Rejection> + Clone {
+    warp::header::optional::<String>("x-admin-key")
+        .and(with_state(state))
+        .and_then(|key: Option<String>, state: Arc<AppState>| async move {
+            let Some(expected) = &state.admin_key else {
+                return Err(warp::reject::custom(ApiError::NotFound));
+            };
+            match key {
+                None => Err(warp::reject::custom(ApiError::AdminKeyRequired)),
+                Some(key) if expected.matches(&key) => Ok(state),
+                Some(_) => Err(warp::reject::custom(ApiError::InvalidAdminKey)),
+            }
+        })
+}
+
+async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response, ApiError> {
+    let user_id = UserId::new(user_id);
+    let sessions = state.sessions.admin_sessions_of(user_id).await?;
+    let views: Vec<SessionView> = sessions
+        .iter()
+        .map(|s| SessionView::new(s, state.idle_timeout, None))
+        .collect();
+    Ok(warp::reply::json(&json!({ "user_id": user_id, "sessions": views })).into_response())
+}
+
+async fn logout_all(
+    user_id: u64,
+    state: Arc<AppState>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let reason = body.optional_string("reason")?;
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(ApiError::InvalidRequest(format!(
+            "`reason` must be at most {MAX_REASON} characters"
+        )));
+    }
+    let revoked = state
+        .sessions
+        .admin_logout_all(UserId::new(user_id), reason)
+        .await?;
+    Ok(
+        warp::reply::json(&json!({ "message": "Logged out of all devices", "revoked": revoked }))
+            .into_response(),
+    )
+}
