@@ -37,6 +37,32 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
+    /// Operators: a user's live sessions. Acts through the running service's admin API when
+    /// it is up (so a revocation bites at once), on the database directly when it is not.
+    Sessions {
+        #[command(subcommand)]
+        action: SessionsAction,
+        /// The running service's base URL (default: from http.host and http.port).
+        #[arg(long, global = true)]
+        url: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SessionsAction {
+    /// List the user's live sessions.
+    List {
+        #[arg(long)]
+        user: String,
+    },
+    /// Forced logout of every device of the user.
+    RevokeAll {
+        #[arg(long)]
+        user: String,
+        /// Recorded with each revoked session.
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -4,6 +4,7 @@ use secrecy::ExposeSecret;
 
 use crate::auth::PasswordHasher;
 use crate::config::Settings;
+use crate::operator::{self, OperatorError};
 use crate::seed;
 use crate::startup::{Application, StartupError, shutdown_signal};
 use crate::store::{self, MySqlStore, SessionStore};
@@ -60,6 +61,45 @@ pub fn check_config(settings: &Settings) -> Result<(), StartupError> {
         settings.http.port,
         database,
         settings.auth.require_mfa_token
+    );
+    Ok(())
+}
+
+pub async fn sessions_list(
+    settings: &Settings,
+    url: Option<String>,
+    email: &str,
+) -> Result<(), OperatorError> {
+    let outcome = operator::list(settings, url, email).await?;
+    println!(
+        "{} live session(s) of {email}, read {}",
+        outcome.value.len(),
+        outcome.via
+    );
+    for s in outcome.value {
+        println!(
+            "{}  created {}  last seen {}  expires {}  {}  {}",
+            s.id,
+            s.created_at,
+            s.last_seen_at,
+            s.expires_at,
+            s.ip.as_deref().unwrap_or("-"),
+            s.device
+        );
+    }
+    Ok(())
+}
+
+pub async fn sessions_revoke_all(
+    settings: &Settings,
+    url: Option<String>,
+    email: &str,
+    reason: Option<String>,
+) -> Result<(), OperatorError> {
+    let outcome = operator::revoke_all(settings, url, email, reason).await?;
+    println!(
+        "revoked {} session(s) of {email} {}",
+        outcome.value, outcome.via
     );
     Ok(())
 }

@@ -5,7 +5,7 @@
 //! user, under a supervisor) → [`store`] (MySQL or in-memory). [`auth`] is the credentials
 //! toolbox (scrypt, TOTP, JWT) the layers above the store use; [`domain`] holds the values
 //! every layer speaks in; [`error`] is the one place errors become HTTP responses.
-//! [`config`], [`startup`], [`commands`], [`telemetry`], [`seed`] and [`cli`] wire it together for `main`.
+//! [`config`], [`startup`], [`commands`], [`operator`], [`telemetry`], [`seed`] and [`cli`] wire it together for `main`.
 
 pub mod auth;
 pub mod cli;
@@ -14,6 +14,7 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod operator;
 pub mod seed;
 pub mod sessions;
 pub mod startup;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use finsec::cli::{Cli, Command, ConfigAction};
+use finsec::cli::{Cli, Command, ConfigAction, SessionsAction};
 use finsec::config::Settings;
 use finsec::{commands, telemetry};
 
@@ -18,13 +18,24 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => commands::serve(&settings).await,
-        Command::Migrate => commands::migrate(&settings).await,
-        Command::Seed => commands::seed(&settings).await,
+    let result: Result<(), Box<dyn std::error::Error>> = match cli.command.unwrap_or(Command::Serve)
+    {
+        Command::Serve => commands::serve(&settings).await.map_err(Into::into),
+        Command::Migrate => commands::migrate(&settings).await.map_err(Into::into),
+        Command::Seed => commands::seed(&settings).await.map_err(Into::into),
         Command::Config {
             action: ConfigAction::Check,
-        } => commands::check_config(&settings),
+        } => commands::check_config(&settings).map_err(Into::into),
+        Command::Sessions { action, url } => match action {
+            SessionsAction::List { user } => commands::sessions_list(&settings, url, &user)
+                .await
+                .map_err(Into::into),
+            SessionsAction::RevokeAll { user, reason } => {
+                commands::sessions_revoke_all(&settings, url, &user, reason)
+                    .await
+                    .map_err(Into::into)
+            }
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

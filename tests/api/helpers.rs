@@ -373,3 +373,95 @@ impl TestApp {
             .expect("request is sent")
     }
 }
+
+pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef0123456789";
+
+impl TestApp {
+    /// Logs `user` in from a device that says `user_agent`.
+    pub async fn logged_in_from(&self, user: &TestUser, user_agent: &str) -> LoggedIn {
+        let response = self
+            .client
+            .post(self.url("/api/auth/login"))
+            .header("user-agent", user_agent)
+            .json(&user.credentials())
+            .send()
+            .await
+            .expect("request is sent");
+        assert_eq!(response.status(), StatusCode::OK);
+        LoggedIn::from_body(&response.json().await.unwrap())
+    }
+
+    pub async fn list_sessions(&self, token: &str) -> Response {
+        self.client
+            .get(self.url("/api/auth/sessions"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    pub async fn delete_session(&self, token: &str, id: &str) -> Response {
+        self.client
+            .delete(self.url(&format!("/api/auth/sessions/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    pub async fn post_with_token(&self, path: &str, token: &str, body: &Value) -> Response {
+        self.client
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .expect("request is sent")
+    }
+
+    pub async fn logout_all(&self, token: &str, body: &Value) -> Response {
+        self.post_with_token("/api/auth/logout-all", token, body)
+            .await
+    }
+
+    pub async fn change_password(&self, token: &str, body: &Value) -> Response {
+        self.post_with_token("/api/auth/change-password", token, body)
+            .await
+    }
+
+    /// An admin API request, with the given `X-Admin-Key` (or none).
+    pub fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, self.url(path));
+        match key {
+            Some(key) => request.header("x-admin-key", key),
+            None => request,
+        }
+    }
+
+    /// The stored revoke reason of a session, polled until the sweep or a retry has written
+    /// one (at most ~5 s), or None if none came.
+    pub async fn eventual_revoke_reason(&self, session_id: &str) -> Option<String> {
+        let sql = format!("SELECT revoke_reason FROM sessions WHERE id = '{session_id}'");
+        eventually(|| self.db.query_one(&sql)).await
+    }
+}
+
+/// Polls `probe` every 50 ms until it yields `Some`, for at most 5 s.
+pub async fn eventually<T, F, Fut>(mut probe: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..100 {
+        if let Some(value) = probe().await {
+            return Some(value);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}

@@ -2,12 +2,16 @@
 
 mod helpers;
 
+mod admin;
+mod expiry;
 mod health;
 mod login;
 mod logout;
 mod mfa;
+mod password;
 mod restart;
 mod secrets;
+mod sessions;
 mod supervision;
 mod tokens;
 mod write_path;

@@ -1,9 +1,7 @@
-use std::time::Duration;
-
 use finsec::sessions::UserMsg;
 use reqwest::StatusCode;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{eventually, spawn_app};
 
 #[tokio::test]
 async fn a_crashed_user_actor_is_replaced_from_the_store_and_nobody_else_notices() {
@@ -28,15 +26,8 @@ async fn a_crashed_user_actor_is_replaced_from_the_store_and_nobody_else_notices
     actor.cast(UserMsg::Crash).expect("message is delivered");
 
     // The supervisor notices and drops the failed actor from the registry.
-    let mut residents = app.resident_actors().await;
-    for _ in 0..100 {
-        if residents == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        residents = app.resident_actors().await;
-    }
-    assert_eq!(residents, 1, "the failed actor is forgotten");
+    let forgotten = eventually(|| async { (app.resident_actors().await == 1).then_some(()) }).await;
+    assert!(forgotten.is_some(), "the failed actor is forgotten");
     assert!(app.state.sessions.registry().resident(john.id).is_none());
 
     // Jane never noticed; John's next request respawns his actor with exactly his live sessions.

@@ -1,8 +1,6 @@
 //! Write-through: nothing is acknowledged that did not reach MySQL, and a revocation takes
 //! effect at once even when the write has to be retried.
 
-use std::time::Duration;
-
 use reqwest::StatusCode;
 
 use crate::helpers::{assert_error, spawn_app_with};
@@ -58,18 +56,7 @@ async fn a_revocation_bites_at_once_and_its_write_is_retried_until_it_lands() {
     app.db
         .execute("RENAME TABLE sessions_offline TO sessions")
         .await;
-    let query = format!(
-        "SELECT revoke_reason FROM sessions WHERE id = '{}'",
-        session.session_id
-    );
-    let mut reason = None;
-    for _ in 0..100 {
-        reason = app.db.query_one(&query).await;
-        if reason.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reason = app.eventual_revoke_reason(&session.session_id).await;
     assert_eq!(
         reason.as_deref(),
         Some("logout"),

@@ -1,0 +1,115 @@
+//! Changing the password ends every other session.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{assert_error, spawn_app};
+
+#[tokio::test]
+async fn a_new_password_ends_every_other_session() {
+    let app = spawn_app().await;
+    let john = app.user().await;
+    let here = app.logged_in(&john).await;
+    let elsewhere = app.logged_in(&john).await;
+    let stolen = app.logged_in(&john).await;
+
+    let new_password = "a much longer new passphrase";
+    let response = app
+        .change_password(
+            &here.token,
+            &json!({"currentPassword": john.password, "newPassword": new_password}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body, json!({"message": "Password changed", "revoked": 2}));
+
+    assert_eq!(app.me(&here.token).await.status(), StatusCode::OK);
+    for other in [&elsewhere, &stolen] {
+        assert_eq!(
+            app.me(&other.token).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            app.eventual_revoke_reason(&other.session_id)
+                .await
+                .as_deref(),
+            Some("password_changed")
+        );
+    }
+
+    let old = app.login(&john.credentials()).await;
+    assert_error(old, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    let new = app
+        .login(&json!({"email": john.email, "password": new_password}))
+        .await;
+    assert_eq!(new.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn weak_new_passwords_are_refused_with_the_reason() {
+    let app = spawn_app().await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+
+    let short = app
+        .change_password(
+            &session.token,
+            &json!({"currentPassword": john.password, "newPassword": "short"}),
+        )
+        .await;
+    let body = assert_error(short, StatusCode::BAD_REQUEST, "weak_password").await;
+    assert!(body["error"].as_str().unwrap().contains("12"), "{body}");
+
+    let email = app
+        .change_password(
+            &session.token,
+            &json!({"currentPassword": john.password, "newPassword": john.email.to_uppercase()}),
+        )
+        .await;
+    let body = assert_error(email, StatusCode::BAD_REQUEST, "weak_password").await;
+    assert!(body["error"].as_str().unwrap().contains("email"), "{body}");
+
+    // Nothing changed.
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_current_password_must_be_right() {
+    let app = spawn_app().await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+    let other = app.logged_in(&john).await;
+
+    let response = app
+        .change_password(
+            &session.token,
+            &json!({"currentPassword": "wrong", "newPassword": "a perfectly long password"}),
+        )
+        .await;
+    assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+    assert_eq!(
+        app.me(&other.token).await.status(),
+        StatusCode::OK,
+        "nothing was revoked"
+    );
+
+    for body in [
+        json!({"newPassword": "a perfectly long password"}),
+        json!({"currentPassword": john.password}),
+    ] {
+        let response = app.change_password(&session.token, &body).await;
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    let response = app
+        .client
+        .post(app.url("/api/auth/change-password"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(response, StatusCode::UNAUTHORIZED, "missing_token").await;
+}
