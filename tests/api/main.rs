@@ -3,6 +3,7 @@
 mod helpers;
 
 mod admin;
+mod cli;
 mod expiry;
 mod health;
 mod login;

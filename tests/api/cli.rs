@@ -1,0 +1,177 @@
+//! `finsec sessions list|revoke-all`: through the running service when it is up, on the
+//! database when it is not, and never behind the back of a running service.
+
+use std::process::Output;
+
+use reqwest::StatusCode;
+
+use crate::helpers::{ADMIN_KEY, TestApp, spawn_app, spawn_app_with};
+
+async fn finsec(app: &TestApp, admin_key: Option<&str>, args: &[&str]) -> Output {
+    let port = app.address.rsplit(':').next().unwrap().to_owned();
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"));
+    command
+        .arg("--config-dir")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .args(args)
+        .env("FINSEC__DATABASE__URL", &app.db.url)
+        .env("FINSEC__HTTP__PORT", port)
+        .env("FINSEC__PASSWORD__LOG_N", "4")
+        .env("FINSEC__ADMIN__API_KEY", admin_key.unwrap_or(""));
+    command.output().await.expect("finsec runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn revoke_all_goes_through_the_running_service_and_bites_at_once() {
+    let app = spawn_app_with(|f| f.merge(("admin.api_key", ADMIN_KEY))).await;
+    let john = app.user().await;
+    let phone = app.logged_in(&john).await;
+    let laptop = app.logged_in(&john).await;
+
+    let listed = finsec(
+        &app,
+        Some(ADMIN_KEY),
+        &["sessions", "list", "--user", &john.email],
+    )
+    .await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let out = stdout(&listed);
+    assert!(
+        out.contains("2 live session(s)") && out.contains("through the running service"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&phone.session_id) && out.contains(&laptop.session_id),
+        "{out}"
+    );
+
+    let revoked = finsec(
+        &app,
+        Some(ADMIN_KEY),
+        &[
+            "sessions",
+            "revoke-all",
+            "--user",
+            &john.email,
+            "--reason",
+            "cli says so",
+        ],
+    )
+    .await;
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert!(
+        stdout(&revoked).contains("revoked 2 session(s)"),
+        "{}",
+        stdout(&revoked)
+    );
+
+    for device in [&phone, &laptop] {
+        assert_eq!(
+            app.me(&device.token).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            app.eventual_revoke_reason(&device.session_id)
+                .await
+                .as_deref(),
+            Some("admin")
+        );
+    }
+}
+
+#[tokio::test]
+async fn with_the_service_stopped_it_acts_on_the_database() {
+    let mut app = spawn_app().await;
+    let john = app.user().await;
+    let phone = app.logged_in(&john).await;
+    let laptop = app.logged_in(&john).await;
+    app.stop().await;
+    // Nothing listens on the discard port: the command must find no service there (and
+    // cannot meet another test's server that happened to take this app's old port).
+    let nobody = "http://127.0.0.1:9";
+
+    let listed = finsec(
+        &app,
+        None,
+        &["sessions", "list", "--user", &john.email, "--url", nobody],
+    )
+    .await;
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    assert!(
+        stdout(&listed).contains("2 live session(s)")
+            && stdout(&listed).contains("in the database")
+    );
+
+    let revoked = finsec(
+        &app,
+        None,
+        &[
+            "sessions",
+            "revoke-all",
+            "--user",
+            &john.email,
+            "--url",
+            nobody,
+        ],
+    )
+    .await;
+    assert!(revoked.status.success(), "{}", stderr(&revoked));
+    assert!(
+        stdout(&revoked).contains("revoked 2 session(s)")
+            && stdout(&revoked).contains("in the database")
+    );
+
+    app.restart().await;
+    for device in [&phone, &laptop] {
+        assert_eq!(
+            app.me(&device.token).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}
+
+#[tokio::test]
+async fn it_refuses_to_write_behind_a_running_service_it_cannot_reach_as_admin() {
+    let app = spawn_app().await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+
+    let revoked = finsec(
+        &app,
+        None,
+        &["sessions", "revoke-all", "--user", &john.email],
+    )
+    .await;
+    assert!(!revoked.status.success());
+    assert!(
+        stderr(&revoked).contains("admin.api_key"),
+        "{}",
+        stderr(&revoked)
+    );
+    assert_eq!(
+        app.me(&session.token).await.status(),
+        StatusCode::OK,
+        "nothing was revoked"
+    );
+
+    let unknown = finsec(
+        &app,
+        None,
+        &["sessions", "list", "--user", "nobody@example.com"],
+    )
+    .await;
+    assert!(!unknown.status.success());
+    assert!(
+        stderr(&unknown).contains("no user with email"),
+        "{}",
+        stderr(&unknown)
+    );
+}
