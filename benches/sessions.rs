@@ -18,6 +18,15 @@ const DEMO_PASSWORD: &str = "password123";
 struct Running {
     url: String,
     stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Shuts the server down and waits for it (actors drained, store closed).
+    async fn finish(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 async fn start(configure: impl FnOnce(Figment) -> Figment) -> Running {
@@ -33,10 +42,10 @@ async fn start(configure: impl FnOnce(Figment) -> Figment) -> Running {
     let app = Application::build(&settings).await.expect("service starts");
     let url = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
+    let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    Running { url, stop }
+    Running { url, stop, task }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -140,7 +149,7 @@ async fn main() {
     report("login, scrypt log_n=15, 8 clients", latencies, wall);
 
     // 2. Authenticated requests: JWT check + one actor round trip.
-    let token = login(&http, &app.url, "ali@example.com").await["access_token"]
+    let token = login(&http, &app.url, "john.doe@example.com").await["access_token"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -167,7 +176,7 @@ async fn main() {
             wall,
         );
     }
-    let _ = app.stop.send(());
+    app.finish().await;
 
     // 3. Memory per active user: each login spawns that user's actor and opens one session.
     let users = 2000;
@@ -195,7 +204,7 @@ async fn main() {
         after.saturating_sub(before),
         after.saturating_sub(before) as f64 / users as f64
     );
-    let _ = app.stop.send(());
+    app.finish().await;
 }
 
 /// A server over a memory store holding `count` extra users (cheap hashes), and their emails.
@@ -239,8 +248,8 @@ async fn start_with_users(count: usize) -> (Running, std::sync::Arc<Vec<String>>
         .unwrap();
     let url = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
+    let task = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
     }));
-    (Running { url, stop }, std::sync::Arc::new(emails))
+    (Running { url, stop, task }, std::sync::Arc::new(emails))
 }

@@ -142,7 +142,7 @@ impl Application {
             .graceful(shutdown)
             .run()
             .await;
-        self.state.sessions.stop();
+        self.state.sessions.shutdown().await;
         if let Err(err) = self.store.close().await {
             tracing::warn!(error = %err, "closing the store failed");
         }

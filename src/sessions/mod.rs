@@ -140,9 +140,15 @@ impl Sessions {
         })
     }
 
-    /// Stops the supervisor and, with it, every user actor.
-    pub fn stop(&self) {
-        self.supervisor.stop(Some("shutdown".into()));
+    /// Stops every user actor gracefully (each answers what is already in its mailbox and
+    /// makes a last attempt at any unwritten revocation), then the supervisor.
+    pub async fn shutdown(&self) {
+        let grace = Some(std::time::Duration::from_secs(5));
+        self.supervisor.drain_children_and_wait(grace).await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), grace)
+            .await;
     }
 
     pub fn registry(&self) -> &Registry {

@@ -164,14 +164,7 @@ impl Actor for UserActor {
                 reason,
                 reply,
             } => {
-                let result = if state.sessions.contains_key(&session_id) {
-                    state
-                        .end_sessions(vec![session_id], Revocation::new(now, reason))
-                        .await
-                } else {
-                    Err(SessionError::NotFound)
-                };
-                let _ = reply.send(result);
+                let _ = reply.send(state.revoke(session_id, reason, now).await);
             }
             UserMsg::RevokeAll {
                 except,
@@ -195,6 +188,24 @@ impl Actor for UserActor {
             }
             #[cfg(any(test, feature = "test-hooks"))]
             UserMsg::Crash => panic!("test hook: user actor {} told to crash", state.user.id),
+        }
+        Ok(())
+    }
+
+    /// Stopping (passivation never happens with unwritten revocations, so this is shutdown):
+    /// one last attempt at the writes, and a loud log line if a revocation is still unwritten,
+    /// because a restart would then find that session live.
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if !state.unwritten.is_empty() {
+            state.write_unwritten().await;
+            for (ids, revocation) in &state.unwritten {
+                tracing::error!(user_id = %state.user.id, sessions = ?ids, reason = %revocation.reason,
+                    "revocation could not be written before shutdown");
+            }
         }
         Ok(())
     }
@@ -371,6 +382,19 @@ impl UserState {
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
         sessions
+    }
+
+    async fn revoke(
+        &mut self,
+        id: SessionId,
+        reason: RevokeReason,
+        now: DateTime<Utc>,
+    ) -> Result<(), SessionError> {
+        if !self.sessions.contains_key(&id) {
+            return Err(SessionError::NotFound);
+        }
+        self.end_sessions(vec![id], Revocation::new(now, reason))
+            .await
     }
 
     async fn revoke_all(
