@@ -50,6 +50,14 @@ fn new_user(email: &str) -> NewUser {
     }
 }
 
+/// Ada, the user most tests need.
+async fn ada(store: &DynStore) -> finsec::domain::User {
+    store
+        .insert_user(new_user("ada@example.com"))
+        .await
+        .unwrap()
+}
+
 /// MySQL keeps microseconds; keep the test's instants at that precision so both stores
 /// return exactly what they were given.
 fn now() -> chrono::DateTime<Utc> {
@@ -125,10 +133,7 @@ async fn duplicate_emails_conflict(subject: Subject) {
 
 async fn sessions_live_until_revoked_or_expired(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     let other = store
         .insert_user(new_user("bob@example.com"))
         .await
@@ -166,10 +171,7 @@ async fn sessions_live_until_revoked_or_expired(subject: Subject) {
 
 async fn revoking_is_idempotent_and_keeps_the_first_reason(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     let t = now();
     let a = session(user.id, t, Duration::hours(1));
     let b = session(user.id, t, Duration::hours(1));
@@ -207,10 +209,7 @@ async fn revoking_is_idempotent_and_keeps_the_first_reason(subject: Subject) {
 
 async fn touches_move_last_seen(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     let t = now();
     let s = session(user.id, t, Duration::hours(1));
     store.insert_session(&s).await.unwrap();
@@ -225,10 +224,7 @@ async fn touches_move_last_seen(subject: Subject) {
 
 async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     let t = now();
     let fresh = session(user.id, t, Duration::hours(1));
     let idle = session(user.id, t - Duration::minutes(30), Duration::hours(1));
@@ -267,10 +263,7 @@ async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Su
 
 async fn pruning_deletes_only_rows_that_ended_before_the_cutoff(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     let t = now();
     let live = session(user.id, t - Duration::days(40), Duration::days(60));
     let revoked_long_ago = session(user.id, t - Duration::days(40), Duration::days(60));
@@ -328,10 +321,7 @@ async fn pruning_deletes_only_rows_that_ended_before_the_cutoff(subject: Subject
 
 async fn password_hashes_can_be_replaced(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     store
         .set_password_hash(user.id, "$scrypt$new")
         .await
@@ -348,10 +338,7 @@ async fn password_hashes_can_be_replaced(subject: Subject) {
 
 async fn duplicate_session_ids_conflict(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     let s = session(user.id, now(), Duration::hours(1));
     store.insert_session(&s).await.unwrap();
     let err = store.insert_session(&s).await.unwrap_err();
@@ -366,10 +353,7 @@ async fn a_session_needs_an_existing_user(subject: Subject) {
 
 async fn totp_steps_only_move_forward(subject: Subject) {
     let store = subject.store;
-    let user = store
-        .insert_user(new_user("ada@example.com"))
-        .await
-        .unwrap();
+    let user = ada(&store).await;
     assert!(store.advance_totp_step(user.id, 100).await.unwrap());
     assert!(
         !store.advance_totp_step(user.id, 100).await.unwrap(),

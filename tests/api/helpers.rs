@@ -257,6 +257,12 @@ impl TestApp {
         self.post_json("/api/auth/verify-mfa", body).await
     }
 
+    /// The seed's verify-mfa request: `{"userId", "otpCode"}`, against a pending challenge.
+    pub async fn verify_code(&self, user: &TestUser, code: &str) -> Response {
+        self.verify_mfa(&json!({"userId": user.id.get(), "otpCode": code}))
+            .await
+    }
+
     /// Logs `user` in (no MFA) and returns the token and session id.
     pub async fn logged_in(&self, user: &TestUser) -> LoggedIn {
         let response = self.login(&user.credentials()).await;

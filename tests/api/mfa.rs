@@ -44,16 +44,12 @@ async fn a_code_is_accepted_once_ever() {
     let code = jane.totp_code(0);
 
     app.begin_mfa(&jane).await;
-    let first = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": code}))
-        .await;
+    let first = app.verify_code(&jane, &code).await;
     assert_eq!(first.status(), StatusCode::OK);
 
     // A fresh password step does not make the spent code good again.
     app.begin_mfa(&jane).await;
-    let replay = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": code}))
-        .await;
+    let replay = app.verify_code(&jane, &code).await;
     assert_error(replay, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 
     // Not even after a restart: the spent step lives in MySQL.
@@ -68,9 +64,7 @@ async fn a_code_is_accepted_once_ever() {
     assert!(step.parse::<u64>().unwrap() > 0);
 
     // The next code (next time step) works.
-    let next = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": jane.totp_code(1)}))
-        .await;
+    let next = app.verify_code(&jane, &jane.totp_code(1)).await;
     assert_eq!(next.status(), StatusCode::OK);
 }
 
@@ -80,16 +74,12 @@ async fn a_spent_code_stays_spent_across_a_restart() {
     let jane = app.mfa_user().await;
     let code = jane.totp_code(0);
     app.begin_mfa(&jane).await;
-    let first = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": code}))
-        .await;
+    let first = app.verify_code(&jane, &code).await;
     assert_eq!(first.status(), StatusCode::OK);
 
     app.restart().await;
     app.begin_mfa(&jane).await;
-    let replay = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": code}))
-        .await;
+    let replay = app.verify_code(&jane, &code).await;
     assert_error(replay, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 }
 
@@ -98,9 +88,7 @@ async fn without_a_pending_challenge_even_the_right_code_fails() {
     let app = spawn_app().await;
     let jane = app.mfa_user().await;
     // The original let anyone who knew a user id guess codes; here the password step comes first.
-    let response = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0)}))
-        .await;
+    let response = app.verify_code(&jane, &jane.totp_code(0)).await;
     let body = assert_error(response, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
     assert_eq!(body["error"], "Invalid MFA code");
 }
@@ -116,21 +104,15 @@ async fn five_wrong_codes_void_the_challenge() {
         "000000"
     };
     for _ in 0..5 {
-        let response = app
-            .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": wrong}))
-            .await;
+        let response = app.verify_code(&jane, wrong).await;
         assert_error(response, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
     }
-    let right = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0)}))
-        .await;
+    let right = app.verify_code(&jane, &jane.totp_code(0)).await;
     assert_error(right, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 
     // A new password step opens a new challenge.
     app.begin_mfa(&jane).await;
-    let right = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0)}))
-        .await;
+    let right = app.verify_code(&jane, &jane.totp_code(0)).await;
     assert_eq!(right.status(), StatusCode::OK);
 }
 
@@ -151,9 +133,7 @@ async fn the_challenge_expires() {
     let jane = app.mfa_user().await;
     app.begin_mfa(&jane).await;
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    let response = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0)}))
-        .await;
+    let response = app.verify_code(&jane, &jane.totp_code(0)).await;
     assert_error(response, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 }
 
@@ -163,9 +143,7 @@ async fn the_mfa_token_can_be_made_mandatory() {
     let jane = app.mfa_user().await;
     let mfa_token = app.begin_mfa(&jane).await;
 
-    let without = app
-        .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0)}))
-        .await;
+    let without = app.verify_code(&jane, &jane.totp_code(0)).await;
     assert_error(without, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 
     let with = app
