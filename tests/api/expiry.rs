@@ -183,3 +183,32 @@ async fn an_idle_actor_passivates_and_comes_back_with_its_sessions() {
     );
     assert_eq!(app.resident_actors().await, 1, "respawned on demand");
 }
+
+#[tokio::test]
+async fn an_idle_session_is_refused_on_its_next_request_even_before_any_sweep() {
+    let app = spawn_app_with(|f| {
+        f.merge(("session.sweep_interval", "1h"))
+            .merge(("session.idle_timeout", "500ms"))
+    })
+    .await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let reason = format!(
+        "SELECT revoke_reason FROM sessions WHERE id = '{}'",
+        session.session_id
+    );
+    assert_eq!(app.db.query_one(&reason).await, None, "no sweep has run");
+
+    assert_error(
+        app.me(&session.token).await,
+        StatusCode::UNAUTHORIZED,
+        "session_ended",
+    )
+    .await;
+    // The refusal itself recorded why the session ended.
+    assert_eq!(
+        app.db.query_one(&reason).await.as_deref(),
+        Some("idle_timeout")
+    );
+}
