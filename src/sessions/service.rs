@@ -1,0 +1,374 @@
+//! [`Sessions`]: the operations the HTTP layer (and the CLI, through it) performs on live
+//! sessions. It does the work that must not happen inside an actor (password checks on the
+//! blocking pool, token signing), then asks the user's actor to make the change.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use ractor::{Actor, ActorRef};
+use secrecy::SecretString;
+
+use super::SessionError;
+use super::messages::{LoginStep, MfaAttempt, SessionGrant, SupervisorMsg, UserMsg};
+use super::registry::{Registry, Residents};
+use super::supervisor::{SessionSupervisor, SupervisorArgs};
+use super::user_actor::SessionPolicy;
+use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
+use crate::domain::{Device, Email, RevokeReason, Session, SessionId, UserId, UserProfile};
+use crate::store::DynStore;
+
+/// A fresh session and the token that carries it.
+#[derive(Debug, Clone)]
+pub struct IssuedSession {
+    pub access_token: String,
+    pub session: Session,
+    pub user: UserProfile,
+}
+
+#[derive(Debug, Clone)]
+pub enum LoginOutcome {
+    LoggedIn(Box<IssuedSession>),
+    MfaRequired { user_id: UserId, mfa_token: String },
+}
+
+/// What an authenticated request knows about its caller: a verified token whose session the
+/// user's actor has just confirmed live.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user_id: UserId,
+    pub session_id: SessionId,
+    pub session: Session,
+    pub user: UserProfile,
+}
+
+/// A password change: the current one to prove it is the user, and the new one.
+pub struct PasswordChange {
+    pub current: SecretString,
+    pub new: SecretString,
+}
+
+/// The email and password of the original FinSec `verify-mfa` form.
+pub struct Credentials {
+    pub email: Email,
+    pub password: SecretString,
+}
+
+pub struct Sessions {
+    store: DynStore,
+    registry: Registry,
+    supervisor: ActorRef<SupervisorMsg>,
+    hasher: PasswordHasher,
+    tokens: TokenIssuer,
+    require_mfa_token: bool,
+    min_password_length: usize,
+}
+
+pub struct SessionsConfig {
+    pub policy: SessionPolicy,
+    pub call_timeout: std::time::Duration,
+    pub require_mfa_token: bool,
+    pub min_password_length: usize,
+}
+
+impl Sessions {
+    /// Starts the supervisor and wires the registry to it.
+    pub async fn start(
+        store: DynStore,
+        hasher: PasswordHasher,
+        tokens: TokenIssuer,
+        config: SessionsConfig,
+    ) -> Result<Self, SessionError> {
+        let residents = Arc::new(Residents::default());
+        let policy = Arc::new(config.policy);
+        let args = SupervisorArgs {
+            residents: residents.clone(),
+            store: store.clone(),
+            policy: policy.clone(),
+        };
+        let (supervisor, _handle) = Actor::spawn(None, SessionSupervisor, args)
+            .await
+            .map_err(|e| SessionError::Unavailable(format!("supervisor failed to start: {e}")))?;
+        let registry = Registry::new(
+            residents,
+            supervisor.get_cell(),
+            store.clone(),
+            policy,
+            config.call_timeout,
+        );
+        Ok(Self {
+            store,
+            registry,
+            supervisor,
+            hasher,
+            tokens,
+            require_mfa_token: config.require_mfa_token,
+            min_password_length: config.min_password_length,
+        })
+    }
+
+    /// Stops every user actor gracefully (each answers what is already in its mailbox and
+    /// makes a last attempt at any unwritten revocation), then the supervisor.
+    pub async fn shutdown(&self) {
+        let grace = Some(std::time::Duration::from_secs(5));
+        self.supervisor.drain_children_and_wait(grace).await;
+        let _ = self
+            .supervisor
+            .stop_and_wait(Some("shutdown".into()), grace)
+            .await;
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    pub fn supervisor(&self) -> &ActorRef<SupervisorMsg> {
+        &self.supervisor
+    }
+
+    /// The password step. An unknown email and a wrong password are the same error and cost
+    /// the same scrypt verification.
+    pub async fn login(
+        &self,
+        credentials: Credentials,
+        device: Device,
+    ) -> Result<LoginOutcome, SessionError> {
+        let user_id = self.check_password(credentials).await?;
+        let step = self
+            .registry
+            .ask(user_id, |reply| UserMsg::Login {
+                device: device.clone(),
+                reply,
+            })
+            .await
+            .map_err(|err| match err {
+                // Deleted between the password check and now: as if it never existed.
+                SessionError::UnknownUser => AuthError::InvalidCredentials.into(),
+                other => other,
+            })?;
+        Ok(match step {
+            LoginStep::SessionOpened(grant) => {
+                LoginOutcome::LoggedIn(Box::new(self.issue(*grant)?))
+            }
+            LoginStep::MfaRequired { mfa_token } => {
+                LoginOutcome::MfaRequired { user_id, mfa_token }
+            }
+        })
+    }
+
+    /// The second factor. With `credentials` (the original clients' form) the password is
+    /// checked here and stands in for the challenge; without, the challenge opened by the
+    /// password step must be pending in the user's actor.
+    pub async fn verify_mfa(
+        &self,
+        user_id: UserId,
+        code: String,
+        mfa_token: Option<String>,
+        credentials: Option<Credentials>,
+        device: Device,
+    ) -> Result<IssuedSession, SessionError> {
+        let password_verified = match credentials {
+            Some(credentials) => {
+                // The email must be this user's: a right password for another account does
+                // not open this one, and says no more than a wrong password would.
+                if self.check_password(credentials).await? != user_id {
+                    return Err(AuthError::InvalidCredentials.into());
+                }
+                true
+            }
+            None => {
+                if self.require_mfa_token && mfa_token.is_none() {
+                    return Err(AuthError::InvalidMfaCode.into());
+                }
+                false
+            }
+        };
+        let attempt = MfaAttempt {
+            code,
+            mfa_token,
+            password_verified,
+            device,
+        };
+        let grant = self
+            .registry
+            .ask(user_id, |reply| UserMsg::VerifyMfa {
+                attempt: attempt.clone(),
+                reply,
+            })
+            .await
+            .map_err(|err| match err {
+                // Guessing codes for ids that do not exist must look like a wrong code.
+                SessionError::UnknownUser => AuthError::InvalidMfaCode.into(),
+                other => other,
+            })?;
+        self.issue(grant)
+    }
+
+    /// Verifies a bearer token and asks the user's actor whether its session is live.
+    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, SessionError> {
+        let subject = self.tokens.verify(token)?;
+        let grant = self
+            .registry
+            .ask(subject.user_id, |reply| UserMsg::Validate {
+                session_id: subject.session_id,
+                reply,
+            })
+            .await
+            .map_err(|err| match err {
+                SessionError::UnknownUser => SessionError::Ended,
+                other => other,
+            })?;
+        Ok(Authenticated {
+            user_id: subject.user_id,
+            session_id: subject.session_id,
+            session: grant.session,
+            user: grant.user,
+        })
+    }
+
+    /// Ends one of the caller's own sessions (their current one by default).
+    pub async fn logout(
+        &self,
+        caller: &Authenticated,
+        user_id: Option<UserId>,
+        session_id: Option<SessionId>,
+    ) -> Result<(), SessionError> {
+        if user_id.is_some_and(|id| id != caller.user_id) {
+            return Err(SessionError::Forbidden(
+                "you can only end your own sessions",
+            ));
+        }
+        let session_id = session_id.unwrap_or(caller.session_id);
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::Revoke {
+                session_id,
+                reason: RevokeReason::Logout,
+                reply,
+            })
+            .await
+    }
+
+    /// The caller's live sessions, newest first.
+    pub async fn sessions_of(&self, caller: &Authenticated) -> Result<Vec<Session>, SessionError> {
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::ListSessions { reply })
+            .await
+    }
+
+    /// Ends one of the caller's sessions by id (another device of theirs, or this one).
+    pub async fn revoke_session(
+        &self,
+        caller: &Authenticated,
+        session_id: SessionId,
+    ) -> Result<(), SessionError> {
+        self.logout(caller, None, Some(session_id)).await
+    }
+
+    /// Ends every session of the caller, or every other one with `keep_current`.
+    pub async fn logout_all(
+        &self,
+        caller: &Authenticated,
+        keep_current: bool,
+    ) -> Result<usize, SessionError> {
+        let except = keep_current.then_some(caller.session_id);
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::RevokeAll {
+                except,
+                reason: RevokeReason::LogoutAll,
+                note: None,
+                reply,
+            })
+            .await
+    }
+
+    /// Checks the current password, hashes the new one (both off the runtime and off the
+    /// actor), then has the actor store it and end every other session. Returns how many
+    /// sessions ended.
+    pub async fn change_password(
+        &self,
+        caller: &Authenticated,
+        change: PasswordChange,
+    ) -> Result<usize, SessionError> {
+        use secrecy::ExposeSecret;
+        let new = change.new.expose_secret();
+        if new.chars().count() < self.min_password_length {
+            return Err(SessionError::WeakPassword(format!(
+                "the new password must be at least {} characters long",
+                self.min_password_length
+            )));
+        }
+        if new.trim().eq_ignore_ascii_case(&caller.user.email) {
+            return Err(SessionError::WeakPassword(
+                "the new password must not be your email address".into(),
+            ));
+        }
+        let user = self
+            .store
+            .user_by_id(caller.user_id)
+            .await?
+            .ok_or(SessionError::Ended)?;
+        if !self
+            .hasher
+            .verify(change.current, Some(&user.password_hash))
+            .await?
+        {
+            return Err(AuthError::InvalidCredentials.into());
+        }
+        let password_hash = self.hasher.hash(change.new).await?;
+        self.registry
+            .ask(caller.user_id, |reply| UserMsg::ChangePassword {
+                password_hash: password_hash.clone(),
+                keep: caller.session_id,
+                reply,
+            })
+            .await
+    }
+
+    /// Operators: any user's live sessions.
+    pub async fn admin_sessions_of(&self, user_id: UserId) -> Result<Vec<Session>, SessionError> {
+        self.registry
+            .ask(user_id, |reply| UserMsg::ListSessions { reply })
+            .await
+    }
+
+    /// Operators: forced logout of every device of `user_id`, with the operator's reason.
+    pub async fn admin_logout_all(
+        &self,
+        user_id: UserId,
+        note: Option<String>,
+    ) -> Result<usize, SessionError> {
+        self.registry
+            .ask(user_id, |reply| UserMsg::RevokeAll {
+                except: None,
+                reason: RevokeReason::Admin,
+                note: note.clone(),
+                reply,
+            })
+            .await
+    }
+
+    /// Looks the email up and verifies the password; the user id on success.
+    async fn check_password(&self, credentials: Credentials) -> Result<UserId, SessionError> {
+        let user = self.store.user_by_email(&credentials.email).await?;
+        let stored = user.as_ref().map(|u| u.password_hash.as_str());
+        let verified = self.hasher.verify(credentials.password, stored).await?;
+        match user {
+            Some(user) if verified => {
+                if user.is_active {
+                    Ok(user.id)
+                } else {
+                    Err(AuthError::AccountInactive.into())
+                }
+            }
+            _ => Err(AuthError::InvalidCredentials.into()),
+        }
+    }
+
+    fn issue(&self, grant: SessionGrant) -> Result<IssuedSession, SessionError> {
+        let access_token = self.tokens.issue(&grant.session, Utc::now())?;
+        Ok(IssuedSession {
+            access_token,
+            session: grant.session,
+            user: grant.user,
+        })
+    }
+}
