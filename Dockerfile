@@ -3,6 +3,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+# Cargo.toml names the bench target; cargo refuses a manifest whose target file is missing.
+COPY benches ./benches
 COPY sql ./sql
 COPY config ./config
 RUN cargo build --release --locked --bin finsec
