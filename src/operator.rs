@@ -66,7 +66,7 @@ pub async fn list(
     url: Option<String>,
     email: &str,
 ) -> Result<Outcome<Vec<SessionRow>>, OperatorError> {
-    let store = store::connect(settings.database.url.expose_secret(), 1).await?;
+    let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
     match target(settings, url, store).await? {
         Target::Service { client, url, key } => {
@@ -103,7 +103,7 @@ pub async fn revoke_all(
     email: &str,
     reason: Option<String>,
 ) -> Result<Outcome<usize>, OperatorError> {
-    let store = store::connect(settings.database.url.expose_secret(), 1).await?;
+    let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
     match target(settings, url, store).await? {
         Target::Service { client, url, key } => {
@@ -142,6 +142,19 @@ pub async fn revoke_all(
     }
 }
 
+/// The configured database, which must be a real one: the embedded store lives inside the
+/// service's process, where this command cannot look up an email.
+async fn open_store(settings: &Settings) -> Result<DynStore, OperatorError> {
+    if settings.database.is_memory() {
+        return Err(OperatorError::Usage(
+            "database.url is \"memory\": the embedded store lives inside the service's process, \
+             out of this command's reach; use the admin API (docs/API.md) or a MySQL database"
+                .into(),
+        ));
+    }
+    Ok(store::connect(settings.database.url.expose_secret(), 1).await?)
+}
+
 async fn resolve(store: &DynStore, email: &str) -> Result<UserId, OperatorError> {
     let parsed = Email::parse(email).map_err(|e| OperatorError::Usage(format!("--user {e}")))?;
     let user = store
@@ -172,11 +185,6 @@ async fn target(
         .map_err(|e| OperatorError::Usage(e.to_string()))?;
     let running = client.get(format!("{url}/")).send().await.is_ok();
     if !running {
-        if settings.database.is_memory() {
-            return Err(OperatorError::Usage(format!(
-                "database.url is \"memory\" and no service answers at {url}: there are no sessions to act on"
-            )));
-        }
         return Ok(Target::Database(store));
     }
     store.close().await?;

@@ -175,3 +175,21 @@ async fn it_refuses_to_write_behind_a_running_service_it_cannot_reach_as_admin()
         stderr(&unknown)
     );
 }
+
+#[tokio::test]
+async fn with_the_embedded_store_it_says_it_cannot_reach_it() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
+        .arg("--config-dir")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .args(["sessions", "revoke-all", "--user", "john.doe@example.com"])
+        .env("FINSEC__DATABASE__URL", "memory")
+        .output()
+        .await
+        .expect("finsec runs");
+    assert!(!output.status.success());
+    let err = stderr(&output);
+    assert!(
+        err.contains("\"memory\"") && err.contains("admin API"),
+        "{err}"
+    );
+}
