@@ -94,16 +94,7 @@ async fn an_operator_lists_and_force_logs_out_every_device_with_a_reason() {
     );
 
     for device in [&phone, &laptop] {
-        assert_eq!(
-            app.me(&device.token).await.status(),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            app.eventual_revoke_reason(&device.session_id)
-                .await
-                .as_deref(),
-            Some("admin")
-        );
+        app.assert_ended(device, "admin").await;
         let note = app
             .db
             .query_one(&format!(

@@ -74,16 +74,7 @@ async fn revoke_all_goes_through_the_running_service_and_bites_at_once() {
     );
 
     for device in [&phone, &laptop] {
-        assert_eq!(
-            app.me(&device.token).await.status(),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            app.eventual_revoke_reason(&device.session_id)
-                .await
-                .as_deref(),
-            Some("admin")
-        );
+        app.assert_ended(device, "admin").await;
     }
 }
 

@@ -449,6 +449,21 @@ impl TestApp {
         }
     }
 
+    /// Asserts that `session`'s token is refused and that the store recorded `reason` for it.
+    pub async fn assert_ended(&self, session: &LoggedIn, reason: &str) {
+        assert_eq!(
+            self.me(&session.token).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let recorded = self.eventual_revoke_reason(&session.session_id).await;
+        assert_eq!(
+            recorded.as_deref(),
+            Some(reason),
+            "revoke reason of {}",
+            session.session_id
+        );
+    }
+
     /// The stored revoke reason of a session, polled until the sweep or a retry has written
     /// one (at most ~5 s), or None if none came.
     pub async fn eventual_revoke_reason(&self, session_id: &str) -> Option<String> {

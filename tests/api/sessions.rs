@@ -125,16 +125,7 @@ async fn logout_all_ends_every_device_including_this_one() {
     );
 
     for device in &devices {
-        assert_eq!(
-            app.me(&device.token).await.status(),
-            StatusCode::UNAUTHORIZED
-        );
-        assert_eq!(
-            app.eventual_revoke_reason(&device.session_id)
-                .await
-                .as_deref(),
-            Some("logout_all")
-        );
+        app.assert_ended(device, "logout_all").await;
     }
     assert_eq!(app.me(&theirs.token).await.status(), StatusCode::OK);
 }
