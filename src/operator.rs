@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use serde::Deserialize;
 
 use crate::config::Settings;
+use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
 use crate::domain::{Email, Revocation, RevokeReason, Session, UserId};
 use crate::store::{self, DynStore, StoreError};
 
@@ -103,6 +104,15 @@ pub async fn revoke_all(
     email: &str,
     reason: Option<String>,
 ) -> Result<Outcome<usize>, OperatorError> {
+    // The same bound the admin API applies (the column's width), checked before any work.
+    if reason
+        .as_ref()
+        .is_some_and(|r| r.chars().count() > MAX_REASON)
+    {
+        return Err(OperatorError::Usage(format!(
+            "--reason must be at most {MAX_REASON} characters"
+        )));
+    }
     let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
     match target(settings, url, store).await? {

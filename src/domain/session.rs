@@ -31,6 +31,9 @@ pub struct Session {
     pub device: Device,
 }
 
+/// Longest operator note kept with a revocation (the `sessions.revoke_note` column).
+pub const MAX_REVOKE_NOTE: usize = 255;
+
 /// Why and when a session ends: what the store records with it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Revocation {

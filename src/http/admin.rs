@@ -12,10 +12,8 @@ use super::extract::{JsonObject, json_object, with_state};
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::domain::UserId;
+use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
 use crate::error::ApiError;
-
-/// Longest operator reason kept (the column's width).
-const MAX_REASON: usize = 255;
 
 pub fn routes(
     state: Arc<AppState>,

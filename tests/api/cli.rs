@@ -184,3 +184,31 @@ async fn with_the_embedded_store_it_says_it_cannot_reach_it() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn an_overlong_reason_is_refused_before_anything_happens() {
+    let app = spawn_app_with(|f| f.merge(("admin.api_key", ADMIN_KEY))).await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+    let reason = "x".repeat(256);
+    let output = finsec(
+        &app,
+        Some(ADMIN_KEY),
+        &[
+            "sessions",
+            "revoke-all",
+            "--user",
+            &john.email,
+            "--reason",
+            &reason,
+        ],
+    )
+    .await;
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("at most 255"),
+        "{}",
+        stderr(&output)
+    );
+    assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+}
