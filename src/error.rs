@@ -117,7 +117,7 @@ impl From<AuthError> for ApiError {
             AuthError::MissingToken => Self::MissingToken,
             AuthError::InvalidToken => Self::InvalidToken,
             AuthError::TokenExpired => Self::TokenExpired,
-            AuthError::Hashing(cause) => Self::Internal(cause),
+            AuthError::Hashing(cause) | AuthError::Signing(cause) => Self::Internal(cause),
         }
     }
 }

@@ -27,4 +27,7 @@ pub enum AuthError {
     /// The hashing machinery itself failed (a bad stored hash, a panicked worker).
     #[error("password hashing failed: {0}")]
     Hashing(String),
+    /// A token could not be signed (a key the crypto backend refuses).
+    #[error("token signing failed: {0}")]
+    Signing(String),
 }

@@ -76,7 +76,7 @@ impl TokenIssuer {
             jti: uuid::Uuid::new_v4().to_string(),
         };
         jsonwebtoken::encode(&Header::new(ALGORITHM), &claims, &self.encoding)
-            .map_err(|e| AuthError::Hashing(format!("token signing failed: {e}")))
+            .map_err(|e| AuthError::Signing(e.to_string()))
     }
 
     /// Checks signature, algorithm, issuer, audience and expiry, then parses the subject.

@@ -8,7 +8,7 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::extract::{JsonObject, json_object, with_state};
+use super::extract::{JsonObject, optional_json_object, with_state};
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::domain::UserId;
@@ -37,7 +37,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(admin(state))
-        .and(json_object(limit, true))
+        .and(optional_json_object(limit))
         .then(logout_all)
         .map(respond);
 

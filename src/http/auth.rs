@@ -9,7 +9,9 @@ use serde::Serialize;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::extract::{JsonObject, authenticated, device, json_object, with_state};
+use super::extract::{
+    JsonObject, authenticated, device, json_object, optional_json_object, with_state,
+};
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::domain::{Device, SessionId, UserId, UserProfile};
@@ -27,7 +29,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(json_object(limit, false))
+        .and(json_object(limit))
         .and(device())
         .then(login)
         .map(respond);
@@ -37,7 +39,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(with_state(state.clone()))
-        .and(json_object(limit, false))
+        .and(json_object(limit))
         .and(device())
         .then(verify_mfa)
         .map(respond);
@@ -48,7 +50,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(authenticated(state.clone()))
-        .and(json_object(limit, true))
+        .and(optional_json_object(limit))
         .then(logout)
         .map(respond);
 

@@ -68,8 +68,20 @@ pub fn device() -> impl Filter<Extract = (Device,), Error = Rejection> + Clone {
         )
 }
 
-/// A JSON object body of at most `limit` bytes. An empty body is `{}` when `optional`.
-pub fn json_object(
+/// A JSON object body of at most `limit` bytes; an empty body is a 400.
+pub fn json_object(limit: u64) -> impl Filter<Extract = (JsonObject,), Error = Rejection> + Clone {
+    json_body(limit, false)
+}
+
+/// Like [`json_object`], but an empty body (or none) reads as `{}`: for endpoints whose every
+/// field is optional.
+pub fn optional_json_object(
+    limit: u64,
+) -> impl Filter<Extract = (JsonObject,), Error = Rejection> + Clone {
+    json_body(limit, true)
+}
+
+fn json_body(
     limit: u64,
     optional: bool,
 ) -> impl Filter<Extract = (JsonObject,), Error = Rejection> + Clone {

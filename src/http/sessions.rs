@@ -8,7 +8,7 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::extract::{JsonObject, authenticated, json_object, with_state};
+use super::extract::{JsonObject, authenticated, json_object, optional_json_object, with_state};
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::error::ApiError;
@@ -45,7 +45,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(authenticated(state.clone()))
-        .and(json_object(limit, true))
+        .and(optional_json_object(limit))
         .then(logout_all)
         .map(respond);
 
@@ -55,7 +55,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(authenticated(state))
-        .and(json_object(limit, false))
+        .and(json_object(limit))
         .then(change_password)
         .map(respond);
 

@@ -203,3 +203,27 @@ async fn an_idle_session_is_refused_on_its_next_request_even_before_any_sweep() 
         Some("idle_timeout")
     );
 }
+
+#[tokio::test]
+async fn activity_is_written_at_most_once_per_touch_interval() {
+    let lazy = spawn_app_with(|f| f.merge(("session.touch_interval", "1h"))).await;
+    let eager = spawn_app_with(|f| f.merge(("session.touch_interval", "100ms"))).await;
+    for app in [&lazy, &eager] {
+        let john = app.user().await;
+        let session = app.logged_in(&john).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+        let sql = format!(
+            "SELECT last_seen_at > created_at FROM sessions WHERE id = '{}'",
+            session.session_id
+        );
+        let moved = app.db.query_one(&sql).await;
+        let expected = if std::ptr::eq(app, &lazy) { "0" } else { "1" };
+        assert_eq!(
+            moved.as_deref(),
+            Some(expected),
+            "touch_interval {:?}",
+            app.settings.session.touch_interval
+        );
+    }
+}

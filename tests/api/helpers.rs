@@ -257,6 +257,15 @@ impl TestApp {
         self.post_json("/api/auth/verify-mfa", body).await
     }
 
+    /// The original clients' verify-mfa request: the code with the email and password again.
+    pub async fn verify_with_password(&self, user: &TestUser) -> Response {
+        self.verify_mfa(
+            &json!({"userId": user.id.get(), "otpCode": user.totp_code(0),
+            "email": user.email, "password": user.password}),
+        )
+        .await
+    }
+
     /// The seed's verify-mfa request: `{"userId", "otpCode"}`, against a pending challenge.
     pub async fn verify_code(&self, user: &TestUser, code: &str) -> Response {
         self.verify_mfa(&json!({"userId": user.id.get(), "otpCode": code}))

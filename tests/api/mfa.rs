@@ -187,12 +187,7 @@ async fn the_original_clients_form_checks_the_password_instead_of_a_challenge() 
     )
     .await;
 
-    let response = app
-        .verify_mfa(
-            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0),
-            "email": jane.email, "password": jane.password}),
-        )
-        .await;
+    let response = app.verify_with_password(&jane).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     assert_eq!(

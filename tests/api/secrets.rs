@@ -17,12 +17,7 @@ async fn no_password_hash_secret_code_or_token_is_ever_logged() {
         .verify_mfa(&json!({"userId": jane.id.get(), "otpCode": "000000", "mfaToken": mfa_token}))
         .await;
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
-    let response = app
-        .verify_mfa(
-            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0),
-            "email": jane.email, "password": jane.password}),
-        )
-        .await;
+    let response = app.verify_with_password(&jane).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body: Value = response.json().await.unwrap();
     let token = body["access_token"].as_str().unwrap().to_owned();
