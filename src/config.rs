@@ -31,7 +31,30 @@ pub struct Settings {
     pub session: SessionSettings,
     pub admin: AdminSettings,
     pub actors: ActorSettings,
+    pub cluster: ClusterSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ClusterSettings {
+    /// Empty: a single node (MySQL named lock). `nats://host:4222`: a cluster member. Secret
+    /// because a NATS URL may carry credentials.
+    pub bus_url: SecretString,
+    /// Prefix of the bus subjects: clusters sharing one NATS server stay apart.
+    pub name: String,
+    /// How long a node trusts its memory after its last proof of bus and lease; also the
+    /// longest a silent member can delay another node's acknowledgement.
+    #[serde(with = "humantime_serde")]
+    pub lease: Duration,
+    /// A user's row changed straight in SQL is seen by the actors within this long.
+    #[serde(with = "humantime_serde")]
+    pub user_refresh: Duration,
+}
+
+impl ClusterSettings {
+    pub fn bus_url(&self) -> Option<&str> {
+        Some(self.bus_url.expose_secret()).filter(|url| !url.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +278,31 @@ impl Settings {
         }
         if self.actors.call_timeout.is_zero() {
             return invalid("actors.call_timeout", "must be longer than zero");
+        }
+        if let Some(url) = self.cluster.bus_url() {
+            if !(url.starts_with("nats://") || url.starts_with("tls://")) {
+                return invalid("cluster.bus_url", "must be empty or a nats:// or tls:// URL");
+            }
+            if self.database.is_memory() {
+                return invalid(
+                    "cluster.bus_url",
+                    "needs a shared MySQL database; the embedded store is one process's own",
+                );
+            }
+        }
+        let name = &self.cluster.name;
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return invalid("cluster.name", "must be letters, digits, - or _");
+        }
+        if self.cluster.lease < Duration::from_millis(100) {
+            return invalid("cluster.lease", "must be at least 100ms");
+        }
+        if self.cluster.user_refresh.is_zero() {
+            return invalid("cluster.user_refresh", "must be longer than zero");
         }
         Ok(())
     }

@@ -146,6 +146,7 @@ impl From<SessionError> for ApiError {
             SessionError::Forbidden(why) => Self::Forbidden(why),
             SessionError::WeakPassword(why) => Self::WeakPassword(why),
             SessionError::Store(store) => store.into(),
+            SessionError::Cluster(cluster) => Self::Unavailable(cluster.to_string()),
             SessionError::Unavailable(cause) => Self::Unavailable(cause),
         }
     }

@@ -20,7 +20,13 @@ async fn main() -> ExitCode {
     telemetry::init(&settings.log);
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command.unwrap_or(Command::Serve)
     {
-        Command::Serve => commands::serve(&settings).await.map_err(Into::into),
+        Command::Serve => {
+            if let Err(err) = commands::serve(&settings).await {
+                eprintln!("finsec: {err}");
+                return ExitCode::from(err.exit_code());
+            }
+            Ok(())
+        }
         Command::Migrate => commands::migrate(&settings).await.map_err(Into::into),
         Command::Seed => commands::seed(&settings).await.map_err(Into::into),
         Command::Config {

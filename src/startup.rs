@@ -11,11 +11,14 @@ use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
+use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::Settings;
 use crate::http::{self, AdminKey, AppState};
 use crate::seed::{self, SeedError};
-use crate::sessions::{SessionError, SessionPolicy, Sessions, SessionsConfig};
-use crate::store::{self, DynStore, StoreError};
+use crate::sessions::{
+    RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig,
+};
+use crate::store::{DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -34,6 +37,22 @@ pub enum StartupError {
     },
     #[error("config: {key}: {reason}")]
     Config { key: &'static str, reason: String },
+    #[error("cluster: {0}")]
+    Cluster(#[from] ClusterError),
+    /// Another single-node instance, or clustered nodes, already serve this database.
+    #[error("{0}")]
+    DatabaseInUse(String),
+}
+
+impl StartupError {
+    /// Refusals to start beside other instances get their own exit code, so that scripts and
+    /// orchestrators can tell "in use" from "broken".
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::DatabaseInUse(_) | Self::Cluster(ClusterError::ModeConflict(_)) => 3,
+            _ => 1,
+        }
+    }
 }
 
 pub struct Application {
@@ -41,24 +60,100 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     store: DynStore,
+    /// Held by a single-node instance on MySQL for its whole life.
+    single_node_lock: Option<SingleNodeLock>,
 }
 
-impl Application {
-    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
-        let store = store::connect(
+/// How this process shares its database: the topology decided at start.
+struct Topology {
+    store: DynStore,
+    residents: Arc<Residents>,
+    cluster: Cluster,
+    single_node_lock: Option<SingleNodeLock>,
+}
+
+impl Topology {
+    fn standalone(store: DynStore) -> Self {
+        Self {
+            store,
+            residents: Arc::new(Residents::default()),
+            cluster: Cluster::standalone(),
+            single_node_lock: None,
+        }
+    }
+
+    /// Memory: one process, nothing to share. MySQL without a bus: the single-node lock, and
+    /// no clustered node may be live. MySQL with a bus: a cluster member.
+    async fn open(settings: &Settings) -> Result<Self, StartupError> {
+        if settings.database.is_memory() {
+            return Ok(Self::standalone(Arc::new(MemoryStore::new())));
+        }
+        let residents = Arc::new(Residents::default());
+        let mysql = MySqlStore::connect(
             settings.database.url.expose_secret(),
             settings.database.max_connections,
         )
         .await?;
-        Self::build_with_store(settings, store).await
+        mysql.migrate().await?;
+        let (cluster, single_node_lock) = match settings.cluster.bus_url() {
+            Some(bus_url) => {
+                let config = ClusterConfig {
+                    bus_url: bus_url.to_owned(),
+                    name: settings.cluster.name.clone(),
+                    lease: settings.cluster.lease,
+                };
+                let applier = Arc::new(RemoteChanges(residents.clone()));
+                (Cluster::join(&config, mysql.clone(), applier).await?, None)
+            }
+            None => (Cluster::standalone(), Some(hold_database_alone(&mysql).await?)),
+        };
+        Ok(Self {
+            store: Arc::new(mysql),
+            residents,
+            cluster,
+            single_node_lock,
+        })
+    }
+}
+
+/// A single node takes the named lock, then checks that no clustered node is live (a
+/// clustered node registers, then checks the lock: of two racing starts one sees the other).
+async fn hold_database_alone(mysql: &MySqlStore) -> Result<SingleNodeLock, StartupError> {
+    let Some(lock) = mysql.hold_single_node_lock().await? else {
+        return Err(StartupError::DatabaseInUse(
+            "another instance holds this database; set cluster.bus_url (e.g. \
+             FINSEC__CLUSTER__BUS_URL=nats://127.0.0.1:4222) on every instance to run several"
+                .into(),
+        ));
+    };
+    if !mysql.live_members("").await?.is_empty() {
+        lock.release().await;
+        return Err(StartupError::DatabaseInUse(
+            "clustered instances are live on this database; this one needs cluster.bus_url \
+             to join them"
+                .into(),
+        ));
+    }
+    Ok(lock)
+}
+
+impl Application {
+    pub async fn build(settings: &Settings) -> Result<Self, StartupError> {
+        let topology = Topology::open(settings).await?;
+        Self::build_on(settings, topology).await
     }
 
-    /// Like [`build`](Self::build) on a store that is already open (tests, tools).
+    /// Like [`build`](Self::build), alone on a store that is already open (benchmarks, tools).
     pub async fn build_with_store(
         settings: &Settings,
         store: DynStore,
     ) -> Result<Self, StartupError> {
+        Self::build_on(settings, Topology::standalone(store)).await
+    }
+
+    async fn build_on(settings: &Settings, topology: Topology) -> Result<Self, StartupError> {
         let hasher = PasswordHasher::new(&settings.password).await?;
+        let store = topology.store;
         if settings.database.is_memory() {
             // The embedded store starts empty every time; give it the demo users.
             for line in seed::ensure_demo_users(store.as_ref(), &hasher).await? {
@@ -83,10 +178,13 @@ impl Application {
             )?,
             sweep_interval: session.sweep_interval,
             retention: chrono_duration(session.retention, "session.retention")?,
+            user_refresh: chrono_duration(settings.cluster.user_refresh, "cluster.user_refresh")?,
         };
         let idle_timeout = policy.idle_timeout;
         let sessions = Sessions::start(
             store.clone(),
+            topology.residents,
+            topology.cluster,
             hasher,
             TokenIssuer::new(&settings.jwt),
             SessionsConfig {
@@ -119,6 +217,7 @@ impl Application {
             addr,
             state,
             store,
+            single_node_lock: topology.single_node_lock,
         })
     }
 
@@ -143,6 +242,9 @@ impl Application {
             .run()
             .await;
         self.state.sessions.shutdown().await;
+        if let Some(lock) = self.single_node_lock {
+            lock.release().await;
+        }
         if let Err(err) = self.store.close().await {
             tracing::warn!(error = %err, "closing the store failed");
         }

@@ -111,6 +111,8 @@ pub enum RevokeReason {
     IdleTimeout,
     MaxLifetime,
     SessionLimit,
+    /// The account was deactivated (ASVS 5.0 7.4.2: disabling an account ends its sessions).
+    AccountDisabled,
 }
 
 impl RevokeReason {
@@ -123,6 +125,7 @@ impl RevokeReason {
             Self::IdleTimeout => "idle_timeout",
             Self::MaxLifetime => "max_lifetime",
             Self::SessionLimit => "session_limit",
+            Self::AccountDisabled => "account_disabled",
         }
     }
 }
@@ -149,6 +152,7 @@ impl FromStr for RevokeReason {
             Self::IdleTimeout,
             Self::MaxLifetime,
             Self::SessionLimit,
+            Self::AccountDisabled,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == s)

@@ -4,7 +4,7 @@
 use ractor::RpcReplyPort;
 
 use super::SessionError;
-use crate::domain::{Device, RevokeReason, Session, SessionId, UserProfile};
+use crate::domain::{Device, RevokeReason, Session, SessionId, User, UserProfile};
 
 /// What a successful login, MFA check or token validation hands back: the session and the
 /// profile of the user who owns it.
@@ -14,10 +14,18 @@ pub struct SessionGrant {
     pub user: UserProfile,
 }
 
+/// A session just opened, and the older sessions the per-user limit ended to make room
+/// (other nodes must confirm those before the login is answered).
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub grant: SessionGrant,
+    pub ended: Vec<SessionId>,
+}
+
 /// What the password step leads to: a session, or (MFA users) a challenge to answer.
 #[derive(Debug, Clone)]
 pub enum LoginStep {
-    SessionOpened(Box<SessionGrant>),
+    SessionOpened(Box<Opened>),
     MfaRequired { mfa_token: String },
 }
 
@@ -27,9 +35,9 @@ pub struct MfaAttempt {
     pub code: String,
     /// The challenge token from the password step, if the client sent it.
     pub mfa_token: Option<String>,
-    /// True when this very request carried a verified email and password (the original
-    /// FinSec clients' form), which stands in for a pending challenge.
-    pub password_verified: bool,
+    /// The user's row, read when this very request carried a verified email and password
+    /// (the original FinSec clients' form), which stands in for a pending challenge.
+    pub password_verified: Option<Box<User>>,
     pub device: Device,
 }
 
@@ -37,16 +45,17 @@ pub type Reply<T> = RpcReplyPort<Result<T, SessionError>>;
 
 /// Messages to one user's [`UserActor`](super::user_actor::UserActor).
 pub enum UserMsg {
-    /// The password was verified: open a session on `device`, or, when the user has MFA,
-    /// open a challenge and return its opaque token instead.
+    /// The password was verified against `user` (the row just read): open a session on
+    /// `device`, or, when the user has MFA, open a challenge and return its token instead.
     Login {
+        user: Box<User>,
         device: Device,
         reply: Reply<LoginStep>,
     },
     /// Check a TOTP code; on success, spend its time step and open a session.
     VerifyMfa {
         attempt: MfaAttempt,
-        reply: Reply<SessionGrant>,
+        reply: Reply<Opened>,
     },
     /// Is this session live? Asked on every authenticated request; touches the session.
     Validate {
@@ -61,20 +70,35 @@ pub enum UserMsg {
         reason: RevokeReason,
         reply: Reply<()>,
     },
-    /// End every session but `except`; replies with how many ended.
+    /// End every session but `except` (wherever it was opened); replies with the ids ended.
     RevokeAll {
         except: Option<SessionId>,
         reason: RevokeReason,
         note: Option<String>,
-        reply: Reply<usize>,
+        reply: Reply<Vec<SessionId>>,
     },
-    /// Store a new password hash (already computed off the actor), then end every session
-    /// but `keep`; replies with how many ended.
+    /// Store a new password hash (already computed off the actor) and end every session but
+    /// `keep`, in one transaction; replies with the ids ended.
     ChangePassword {
         password_hash: String,
         keep: SessionId,
-        reply: Reply<usize>,
+        reply: Reply<Vec<SessionId>>,
     },
+    /// Operators: (de)activate the account; deactivation ends every session
+    /// (`account_disabled`). Replies with the ids ended.
+    SetActive {
+        active: bool,
+        note: Option<String>,
+        reply: Reply<Vec<SessionId>>,
+    },
+    /// From another node, through the bus: these sessions ended there.
+    Forget { ids: Vec<SessionId> },
+    /// From another node: a session it opened (a hint; adopted unless known to be dead).
+    Adopt { session: Box<Session> },
+    /// From another node: the user's row changed; read it again.
+    ReloadUser,
+    /// Reload everything from the store: a change arrived while this actor was loading.
+    Resync,
     /// From the supervisor's sweep: end expired sessions; passivate when idle.
     Tick,
     /// Timer: retry revocation writes that failed.
@@ -85,9 +109,18 @@ pub enum UserMsg {
 }
 
 impl UserMsg {
-    /// Client requests count as activity; timer ticks do not (or nothing would passivate).
+    /// Client requests count as activity; timer ticks and other nodes' news do not (or
+    /// nothing would passivate).
     pub fn is_from_client(&self) -> bool {
-        !matches!(self, Self::Tick | Self::RetryRevocations)
+        !matches!(
+            self,
+            Self::Tick
+                | Self::RetryRevocations
+                | Self::Forget { .. }
+                | Self::Adopt { .. }
+                | Self::ReloadUser
+                | Self::Resync
+        )
     }
 }
 

@@ -8,14 +8,17 @@
 
 pub mod messages;
 pub mod registry;
+mod remote;
 mod service;
 pub mod supervisor;
 pub mod user_actor;
 
 use crate::auth::AuthError;
+use crate::cluster::ClusterError;
 use crate::store::StoreError;
-pub use messages::{LoginStep, MfaAttempt, SessionGrant, SupervisorMsg, UserMsg};
+pub use messages::{LoginStep, MfaAttempt, Opened, SessionGrant, SupervisorMsg, UserMsg};
 pub use registry::{Registry, Residents};
+pub use remote::RemoteChanges;
 pub use service::{
     Authenticated, Credentials, IssuedSession, LoginOutcome, PasswordChange, Sessions,
     SessionsConfig,
@@ -44,6 +47,9 @@ pub enum SessionError {
     WeakPassword(String),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// Committed here, but the other nodes could not be told: not acknowledged.
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
     /// The user's actor could not answer in time, or could not start.
     #[error("sessions unavailable: {0}")]
     Unavailable(String),

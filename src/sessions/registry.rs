@@ -7,7 +7,8 @@
 //! are global, and a name would only add a second way for two spawns to collide.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{Ordering, fence};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use ractor::rpc::CallResult;
@@ -17,15 +18,25 @@ use tokio::sync::OnceCell;
 use super::SessionError;
 use super::messages::{Reply, UserMsg};
 use super::user_actor::{SessionPolicy, StartError, UserActor, UserActorArgs};
-use crate::domain::UserId;
+use crate::cluster::Cluster;
+use crate::domain::{SessionId, UserId};
 use crate::store::DynStore;
 
-/// The resident actors, shared by the registry (which adds) and the supervisor (which
-/// removes an actor when it stops or fails).
+/// The resident actors, shared by the registry (which adds), the supervisor (which removes
+/// an actor when it stops or fails) and the bus (which tells them of other nodes' changes).
 #[derive(Default)]
 pub struct Residents {
     by_user: DashMap<UserId, Arc<OnceCell<ActorRef<UserMsg>>>>,
     by_actor: DashMap<ActorId, UserId>,
+    /// Users changed by another node lately, with the sessions it ended. An actor that was
+    /// loading from the store while the news arrived may have read the state before the
+    /// change; its spawner looks here once the actor is resident and has it reload.
+    recent: DashMap<UserId, RecentChange>,
+}
+
+struct RecentChange {
+    at: Instant,
+    ended: Vec<SessionId>,
 }
 
 impl Residents {
@@ -55,8 +66,40 @@ impl Residents {
             .collect()
     }
 
-    fn actor_of(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
+    pub(super) fn actor_of(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
         self.by_user.get(&user).and_then(|cell| cell.get().cloned())
+    }
+
+    /// Records another node's change to `user`, *before* looking for the user's actor: with
+    /// the spawner doing the opposite (actor resident, then look here), every actor either
+    /// gets the news in its mailbox or reloads after it (see `Registry::actor_for`).
+    pub(super) fn note_change(&self, user: UserId, ended: &[SessionId]) {
+        let mut entry = self.recent.entry(user).or_insert_with(|| RecentChange {
+            at: Instant::now(),
+            ended: Vec::new(),
+        });
+        entry.at = Instant::now();
+        entry.ended.extend_from_slice(ended);
+        drop(entry);
+        fence(Ordering::SeqCst);
+    }
+
+    /// True when another node ended `session` lately (an announcement of it may arrive late).
+    pub fn recently_ended(&self, user: UserId, session: SessionId) -> bool {
+        self.recent
+            .get(&user)
+            .is_some_and(|change| change.ended.contains(&session))
+    }
+
+    fn changed_lately(&self, user: UserId) -> bool {
+        fence(Ordering::SeqCst);
+        self.recent.contains_key(&user)
+    }
+
+    /// Forgets news older than `age` (the supervisor's sweep). Loading an actor takes far
+    /// less; announcements older than this are not adopted anyway.
+    pub fn prune_recent(&self, age: Duration) {
+        self.recent.retain(|_, change| change.at.elapsed() < age);
     }
 }
 
@@ -65,6 +108,7 @@ pub struct Registry {
     supervisor: ActorCell,
     store: DynStore,
     policy: Arc<SessionPolicy>,
+    cluster: Cluster,
     call_timeout: Duration,
 }
 
@@ -74,6 +118,7 @@ impl Registry {
         supervisor: ActorCell,
         store: DynStore,
         policy: Arc<SessionPolicy>,
+        cluster: Cluster,
         call_timeout: Duration,
     ) -> Self {
         Self {
@@ -81,6 +126,7 @@ impl Registry {
             supervisor,
             store,
             policy,
+            cluster,
             call_timeout,
         }
     }
@@ -139,8 +185,23 @@ impl Registry {
     async fn actor_for(&self, user: UserId) -> Result<ActorRef<UserMsg>, SessionError> {
         // The entry guard is dropped at the end of this statement: never held across `.await`.
         let cell = self.residents.by_user.entry(user).or_default().clone();
-        match cell.get_or_try_init(|| self.spawn(user)).await {
-            Ok(actor) => Ok(actor.clone()),
+        let mut spawned = false;
+        let initialised = cell
+            .get_or_try_init(|| {
+                spawned = true;
+                self.spawn(user)
+            })
+            .await;
+        match initialised {
+            Ok(actor) => {
+                // The actor is resident now; if news for this user arrived while it was
+                // loading, it may have loaded the state before that change: reload first.
+                // (Cast before we return it, so it precedes our caller's question.)
+                if spawned && self.residents.changed_lately(user) {
+                    let _ = actor.cast(UserMsg::Resync);
+                }
+                Ok(actor.clone())
+            }
             Err(err) => {
                 // Leave no empty cell behind for a user id that failed to load (it may not
                 // exist at all: an attacker's guess must not grow the map).
@@ -157,6 +218,8 @@ impl Registry {
             user_id: user,
             store: self.store.clone(),
             policy: self.policy.clone(),
+            cluster: self.cluster.clone(),
+            residents: self.residents.clone(),
         };
         let (actor, _handle) = Actor::spawn_linked(None, UserActor, args, self.supervisor.clone())
             .await

@@ -9,12 +9,13 @@ use ractor::{Actor, ActorRef};
 use secrecy::SecretString;
 
 use super::SessionError;
-use super::messages::{LoginStep, MfaAttempt, SessionGrant, SupervisorMsg, UserMsg};
+use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, SupervisorMsg, UserMsg};
 use super::registry::{Registry, Residents};
 use super::supervisor::{SessionSupervisor, SupervisorArgs};
 use super::user_actor::SessionPolicy;
 use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
-use crate::domain::{Device, Email, RevokeReason, Session, SessionId, UserId, UserProfile};
+use crate::cluster::{Cluster, ClusterEvent};
+use crate::domain::{Device, Email, RevokeReason, Session, SessionId, User, UserId, UserProfile};
 use crate::store::DynStore;
 
 /// A fresh session and the token that carries it.
@@ -55,6 +56,7 @@ pub struct Credentials {
 
 pub struct Sessions {
     store: DynStore,
+    cluster: Cluster,
     registry: Registry,
     supervisor: ActorRef<SupervisorMsg>,
     hasher: PasswordHasher,
@@ -71,14 +73,16 @@ pub struct SessionsConfig {
 }
 
 impl Sessions {
-    /// Starts the supervisor and wires the registry to it.
+    /// Starts the supervisor and wires the registry to it. `residents` is shared with the
+    /// cluster's bus (see `sessions::remote`), which must exist before anything is asked.
     pub async fn start(
         store: DynStore,
+        residents: Arc<Residents>,
+        cluster: Cluster,
         hasher: PasswordHasher,
         tokens: TokenIssuer,
         config: SessionsConfig,
     ) -> Result<Self, SessionError> {
-        let residents = Arc::new(Residents::default());
         let policy = Arc::new(config.policy);
         let args = SupervisorArgs {
             residents: residents.clone(),
@@ -93,10 +97,12 @@ impl Sessions {
             supervisor.get_cell(),
             store.clone(),
             policy,
+            cluster.clone(),
             config.call_timeout,
         );
         Ok(Self {
             store,
+            cluster,
             registry,
             supervisor,
             hasher,
@@ -109,6 +115,9 @@ impl Sessions {
     /// Stops every user actor gracefully (each answers what is already in its mailbox and
     /// makes a last attempt at any unwritten revocation), then the supervisor.
     pub async fn shutdown(&self) {
+        // Out of the cluster first: nobody should wait for this node's confirmations while
+        // it drains.
+        self.cluster.leave().await;
         let grace = Some(std::time::Duration::from_secs(5));
         self.supervisor.drain_children_and_wait(grace).await;
         let _ = self
@@ -132,10 +141,12 @@ impl Sessions {
         credentials: Credentials,
         device: Device,
     ) -> Result<LoginOutcome, SessionError> {
-        let user_id = self.check_password(credentials).await?;
+        let user = self.check_password(credentials).await?;
+        let user_id = user.id;
         let step = self
             .registry
             .ask(user_id, |reply| UserMsg::Login {
+                user: Box::new(user.clone()),
                 device: device.clone(),
                 reply,
             })
@@ -146,8 +157,8 @@ impl Sessions {
                 other => other,
             })?;
         Ok(match step {
-            LoginStep::SessionOpened(grant) => {
-                LoginOutcome::LoggedIn(Box::new(self.issue(*grant)?))
+            LoginStep::SessionOpened(opened) => {
+                LoginOutcome::LoggedIn(Box::new(self.opened(*opened).await?))
             }
             LoginStep::MfaRequired { mfa_token } => {
                 LoginOutcome::MfaRequired { user_id, mfa_token }
@@ -170,16 +181,17 @@ impl Sessions {
             Some(credentials) => {
                 // The email must be this user's: a right password for another account does
                 // not open this one, and says no more than a wrong password would.
-                if self.check_password(credentials).await? != user_id {
+                let user = self.check_password(credentials).await?;
+                if user.id != user_id {
                     return Err(AuthError::InvalidCredentials.into());
                 }
-                true
+                Some(Box::new(user))
             }
             None => {
                 if self.require_mfa_token && mfa_token.is_none() {
                     return Err(AuthError::InvalidMfaCode.into());
                 }
-                false
+                None
             }
         };
         let attempt = MfaAttempt {
@@ -188,7 +200,7 @@ impl Sessions {
             password_verified,
             device,
         };
-        let grant = self
+        let opened = self
             .registry
             .ask(user_id, |reply| UserMsg::VerifyMfa {
                 attempt: attempt.clone(),
@@ -200,7 +212,7 @@ impl Sessions {
                 SessionError::UnknownUser => AuthError::InvalidMfaCode.into(),
                 other => other,
             })?;
-        self.issue(grant)
+        self.opened(opened).await
     }
 
     /// Verifies a bearer token and asks the user's actor whether its session is live.
@@ -244,7 +256,10 @@ impl Sessions {
                 reason: RevokeReason::Logout,
                 reply,
             })
+            .await?;
+        self.confirm_ended(caller.user_id, vec![session_id])
             .await
+            .map(drop)
     }
 
     /// The caller's live sessions, newest first.
@@ -270,14 +285,16 @@ impl Sessions {
         keep_current: bool,
     ) -> Result<usize, SessionError> {
         let except = keep_current.then_some(caller.session_id);
-        self.registry
+        let ended = self
+            .registry
             .ask(caller.user_id, |reply| UserMsg::RevokeAll {
                 except,
                 reason: RevokeReason::LogoutAll,
                 note: None,
                 reply,
             })
-            .await
+            .await?;
+        self.confirm_ended(caller.user_id, ended).await
     }
 
     /// Checks the current password, hashes the new one (both off the runtime and off the
@@ -314,13 +331,15 @@ impl Sessions {
             return Err(AuthError::InvalidCredentials.into());
         }
         let password_hash = self.hasher.hash(change.new).await?;
-        self.registry
+        let ended = self
+            .registry
             .ask(caller.user_id, |reply| UserMsg::ChangePassword {
                 password_hash: password_hash.clone(),
                 keep: caller.session_id,
                 reply,
             })
-            .await
+            .await?;
+        self.confirm_ended(caller.user_id, ended).await
     }
 
     /// Operators: any user's live sessions.
@@ -336,25 +355,76 @@ impl Sessions {
         user_id: UserId,
         note: Option<String>,
     ) -> Result<usize, SessionError> {
-        self.registry
+        let ended = self
+            .registry
             .ask(user_id, |reply| UserMsg::RevokeAll {
                 except: None,
                 reason: RevokeReason::Admin,
                 note: note.clone(),
                 reply,
             })
-            .await
+            .await?;
+        self.confirm_ended(user_id, ended).await
     }
 
-    /// Looks the email up and verifies the password; the user id on success.
-    async fn check_password(&self, credentials: Credentials) -> Result<UserId, SessionError> {
+    /// Operators: deactivate (ending every session, `account_disabled`) or reactivate an
+    /// account, in force on every node before it returns. Returns how many sessions ended.
+    pub async fn admin_set_active(
+        &self,
+        user_id: UserId,
+        active: bool,
+        note: Option<String>,
+    ) -> Result<usize, SessionError> {
+        let ended = self
+            .registry
+            .ask(user_id, |reply| UserMsg::SetActive {
+                active,
+                note: note.clone(),
+                reply,
+            })
+            .await?;
+        self.cluster
+            .confirm(ClusterEvent::UserChanged { user: user_id })
+            .await?;
+        Ok(ended.len())
+    }
+
+    /// The change is committed and out of this node's memory; returns once every other node
+    /// has it too. Returns how many sessions ended.
+    async fn confirm_ended(
+        &self,
+        user: UserId,
+        ids: Vec<SessionId>,
+    ) -> Result<usize, SessionError> {
+        let count = ids.len();
+        if count > 0 {
+            self.cluster
+                .confirm(ClusterEvent::SessionsEnded { user, ids })
+                .await?;
+        }
+        Ok(count)
+    }
+
+    /// A session was opened: the sessions the limit ended are confirmed everywhere, the new
+    /// one is announced (so other nodes need not read it), and its token is signed.
+    async fn opened(&self, opened: Opened) -> Result<IssuedSession, SessionError> {
+        let user = opened.grant.session.user_id;
+        self.confirm_ended(user, opened.ended).await?;
+        self.cluster
+            .announce(ClusterEvent::SessionOpened(opened.grant.session.clone()))
+            .await;
+        self.issue(opened.grant)
+    }
+
+    /// Looks the email up and verifies the password; the user's row on success.
+    async fn check_password(&self, credentials: Credentials) -> Result<User, SessionError> {
         let user = self.store.user_by_email(&credentials.email).await?;
         let stored = user.as_ref().map(|u| u.password_hash.as_str());
         let verified = self.hasher.verify(credentials.password, stored).await?;
         match user {
             Some(user) if verified => {
                 if user.is_active {
-                    Ok(user.id)
+                    Ok(user)
                 } else {
                     Err(AuthError::AccountInactive.into())
                 }

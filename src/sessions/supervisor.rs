@@ -26,6 +26,9 @@ use super::registry::Residents;
 use super::user_actor::SessionPolicy;
 use crate::store::DynStore;
 
+/// How long news from other nodes is kept for actors that were loading when it came.
+const RECENT_NEWS: std::time::Duration = std::time::Duration::from_secs(120);
+
 pub struct SessionSupervisor;
 
 pub struct SupervisorArgs {
@@ -105,6 +108,8 @@ async fn sweep(state: &SupervisorArgs) {
         Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune sessions"),
         Err(_) => tracing::warn!("sweep timed out pruning sessions"),
     }
+    // Other nodes' news is needed only while an actor that was loading could have missed it.
+    state.residents.prune_recent(RECENT_NEWS);
     for actor in state.residents.actors() {
         // A closed mailbox means the actor is already stopping; nothing to tick.
         let _ = actor.cast(UserMsg::Tick);

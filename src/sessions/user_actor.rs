@@ -1,29 +1,39 @@
-//! One actor per active user: the single owner of that user's live sessions (all devices) and
-//! pending MFA challenge. Because one actor handles one message at a time, every rule about a
-//! user's sessions ("a TOTP step is spent once", "five wrong codes void the challenge", "at
-//! most N sessions") holds without locks.
+//! One actor per active user on this node: the owner of that user's live sessions (all
+//! devices) in this process. Because one actor handles one message at a time, its memory
+//! never races with itself; rules that must also hold across nodes ("at most N sessions", "a
+//! TOTP step is spent once", "five wrong codes void the challenge") are enforced in the store,
+//! with transactions and conditional updates.
+//!
+//! Memory is a cache of the store that may be *incomplete* but never *permissive*:
+//! - a session id the actor does not know is looked up in the store before it is refused
+//!   (another node may have opened it), and a refused id is remembered in a small cache;
+//! - a session ended anywhere leaves this memory before the ending node answers (the bus,
+//!   see `cluster`); while this node cannot prove that it hears the bus, every validation
+//!   reads the store instead, and memory loaded before trust was regained is reloaded.
 //!
 //! The write path is one readable sequence in each handler: validate → write to the store →
-//! on success change memory → reply. If the write fails the client hears 503 and memory is
-//! untouched, so nothing is acknowledged and then lost. Ending sessions is the one exception;
-//! see [`UserState::end_sessions`].
+//! on success change memory → reply. Ending sessions is the one exception; see
+//! [`UserState::end_sessions`].
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::SessionError;
-use super::messages::{LoginStep, MfaAttempt, SessionGrant, UserMsg};
+use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, UserMsg};
+use super::registry::Residents;
 use crate::auth::AuthError;
 use crate::auth::totp::TotpCode;
+use crate::cluster::Cluster;
 use crate::domain::{
     Device, Revocation, RevokeReason, Session, SessionId, User, UserId, UserProfile,
 };
-use crate::store::DynStore;
+use crate::store::{DynStore, StoredChallenge};
 
 /// The rules the session actors apply, from config; shared by all of them.
 #[derive(Debug, Clone)]
@@ -39,7 +49,16 @@ pub struct SessionPolicy {
     pub idle_passivate: chrono::Duration,
     pub sweep_interval: Duration,
     pub retention: chrono::Duration,
+    /// The user's row is read again when the actor's copy is older than this.
+    pub user_refresh: chrono::Duration,
 }
+
+/// How many refused session ids each actor remembers, so a replayed dead token costs no read.
+const REFUSED_CACHE: usize = 32;
+
+/// A session announced by another node older than this is not adopted: it may have ended
+/// since, and the store will say so on first use.
+const ADOPT_WINDOW: chrono::Duration = chrono::Duration::seconds(30);
 
 pub struct UserActor;
 
@@ -47,20 +66,28 @@ pub struct UserActorArgs {
     pub user_id: UserId,
     pub store: DynStore,
     pub policy: Arc<SessionPolicy>,
+    pub cluster: Cluster,
+    pub residents: Arc<Residents>,
 }
 
 pub struct UserState {
     myself: ActorRef<UserMsg>,
     user: User,
+    /// When `user` was read from the store.
+    user_read_at: DateTime<Utc>,
     sessions: HashMap<SessionId, LiveSession>,
-    challenge: Option<MfaChallenge>,
+    refused: RefusedIds,
     /// Revocations applied in memory whose write has not committed yet.
     unwritten: Vec<(Vec<SessionId>, Revocation)>,
     retry_scheduled: bool,
+    /// The trust epoch this memory was loaded under; `None` when loaded while untrusted.
+    synced_epoch: Option<u64>,
     /// The last message from a client (not a timer tick): passivation counts from here.
     last_activity: DateTime<Utc>,
     store: DynStore,
     policy: Arc<SessionPolicy>,
+    cluster: Cluster,
+    residents: Arc<Residents>,
 }
 
 /// A session and the last activity time the store has for it (touches are coalesced).
@@ -69,12 +96,38 @@ struct LiveSession {
     persisted_last_seen: DateTime<Utc>,
 }
 
-/// The password step succeeded and a TOTP code is awaited. Lives only in memory: if the actor
-/// restarts, the user simply logs in again.
-struct MfaChallenge {
-    token: String,
-    expires_at: DateTime<Utc>,
-    failures: u32,
+impl LiveSession {
+    fn from_store(session: Session) -> Self {
+        let persisted_last_seen = session.last_seen_at;
+        Self {
+            session,
+            persisted_last_seen,
+        }
+    }
+}
+
+/// The newest refused ids, bounded.
+#[derive(Default)]
+struct RefusedIds {
+    order: VecDeque<SessionId>,
+    set: HashSet<SessionId>,
+}
+
+impl RefusedIds {
+    fn insert(&mut self, id: SessionId) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > REFUSED_CACHE
+                && let Some(oldest) = self.order.pop_front()
+            {
+                self.set.remove(&oldest);
+            }
+        }
+    }
+
+    fn contains(&self, id: &SessionId) -> bool {
+        self.set.contains(id)
+    }
 }
 
 /// Why an actor could not start; the registry turns it back into a [`SessionError`].
@@ -96,13 +149,16 @@ impl Actor for UserActor {
         myself: ActorRef<Self::Msg>,
         args: UserActorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
+        // The epoch is read before the store: if trust is lost and regained during the load,
+        // the epoch moves and the next request reloads.
+        let synced_epoch = args.cluster.trust_epoch();
+        let now = Utc::now();
         let user = args
             .store
             .user_by_id(args.user_id)
             .await
             .map_err(StartError::from)?
             .ok_or(StartError::UnknownUser)?;
-        let now = Utc::now();
         let sessions = args
             .store
             .live_sessions(args.user_id, now)
@@ -112,25 +168,20 @@ impl Actor for UserActor {
         Ok(UserState {
             myself,
             user,
+            user_read_at: now,
             sessions: sessions
                 .into_iter()
-                .map(|session| {
-                    let persisted_last_seen = session.last_seen_at;
-                    (
-                        session.id,
-                        LiveSession {
-                            session,
-                            persisted_last_seen,
-                        },
-                    )
-                })
+                .map(|s| (s.id, LiveSession::from_store(s)))
                 .collect(),
-            challenge: None,
+            refused: RefusedIds::default(),
             unwritten: Vec::new(),
             retry_scheduled: false,
+            synced_epoch,
             last_activity: now,
             store: args.store,
             policy: args.policy,
+            cluster: args.cluster,
+            residents: args.residents,
         })
     }
 
@@ -147,8 +198,12 @@ impl Actor for UserActor {
             state.last_activity = now;
         }
         match message {
-            UserMsg::Login { device, reply } => {
-                let _ = reply.send(state.login(device, now).await);
+            UserMsg::Login {
+                user,
+                device,
+                reply,
+            } => {
+                let _ = reply.send(state.login(*user, device, now).await);
             }
             UserMsg::VerifyMfa { attempt, reply } => {
                 let _ = reply.send(state.verify_mfa(attempt, now).await);
@@ -157,7 +212,7 @@ impl Actor for UserActor {
                 let _ = reply.send(state.validate(session_id, now).await);
             }
             UserMsg::ListSessions { reply } => {
-                let _ = reply.send(Ok(state.live_sessions(now)));
+                let _ = reply.send(state.list_sessions(now).await);
             }
             UserMsg::Revoke {
                 session_id,
@@ -180,6 +235,29 @@ impl Actor for UserActor {
                 reply,
             } => {
                 let _ = reply.send(state.change_password(password_hash, keep, now).await);
+            }
+            UserMsg::SetActive {
+                active,
+                note,
+                reply,
+            } => {
+                let _ = reply.send(state.set_active(active, note, now).await);
+            }
+            UserMsg::Forget { ids } => state.forget(&ids),
+            UserMsg::Adopt { session } => state.adopt(*session, now),
+            UserMsg::ReloadUser => {
+                if let Err(err) = state.reload_user(now).await {
+                    // Fail closed: without the new row we cannot answer for this user.
+                    tracing::warn!(user_id = %state.user.id, error = %err,
+                        "user row not reloaded; memory dropped until the next request");
+                    state.synced_epoch = None;
+                }
+            }
+            UserMsg::Resync => {
+                if let Err(err) = state.resync(state.cluster.trust_epoch(), now).await {
+                    tracing::warn!(user_id = %state.user.id, error = %err, "resync failed");
+                    state.synced_epoch = None;
+                }
             }
             UserMsg::Tick => state.tick(now).await,
             UserMsg::RetryRevocations => {
@@ -219,61 +297,159 @@ impl UserState {
         }
     }
 
+    /// Makes memory fit to answer from, and says whether it may be trusted. Memory loaded
+    /// under an older trust epoch is reloaded first: invalidations may have been missed.
+    async fn sync(&mut self, now: DateTime<Utc>) -> Result<bool, SessionError> {
+        match self.cluster.trust_epoch() {
+            None => Ok(false),
+            Some(epoch) if self.synced_epoch == Some(epoch) => Ok(true),
+            Some(epoch) => {
+                self.resync(Some(epoch), now).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Reloads the user and their live sessions from the store, keeping the fresher activity
+    /// times memory holds and leaving out revocations not yet written.
+    async fn resync(
+        &mut self,
+        epoch: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<(), SessionError> {
+        self.reload_user(now).await?;
+        let stored = self.store.live_sessions(self.user.id, now).await?;
+        let mut sessions = HashMap::with_capacity(stored.len());
+        for session in stored {
+            if self.is_known_dead(&session.id) {
+                continue;
+            }
+            let mut live = LiveSession::from_store(session);
+            if let Some(old) = self.sessions.get(&live.session.id) {
+                live.session.last_seen_at = live.session.last_seen_at.max(old.session.last_seen_at);
+            }
+            sessions.insert(live.session.id, live);
+        }
+        self.sessions = sessions;
+        self.synced_epoch = epoch;
+        Ok(())
+    }
+
+    async fn reload_user(&mut self, now: DateTime<Utc>) -> Result<(), SessionError> {
+        let user = self
+            .store
+            .user_by_id(self.user.id)
+            .await?
+            .ok_or(SessionError::UnknownUser)?;
+        self.user = user;
+        self.user_read_at = now;
+        if !self.user.is_active {
+            // Deactivated elsewhere: whatever ended its sessions did so in the store.
+            self.sessions.clear();
+        }
+        Ok(())
+    }
+
+    /// A row changed straight in SQL is seen within `cluster.user_refresh`. A failed read keeps
+    /// the copy we have (the next request tries again).
+    async fn refresh_user_if_stale(&mut self, now: DateTime<Utc>) {
+        if now - self.user_read_at >= self.policy.user_refresh
+            && let Err(err) = self.reload_user(now).await
+        {
+            tracing::warn!(user_id = %self.user.id, error = %err, "user row not refreshed");
+        }
+    }
+
+    fn is_known_dead(&self, id: &SessionId) -> bool {
+        self.refused.contains(id) || self.unwritten.iter().any(|(ids, _)| ids.contains(id))
+    }
+
+    /// Reads one session from the store into memory, or out of it when it is not live.
+    async fn reread_session(&mut self, id: SessionId, now: DateTime<Utc>) -> Result<(), SessionError> {
+        match self.store.session_by_id(id).await? {
+            Some(stored) if stored.user_id == self.user.id && stored.is_live(now) => {
+                if self.is_known_dead(&id) {
+                    return Ok(());
+                }
+                let live = self
+                    .sessions
+                    .entry(id)
+                    .or_insert_with(|| LiveSession::from_store(stored.clone()));
+                live.session.last_seen_at = live.session.last_seen_at.max(stored.last_seen_at);
+                live.persisted_last_seen = live.persisted_last_seen.max(stored.last_seen_at);
+            }
+            _ => {
+                self.sessions.remove(&id);
+                self.refused.insert(id);
+            }
+        }
+        Ok(())
+    }
+
     async fn login(
         &mut self,
+        user: User,
         device: Device,
         now: DateTime<Utc>,
     ) -> Result<LoginStep, SessionError> {
+        // The row the password was just checked against is the freshest we can have.
+        self.user = user;
+        self.user_read_at = now;
         if !self.user.is_active {
             return Err(AuthError::AccountInactive.into());
         }
         if self.user.mfa_enabled {
             return Ok(LoginStep::MfaRequired {
-                mfa_token: self.begin_mfa(now)?,
+                mfa_token: self.begin_mfa(now).await?,
             });
         }
-        let grant = self.open_session(device, now).await?;
-        Ok(LoginStep::SessionOpened(Box::new(grant)))
+        let opened = self.open_session(device, now).await?;
+        Ok(LoginStep::SessionOpened(Box::new(opened)))
     }
 
-    /// Write-through: the row is inserted first; only then does memory learn of it. At the
-    /// per-user limit the least recently used sessions end first (Keycloak's "terminate
-    /// oldest"), so the newest login always wins.
+    /// Write-through: the row is inserted first, in a transaction that also ends the least
+    /// recently used sessions past `session.max_per_user` (Keycloak's "terminate oldest"),
+    /// wherever they were opened; only then does memory learn of it.
     async fn open_session(
         &mut self,
         device: Device,
         now: DateTime<Utc>,
-    ) -> Result<SessionGrant, SessionError> {
-        let excess = (self.sessions.len() + 1).saturating_sub(self.policy.max_per_user);
-        if excess > 0 {
-            let mut by_use: Vec<_> = self.sessions.values().map(|l| &l.session).collect();
-            by_use.sort_by_key(|s| s.last_seen_at);
-            let evicted = by_use.iter().take(excess).map(|s| s.id).collect();
-            self.end_sessions(evicted, Revocation::new(now, RevokeReason::SessionLimit))
-                .await?;
+    ) -> Result<Opened, SessionError> {
+        if self.sessions.len() >= self.policy.max_per_user {
+            // The store picks the least recently used; give it the activity only we know of.
+            self.flush_touches().await;
         }
         let session = Session::open(self.user.id, device, now, self.policy.max_lifetime);
-        self.store.insert_session(&session).await?;
-        self.sessions.insert(
-            session.id,
-            LiveSession {
-                session: session.clone(),
-                persisted_last_seen: now,
-            },
-        );
+        let ended = self
+            .store
+            .open_session_within_limit(&session, self.policy.max_per_user)
+            .await?;
+        self.forget(&ended);
+        for id in &ended {
+            tracing::info!(user_id = %self.user.id, session_id = %id,
+                reason = %RevokeReason::SessionLimit, "session ended");
+        }
+        self.sessions
+            .insert(session.id, LiveSession::from_store(session.clone()));
         tracing::info!(user_id = %self.user.id, session_id = %session.id, "session opened");
-        Ok(self.grant(session))
+        Ok(Opened {
+            grant: self.grant(session),
+            ended,
+        })
     }
 
-    fn begin_mfa(&mut self, now: DateTime<Utc>) -> Result<String, SessionError> {
-        // A new password step replaces any earlier challenge, and with it its failure count:
-        // each challenge costs a full password verification, which is the throttle.
+    /// Opens the MFA challenge in the store (any node may receive the code). A new password
+    /// step replaces an earlier challenge: each costs a full password verification.
+    async fn begin_mfa(&mut self, now: DateTime<Utc>) -> Result<String, SessionError> {
         let token = random_token()?;
-        self.challenge = Some(MfaChallenge {
-            token: token.clone(),
+        let challenge = StoredChallenge {
+            token_hash: token_hash(&token),
             expires_at: now + self.policy.mfa_challenge_ttl,
             failures: 0,
-        });
+        };
+        self.store
+            .put_mfa_challenge(self.user.id, &challenge)
+            .await?;
         Ok(token)
     }
 
@@ -281,8 +457,17 @@ impl UserState {
         &mut self,
         attempt: MfaAttempt,
         now: DateTime<Utc>,
-    ) -> Result<SessionGrant, SessionError> {
+    ) -> Result<Opened, SessionError> {
         let invalid = || SessionError::from(AuthError::InvalidMfaCode);
+        let password_verified = attempt.password_verified.is_some();
+        match attempt.password_verified {
+            Some(user) => {
+                self.user = *user;
+                self.user_read_at = now;
+            }
+            // The replay guard (totp_last_step) and the factor must be current.
+            None => self.reload_user(now).await?,
+        }
         if !self.user.is_active {
             return Err(AuthError::AccountInactive.into());
         }
@@ -294,45 +479,78 @@ impl UserState {
             return Err(invalid());
         };
 
-        if !attempt.password_verified {
-            let challenge = self.challenge.as_mut().ok_or_else(invalid)?;
+        // Without the password in this request, the challenge of the password step stands in
+        // for it: it lives in the store, so the step may have run on another node.
+        let challenge = if !password_verified {
+            let challenge = self
+                .store
+                .mfa_challenge(self.user.id)
+                .await?
+                .ok_or_else(invalid)?;
             if now >= challenge.expires_at {
-                self.challenge = None;
+                let _ = self
+                    .store
+                    .take_mfa_challenge(self.user.id, &challenge.token_hash)
+                    .await;
                 return Err(invalid());
             }
-            let token_matches = attempt
-                .mfa_token
-                .as_ref()
-                .is_none_or(|sent| bool::from(sent.as_bytes().ct_eq(challenge.token.as_bytes())));
+            let token_matches = attempt.mfa_token.as_ref().is_none_or(|sent| {
+                bool::from(token_hash(sent).ct_eq(&challenge.token_hash))
+            });
             if !token_matches {
-                self.record_mfa_failure();
+                self.record_mfa_failure(&challenge).await;
                 return Err(invalid());
             }
-        }
+            Some(challenge)
+        } else {
+            None
+        };
 
         let unix_now = u64::try_from(now.timestamp()).unwrap_or_default();
         let Some(step) = totp.verify(&attempt.code, unix_now, self.user.totp_last_step) else {
-            self.record_mfa_failure();
+            if let Some(challenge) = &challenge {
+                self.record_mfa_failure(challenge).await;
+            }
             return Err(invalid());
         };
 
-        // Spend the step first, in the database: if two requests (or two service instances)
-        // race with one code, the conditional update lets exactly one through.
+        // Spend the step first, in the database: if two requests (or two nodes) race with one
+        // code, the conditional update lets exactly one through.
         if !self.store.advance_totp_step(self.user.id, step).await? {
-            self.record_mfa_failure();
+            if let Some(challenge) = &challenge {
+                self.record_mfa_failure(challenge).await;
+            }
             return Err(invalid());
         }
         self.user.totp_last_step = Some(step);
-        self.challenge = None;
+        // The challenge is answered once, whichever node got the code.
+        if let Some(challenge) = &challenge
+            && !self
+                .store
+                .take_mfa_challenge(self.user.id, &challenge.token_hash)
+                .await?
+        {
+            return Err(invalid());
+        }
         self.open_session(attempt.device, now).await
     }
 
-    fn record_mfa_failure(&mut self) {
-        if let Some(challenge) = self.challenge.as_mut() {
-            challenge.failures += 1;
-            if challenge.failures >= self.policy.mfa_max_attempts {
-                tracing::warn!(user_id = %self.user.id, "MFA challenge voided after too many wrong codes");
-                self.challenge = None;
+    /// Counts a wrong code in the store, where every node sees the same count.
+    async fn record_mfa_failure(&self, challenge: &StoredChallenge) {
+        match self
+            .store
+            .count_mfa_failure(
+                self.user.id,
+                &challenge.token_hash,
+                self.policy.mfa_max_attempts,
+            )
+            .await
+        {
+            Ok(0) => tracing::warn!(user_id = %self.user.id,
+                "MFA challenge voided after too many wrong codes"),
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!(user_id = %self.user.id, error = %err, "MFA failure not counted");
             }
         }
     }
@@ -346,17 +564,47 @@ impl UserState {
         id: SessionId,
         now: DateTime<Utc>,
     ) -> Result<SessionGrant, SessionError> {
-        let idle_timeout = self.policy.idle_timeout;
-        let Some(live) = self.sessions.get_mut(&id) else {
-            return Err(SessionError::Ended);
-        };
-        if let Some(reason) = live.session.end_reason(now, idle_timeout) {
-            // The caller is refused whatever the write does; a failed write is retried.
-            let _ = self
-                .end_sessions(vec![id], Revocation::new(now, reason))
-                .await;
+        if self.sync(now).await? {
+            self.refresh_user_if_stale(now).await;
+            if !self.sessions.contains_key(&id) {
+                if self.is_known_dead(&id) {
+                    return Err(SessionError::Ended);
+                }
+                // Perhaps opened on another node a moment ago.
+                self.reread_session(id, now).await?;
+            }
+        } else {
+            // Not trusted: the store answers every request (two primary-key reads).
+            self.reload_user(now).await?;
+            if self.is_known_dead(&id) {
+                return Err(SessionError::Ended);
+            }
+            self.reread_session(id, now).await?;
+        }
+        if !self.user.is_active {
             return Err(SessionError::Ended);
         }
+        let idle_timeout = self.policy.idle_timeout;
+        let reason = match self.sessions.get(&id) {
+            None => return Err(SessionError::Ended),
+            Some(live) => live.session.end_reason(now, idle_timeout),
+        };
+        match reason {
+            Some(RevokeReason::IdleTimeout) => {
+                if self.end_if_idle(id, now).await? {
+                    return Err(SessionError::Ended);
+                }
+            }
+            Some(reason) => {
+                // The caller is refused whatever the write does; a failed write is retried.
+                let _ = self
+                    .end_sessions(vec![id], Revocation::new(now, reason))
+                    .await;
+                return Err(SessionError::Ended);
+            }
+            None => {}
+        }
+        let live = self.sessions.get_mut(&id).ok_or(SessionError::Ended)?;
         live.session.last_seen_at = now;
         if now - live.persisted_last_seen >= self.policy.touch_interval {
             match self.store.touch_session(id, now).await {
@@ -368,8 +616,31 @@ impl UserState {
         Ok(self.grant(session))
     }
 
-    /// Live sessions, newest first.
-    fn live_sessions(&self, now: DateTime<Utc>) -> Vec<Session> {
+    /// Memory says `id` is idle; the store has the newest activity any node wrote. Ends it
+    /// only if the store agrees (a conditional update), else takes the store's time. True when
+    /// the session is over.
+    async fn end_if_idle(&mut self, id: SessionId, now: DateTime<Utc>) -> Result<bool, SessionError> {
+        let cutoff = now - self.policy.idle_timeout;
+        if self.store.end_if_idle(id, cutoff, now).await? {
+            self.sessions.remove(&id);
+            self.refused.insert(id);
+            tracing::info!(user_id = %self.user.id, session_id = %id,
+                reason = %RevokeReason::IdleTimeout, "session ended");
+            return Ok(true);
+        }
+        // Busy on another node (or already ended there): the store decides.
+        self.reread_session(id, now).await?;
+        Ok(self
+            .sessions
+            .get(&id)
+            .is_none_or(|l| l.session.end_reason(now, self.policy.idle_timeout).is_some()))
+    }
+
+    /// Live sessions, newest first, from the store (sessions opened on any node), with the
+    /// fresher activity times this node holds.
+    async fn list_sessions(&mut self, now: DateTime<Utc>) -> Result<Vec<Session>, SessionError> {
+        let epoch = self.cluster.trust_epoch();
+        self.resync(epoch, now).await?;
         let mut sessions: Vec<Session> = self
             .sessions
             .values()
@@ -381,7 +652,7 @@ impl UserState {
             .map(|l| l.session.clone())
             .collect();
         sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-        sessions
+        Ok(sessions)
     }
 
     async fn revoke(
@@ -390,6 +661,9 @@ impl UserState {
         reason: RevokeReason,
         now: DateTime<Utc>,
     ) -> Result<(), SessionError> {
+        if !self.sessions.contains_key(&id) && !self.is_known_dead(&id) {
+            self.reread_session(id, now).await?;
+        }
         if !self.sessions.contains_key(&id) {
             return Err(SessionError::NotFound);
         }
@@ -397,45 +671,115 @@ impl UserState {
             .await
     }
 
+    /// Every session but `except` leaves memory first (fail closed), then one transaction
+    /// ends every live one in the store, including any this node has not heard of yet.
     async fn revoke_all(
         &mut self,
         except: Option<SessionId>,
         reason: RevokeReason,
         note: Option<String>,
         now: DateTime<Utc>,
-    ) -> Result<usize, SessionError> {
-        let ids: Vec<SessionId> = self
+    ) -> Result<Vec<SessionId>, SessionError> {
+        let in_memory: Vec<SessionId> = self
             .sessions
             .keys()
             .copied()
             .filter(|id| Some(*id) != except)
             .collect();
-        let count = ids.len();
+        self.forget(&in_memory);
         let revocation = Revocation {
             at: now,
             reason,
             note,
         };
-        self.end_sessions(ids, revocation).await?;
-        tracing::info!(user_id = %self.user.id, revoked = count, %reason, "sessions revoked");
-        Ok(count)
+        match self
+            .store
+            .revoke_user_sessions(self.user.id, except, &revocation)
+            .await
+        {
+            Ok(ended) => {
+                self.forget(&ended);
+                tracing::info!(user_id = %self.user.id, revoked = ended.len(), %reason, "sessions revoked");
+                Ok(ended)
+            }
+            Err(err) => {
+                tracing::warn!(user_id = %self.user.id, error = %err,
+                    "sessions ended in memory; write failed, will retry");
+                self.unwritten.push((in_memory, revocation));
+                self.schedule_retry();
+                Err(SessionError::Store(err))
+            }
+        }
     }
 
-    /// Write-through for the new hash, then every other session ends: whoever else held
-    /// one may be the reason the password changed.
+    /// The new hash and the end of every other session commit together; memory follows.
     async fn change_password(
         &mut self,
         password_hash: String,
         keep: SessionId,
         now: DateTime<Utc>,
-    ) -> Result<usize, SessionError> {
-        self.store
-            .set_password_hash(self.user.id, &password_hash)
+    ) -> Result<Vec<SessionId>, SessionError> {
+        let revocation = Revocation::new(now, RevokeReason::PasswordChanged);
+        let ended = self
+            .store
+            .change_password(self.user.id, &password_hash, keep, &revocation)
             .await?;
         self.user.password_hash = password_hash;
-        tracing::info!(user_id = %self.user.id, "password changed");
-        self.revoke_all(Some(keep), RevokeReason::PasswordChanged, None, now)
-            .await
+        let others: Vec<SessionId> = self.sessions.keys().copied().filter(|id| *id != keep).collect();
+        self.forget(&others);
+        self.forget(&ended);
+        tracing::info!(user_id = %self.user.id, revoked = ended.len(), "password changed");
+        Ok(ended)
+    }
+
+    async fn set_active(
+        &mut self,
+        active: bool,
+        note: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, SessionError> {
+        let revocation = Revocation {
+            at: now,
+            reason: RevokeReason::AccountDisabled,
+            note,
+        };
+        let ended = self
+            .store
+            .set_user_active(self.user.id, active, &revocation)
+            .await?
+            .ok_or(SessionError::UnknownUser)?;
+        self.user.is_active = active;
+        self.user_read_at = now;
+        if !active {
+            let all: Vec<SessionId> = self.sessions.keys().copied().collect();
+            self.forget(&all);
+        }
+        self.forget(&ended);
+        tracing::info!(user_id = %self.user.id, active, revoked = ended.len(), "account status changed");
+        Ok(ended)
+    }
+
+    /// Sessions that ended (here or on another node) leave memory and are remembered as dead.
+    fn forget(&mut self, ids: &[SessionId]) {
+        for id in ids {
+            self.sessions.remove(id);
+            self.refused.insert(*id);
+        }
+    }
+
+    /// Another node opened `session`: keep it unless we know it is dead or the news is old.
+    fn adopt(&mut self, session: Session, now: DateTime<Utc>) {
+        let id = session.id;
+        if session.user_id != self.user.id
+            || !session.is_live(now)
+            || now - session.created_at > ADOPT_WINDOW
+            || self.is_known_dead(&id)
+            || self.residents.recently_ended(session.user_id, id)
+            || self.sessions.contains_key(&id)
+        {
+            return;
+        }
+        self.sessions.insert(id, LiveSession::from_store(session));
     }
 
     /// Ending sessions fails closed, so it is the exception to "write, then change memory":
@@ -447,9 +791,7 @@ impl UserState {
         ids: Vec<SessionId>,
         revocation: Revocation,
     ) -> Result<(), SessionError> {
-        for id in &ids {
-            self.sessions.remove(id);
-        }
+        self.forget(&ids);
         if ids.is_empty() {
             return Ok(());
         }
@@ -492,15 +834,23 @@ impl UserState {
 
     /// The supervisor's periodic tick: end what has expired, then passivate if idle.
     async fn tick(&mut self, now: DateTime<Utc>) {
-        let mut expired: HashMap<RevokeReason, Vec<SessionId>> = HashMap::new();
+        let mut past_lifetime = Vec::new();
+        let mut idle = Vec::new();
         for live in self.sessions.values() {
-            if let Some(reason) = live.session.end_reason(now, self.policy.idle_timeout) {
-                expired.entry(reason).or_default().push(live.session.id);
+            match live.session.end_reason(now, self.policy.idle_timeout) {
+                Some(RevokeReason::IdleTimeout) => idle.push(live.session.id),
+                Some(_) => past_lifetime.push(live.session.id),
+                None => {}
             }
         }
-        for (reason, ids) in expired {
-            // On failure the retry timer owns the write; nothing more to do here.
-            let _ = self.end_sessions(ids, Revocation::new(now, reason)).await;
+        // On failure the retry timer owns the write; nothing more to do here.
+        let _ = self
+            .end_sessions(past_lifetime, Revocation::new(now, RevokeReason::MaxLifetime))
+            .await;
+        for id in idle {
+            if let Err(err) = self.end_if_idle(id, now).await {
+                tracing::warn!(session_id = %id, error = %err, "idle check failed");
+            }
         }
         if self.should_passivate(now) && self.flush_touches().await {
             tracing::debug!(user_id = %self.user.id, "user actor passivating");
@@ -512,10 +862,7 @@ impl UserState {
     }
 
     fn should_passivate(&self, now: DateTime<Utc>) -> bool {
-        let challenge_pending = self.challenge.as_ref().is_some_and(|c| now < c.expires_at);
-        now - self.last_activity >= self.policy.idle_passivate
-            && self.unwritten.is_empty()
-            && !challenge_pending
+        now - self.last_activity >= self.policy.idle_passivate && self.unwritten.is_empty()
     }
 
     /// Writes every touch not yet persisted, so the next actor loads exact activity times.
@@ -535,6 +882,11 @@ impl UserState {
         }
         true
     }
+}
+
+/// The challenge token as stored: its SHA-256 (a leaked table gives nobody a token).
+fn token_hash(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// 256 bits from the OS generator, hex-encoded: the opaque `mfaToken`.

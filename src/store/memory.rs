@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{SessionStore, StoreError};
+use super::{SessionStore, StoreError, StoredChallenge};
 use crate::domain::{Email, NewUser, Revocation, RevokeReason, Session, SessionId, User, UserId};
 
 #[derive(Default)]
@@ -24,6 +24,28 @@ struct Tables {
     next_user_id: u64,
     users: HashMap<UserId, User>,
     sessions: HashMap<SessionId, Session>,
+    challenges: HashMap<UserId, StoredChallenge>,
+}
+
+impl Tables {
+    /// The user's live sessions but `except`, least recently used first (MySQL's order).
+    fn live_ids(&self, user: UserId, except: Option<SessionId>, now: DateTime<Utc>) -> Vec<SessionId> {
+        let mut live: Vec<&Session> = self
+            .sessions
+            .values()
+            .filter(|s| s.user_id == user && s.is_live(now) && Some(s.id) != except)
+            .collect();
+        live.sort_by_key(|s| (s.last_seen_at, s.created_at));
+        live.into_iter().map(|s| s.id).collect()
+    }
+
+    fn revoke_all(&mut self, ids: &[SessionId], revocation: &Revocation) {
+        for id in ids {
+            if let Some(session) = self.sessions.get_mut(id) {
+                revoke(session, revocation);
+            }
+        }
+    }
 }
 
 impl MemoryStore {
@@ -118,6 +140,152 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn open_session_within_limit(
+        &self,
+        session: &Session,
+        max_live: usize,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        // One lock for the whole step: the same atomicity as MySQL's transaction.
+        let mut tables = self.tables();
+        if !tables.users.contains_key(&session.user_id) {
+            return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
+        }
+        if tables.sessions.contains_key(&session.id) {
+            return Err(StoreError::Conflict(format!("session {} exists", session.id)));
+        }
+        let live = tables.live_ids(session.user_id, None, session.created_at);
+        let excess = (live.len() + 1).saturating_sub(max_live.max(1));
+        let evicted = live[..excess].to_vec();
+        tables.revoke_all(
+            &evicted,
+            &Revocation::new(session.created_at, RevokeReason::SessionLimit),
+        );
+        tables.sessions.insert(session.id, session.clone());
+        Ok(evicted)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        except: Option<SessionId>,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tables = self.tables();
+        let ids = tables.live_ids(user, except, revocation.at);
+        tables.revoke_all(&ids, revocation);
+        Ok(ids)
+    }
+
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tables = self.tables();
+        let account = tables
+            .users
+            .get_mut(&user)
+            .ok_or_else(|| StoreError::Conflict(format!("no user {user}")))?;
+        account.password_hash = password_hash.to_owned();
+        account.updated_at = revocation.at;
+        let ids = tables.live_ids(user, Some(keep), revocation.at);
+        tables.revoke_all(&ids, revocation);
+        Ok(ids)
+    }
+
+    async fn set_user_active(
+        &self,
+        user: UserId,
+        active: bool,
+        revocation: &Revocation,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let mut tables = self.tables();
+        let Some(account) = tables.users.get_mut(&user) else {
+            return Ok(None);
+        };
+        account.is_active = active;
+        account.updated_at = revocation.at;
+        if active {
+            return Ok(Some(Vec::new()));
+        }
+        let ids = tables.live_ids(user, None, revocation.at);
+        tables.revoke_all(&ids, revocation);
+        Ok(Some(ids))
+    }
+
+    async fn end_if_idle(
+        &self,
+        id: SessionId,
+        idle_cutoff: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.tables();
+        match tables.sessions.get_mut(&id) {
+            Some(s) if s.revoked_at.is_none() && s.last_seen_at <= idle_cutoff => {
+                revoke(s, &Revocation::new(at, RevokeReason::IdleTimeout));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn put_mfa_challenge(
+        &self,
+        user: UserId,
+        challenge: &StoredChallenge,
+    ) -> Result<(), StoreError> {
+        let mut tables = self.tables();
+        if !tables.users.contains_key(&user) {
+            return Err(StoreError::Conflict(format!("no user {user}")));
+        }
+        tables.challenges.insert(user, challenge.clone());
+        Ok(())
+    }
+
+    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError> {
+        Ok(self.tables().challenges.get(&user).cloned())
+    }
+
+    async fn count_mfa_failure(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+        max_failures: u32,
+    ) -> Result<u32, StoreError> {
+        let mut tables = self.tables();
+        let Some(challenge) = tables
+            .challenges
+            .get_mut(&user)
+            .filter(|c| &c.token_hash == token_hash)
+        else {
+            return Ok(0);
+        };
+        challenge.failures += 1;
+        if challenge.failures >= max_failures {
+            tables.challenges.remove(&user);
+            return Ok(0);
+        }
+        Ok(challenge.failures)
+    }
+
+    async fn take_mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.tables();
+        let matches = tables
+            .challenges
+            .get(&user)
+            .is_some_and(|c| &c.token_hash == token_hash);
+        if matches {
+            tables.challenges.remove(&user);
+        }
+        Ok(matches)
+    }
+
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
         Ok(self.tables().sessions.get(&id).cloned())
     }
@@ -127,8 +295,11 @@ impl SessionStore for MemoryStore {
         id: SessionId,
         last_seen_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        if let Some(session) = self.tables().sessions.get_mut(&id) {
-            session.last_seen_at = last_seen_at;
+        if let Some(session) = self.tables().sessions.get_mut(&id)
+            && session.revoked_at.is_none()
+        {
+            // Newest wins, as with MySQL's GREATEST: touches from several views never go back.
+            session.last_seen_at = session.last_seen_at.max(last_seen_at);
         }
         Ok(())
     }
@@ -138,12 +309,7 @@ impl SessionStore for MemoryStore {
         ids: &[SessionId],
         revocation: &Revocation,
     ) -> Result<(), StoreError> {
-        let mut tables = self.tables();
-        for id in ids {
-            if let Some(session) = tables.sessions.get_mut(id) {
-                revoke(session, revocation);
-            }
-        }
+        self.tables().revoke_all(ids, revocation);
         Ok(())
     }
 

@@ -14,7 +14,18 @@ use chrono::{DateTime, Utc};
 use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
 
 pub use memory::MemoryStore;
+pub use membership::{LiveMember, SingleNodeLock};
 pub use mysql::MySqlStore;
+
+mod membership;
+
+/// A pending MFA challenge as stored: the token only as its SHA-256.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredChallenge {
+    pub token_hash: [u8; 32],
+    pub expires_at: DateTime<Utc>,
+    pub failures: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -61,7 +72,82 @@ pub trait SessionStore: Send + Sync + 'static {
     /// One session, live or ended (operators and tests read ended ones).
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError>;
 
+    /// Inserts `session` while keeping its user at most `max_live` live sessions: in one
+    /// transaction that locks the user's row, the least recently used live sessions beyond
+    /// the limit are revoked (`session_limit`, at the new session's creation time). Returns
+    /// the ids it revoked. Concurrent logins on several nodes therefore never exceed the limit.
+    async fn open_session_within_limit(
+        &self,
+        session: &Session,
+        max_live: usize,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    /// Revokes every live session of `user` but `except`, in one transaction; returns the
+    /// ids it revoked (whichever node opened them).
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        except: Option<SessionId>,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    /// Stores a new password hash and revokes every other live session, in one transaction:
+    /// there is no state in which the new password holds and the old sessions live.
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError>;
+
+    /// Activates or deactivates an account; deactivation revokes every live session with
+    /// `revocation` in the same transaction. `None` when there is no such user.
+    async fn set_user_active(
+        &self,
+        user: UserId,
+        active: bool,
+        revocation: &Revocation,
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
+
+    /// Ends a session as idle only if its stored `last_seen_at` is at or before `idle_cutoff`
+    /// (another node may have seen it since). True when this call ended it.
+    async fn end_if_idle(
+        &self,
+        id: SessionId,
+        idle_cutoff: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
+
+    /// Opens (or replaces) the user's pending MFA challenge.
+    async fn put_mfa_challenge(
+        &self,
+        user: UserId,
+        challenge: &StoredChallenge,
+    ) -> Result<(), StoreError>;
+
+    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError>;
+
+    /// Counts a wrong code against the challenge whose token hash is `token_hash`; at
+    /// `max_failures` the challenge is deleted. Returns the failures now recorded (0 when the
+    /// challenge is gone).
+    async fn count_mfa_failure(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+        max_failures: u32,
+    ) -> Result<u32, StoreError>;
+
+    /// Deletes the challenge if it is still the one with `token_hash`. True for exactly one of
+    /// several racing callers: a challenge is answered once.
+    async fn take_mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, StoreError>;
+
     /// Records the latest activity of a live session (idle expiry reads it after a restart).
+    /// Keeps the newest time: several nodes touch one session, each with its own view.
     async fn touch_session(
         &self,
         id: SessionId,
@@ -99,6 +185,8 @@ pub trait SessionStore: Send + Sync + 'static {
 pub type DynStore = Arc<dyn SessionStore>;
 
 /// Opens the store named by `database.url`, running migrations for MySQL.
+///
+/// (`startup` opens MySQL itself when it also needs the membership table and named lock.)
 pub async fn connect(url: &str, max_connections: usize) -> Result<DynStore, StoreError> {
     if url == "memory" {
         Ok(Arc::new(MemoryStore::new()))

@@ -5,9 +5,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDateTime, Utc};
 use mysql_async::prelude::{Query, Queryable, WithParams};
-use mysql_async::{Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, params};
+use mysql_async::{
+    Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, Transaction, TxOpts, params,
+};
 
-use super::{SessionStore, StoreError};
+use super::{SessionStore, StoreError, StoredChallenge};
 use crate::domain::{
     Device, Email, NewUser, Revocation, RevokeReason, Session, SessionId, User, UserId,
 };
@@ -28,6 +30,7 @@ const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at
 #[derive(Clone)]
 pub struct MySqlStore {
     pool: Pool,
+    opts: Opts,
 }
 
 impl MySqlStore {
@@ -37,10 +40,12 @@ impl MySqlStore {
         let opts = Opts::from_url(url).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
         let constraints = PoolConstraints::new(0, max_connections.max(1))
             .ok_or_else(|| StoreError::Unavailable("invalid pool size".into()))?;
-        let opts = OptsBuilder::from_opts(opts)
-            .pool_opts(PoolOpts::default().with_constraints(constraints));
+        let opts: Opts = OptsBuilder::from_opts(opts)
+            .pool_opts(PoolOpts::default().with_constraints(constraints))
+            .into();
         let store = Self {
-            pool: Pool::new(opts),
+            pool: Pool::new(opts.clone()),
+            opts,
         };
         store.ping().await?;
         Ok(store)
@@ -56,12 +61,102 @@ impl MySqlStore {
         Ok(())
     }
 
-    async fn conn(&self) -> Result<mysql_async::Conn, StoreError> {
+    pub(super) async fn conn(&self) -> Result<mysql_async::Conn, StoreError> {
         self.pool.get_conn().await.map_err(unavailable)
+    }
+
+    async fn transaction(&self) -> Result<Transaction<'static>, StoreError> {
+        self.pool
+            .start_transaction(TxOpts::default())
+            .await
+            .map_err(unavailable)
     }
 }
 
-fn unavailable(err: mysql_async::Error) -> StoreError {
+/// Inside a transaction: locks `user`'s live sessions (all but `except`), least recently used
+/// first, and returns their ids.
+async fn lock_live_sessions(
+    tx: &mut Transaction<'_>,
+    user: UserId,
+    except: Option<SessionId>,
+    now: DateTime<Utc>,
+) -> Result<Vec<SessionId>, StoreError> {
+    let ids: Vec<String> = tx
+        .exec(
+            "SELECT id FROM sessions WHERE user_id = ? AND revoked_at IS NULL AND expires_at > ? \
+             ORDER BY last_seen_at, created_at FOR UPDATE",
+            (user.get(), to_db(now)),
+        )
+        .await
+        .map_err(unavailable)?;
+    ids.iter()
+        .map(|id| {
+            id.parse()
+                .map_err(|e| StoreError::Corrupt(format!("sessions.id: {e}")))
+        })
+        .filter(|id| match (id, except) {
+            (Ok(id), Some(except)) => *id != except,
+            _ => true,
+        })
+        .collect()
+}
+
+/// Inside a transaction: marks `ids` revoked (first revocation wins).
+async fn revoke_in(
+    tx: &mut Transaction<'_>,
+    ids: &[SessionId],
+    revocation: &Revocation,
+) -> Result<(), StoreError> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let (sql, params) = revoke_statement(ids, revocation);
+    tx.exec_drop(sql, params).await.map_err(unavailable)
+}
+
+fn revoke_statement(
+    ids: &[SessionId],
+    revocation: &Revocation,
+) -> (String, Vec<mysql_async::Value>) {
+    let placeholders = vec!["?"; ids.len()].join(", ");
+    let mut params: Vec<mysql_async::Value> = vec![
+        to_db(revocation.at).into(),
+        revocation.reason.as_str().into(),
+        revocation.note.clone().into(),
+    ];
+    params.extend(ids.iter().map(|id| id.to_string().into()));
+    (
+        format!(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = ?, revoke_note = ? \
+             WHERE revoked_at IS NULL AND id IN ({placeholders})"
+        ),
+        params,
+    )
+}
+
+async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
+    tx.commit().await.map_err(unavailable)
+}
+
+fn challenge_from_row(mut row: Row) -> Result<StoredChallenge, StoreError> {
+    let hash: Vec<u8> = take(&mut row, "token_hash")?;
+    Ok(StoredChallenge {
+        token_hash: hash
+            .try_into()
+            .map_err(|_| StoreError::Corrupt("mfa_challenges.token_hash: not 32 bytes".into()))?,
+        expires_at: from_db(take(&mut row, "expires_at")?),
+        failures: take(&mut row, "failures")?,
+    })
+}
+
+impl MySqlStore {
+    /// Connection options, for a connection outside the pool (the single-node lock's).
+    pub(super) fn opts(&self) -> &Opts {
+        &self.opts
+    }
+}
+
+pub(super) fn unavailable(err: mysql_async::Error) -> StoreError {
     StoreError::Unavailable(Box::new(err))
 }
 
@@ -220,31 +315,204 @@ impl SessionStore for MySqlStore {
 
     async fn insert_session(&self, s: &Session) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        format!(
-            "INSERT INTO sessions ({SESSION_COLUMNS}) \
-             VALUES (:id, :user_id, :created_at, :last_seen_at, :expires_at, :revoked_at, \
-             :reason, :note, :user_agent, :ip)"
+        insert_session_on(&mut conn, s).await
+    }
+
+    async fn open_session_within_limit(
+        &self,
+        session: &Session,
+        max_live: usize,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.transaction().await?;
+        // The user's row is the lock that serialises logins of one user across nodes.
+        let user: Option<u64> = tx
+            .exec_first(
+                "SELECT id FROM users WHERE id = ? FOR UPDATE",
+                (session.user_id.get(),),
+            )
+            .await
+            .map_err(unavailable)?;
+        if user.is_none() {
+            return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
+        }
+        let live = lock_live_sessions(&mut tx, session.user_id, None, session.created_at).await?;
+        let excess = (live.len() + 1).saturating_sub(max_live.max(1));
+        let evicted = live[..excess].to_vec();
+        revoke_in(
+            &mut tx,
+            &evicted,
+            &Revocation::new(session.created_at, RevokeReason::SessionLimit),
         )
-        .with(params! {
-            "id" => s.id.to_string(),
-            "user_id" => s.user_id.get(),
-            "created_at" => to_db(s.created_at),
-            "last_seen_at" => to_db(s.last_seen_at),
-            "expires_at" => to_db(s.expires_at),
-            "revoked_at" => s.revoked_at.map(to_db),
-            "reason" => s.revoke_reason.map(RevokeReason::as_str),
-            "note" => &s.revoke_note,
-            "user_agent" => &s.device.user_agent,
-            "ip" => &s.device.ip,
-        })
-        .ignore(&mut conn)
+        .await?;
+        insert_session_on(&mut tx, session).await?;
+        commit(tx).await?;
+        Ok(evicted)
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        except: Option<SessionId>,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.transaction().await?;
+        let ids = lock_live_sessions(&mut tx, user, except, revocation.at).await?;
+        revoke_in(&mut tx, &ids, revocation).await?;
+        commit(tx).await?;
+        Ok(ids)
+    }
+
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        let mut tx = self.transaction().await?;
+        tx.exec_drop(
+            "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
+            (password_hash, to_db(revocation.at), user.get()),
+        )
         .await
-        .map_err(|e| match e {
-            mysql_async::Error::Server(ref server) if server.code == ER_DUP_ENTRY => {
-                StoreError::Conflict(format!("session {} exists", s.id))
-            }
-            other => unavailable(other),
-        })
+        .map_err(unavailable)?;
+        if tx.affected_rows() != 1 {
+            return Err(StoreError::Conflict(format!("no user {user}")));
+        }
+        let ids = lock_live_sessions(&mut tx, user, Some(keep), revocation.at).await?;
+        revoke_in(&mut tx, &ids, revocation).await?;
+        commit(tx).await?;
+        Ok(ids)
+    }
+
+    async fn set_user_active(
+        &self,
+        user: UserId,
+        active: bool,
+        revocation: &Revocation,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        let mut tx = self.transaction().await?;
+        let found: Option<u64> = tx
+            .exec_first("SELECT id FROM users WHERE id = ? FOR UPDATE", (user.get(),))
+            .await
+            .map_err(unavailable)?;
+        if found.is_none() {
+            return Ok(None);
+        }
+        tx.exec_drop(
+            "UPDATE users SET is_active = ?, updated_at = ? WHERE id = ?",
+            (active, to_db(revocation.at), user.get()),
+        )
+        .await
+        .map_err(unavailable)?;
+        let ids = if active {
+            Vec::new()
+        } else {
+            let ids = lock_live_sessions(&mut tx, user, None, revocation.at).await?;
+            revoke_in(&mut tx, &ids, revocation).await?;
+            ids
+        };
+        commit(tx).await?;
+        Ok(Some(ids))
+    }
+
+    async fn end_if_idle(
+        &self,
+        id: SessionId,
+        idle_cutoff: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "UPDATE sessions SET revoked_at = ?, revoke_reason = 'idle_timeout' \
+             WHERE id = ? AND revoked_at IS NULL AND last_seen_at <= ?",
+            (to_db(at), id.to_string(), to_db(idle_cutoff)),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(conn.affected_rows() == 1)
+    }
+
+    async fn put_mfa_challenge(
+        &self,
+        user: UserId,
+        challenge: &StoredChallenge,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "REPLACE INTO mfa_challenges (user_id, token_hash, expires_at, failures) \
+             VALUES (?, ?, ?, ?)",
+            (
+                user.get(),
+                challenge.token_hash.to_vec(),
+                to_db(challenge.expires_at),
+                challenge.failures,
+            ),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = conn
+            .exec_first(
+                "SELECT token_hash, expires_at, failures FROM mfa_challenges WHERE user_id = ?",
+                (user.get(),),
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(challenge_from_row).transpose()
+    }
+
+    async fn count_mfa_failure(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+        max_failures: u32,
+    ) -> Result<u32, StoreError> {
+        let mut tx = self.transaction().await?;
+        let key = (user.get(), token_hash.to_vec());
+        tx.exec_drop(
+            "UPDATE mfa_challenges SET failures = failures + 1 \
+             WHERE user_id = ? AND token_hash = ?",
+            key.clone(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let failures: Option<u32> = tx
+            .exec_first(
+                "SELECT failures FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
+                key.clone(),
+            )
+            .await
+            .map_err(unavailable)?;
+        let failures = failures.unwrap_or(0);
+        if failures >= max_failures {
+            tx.exec_drop(
+                "DELETE FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
+                key,
+            )
+            .await
+            .map_err(unavailable)?;
+        }
+        commit(tx).await?;
+        Ok(if failures >= max_failures { 0 } else { failures })
+    }
+
+    async fn take_mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "DELETE FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
+            (user.get(), token_hash.to_vec()),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(conn.affected_rows() == 1)
     }
 
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
@@ -266,7 +534,8 @@ impl SessionStore for MySqlStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_drop(
-            "UPDATE sessions SET last_seen_at = ? WHERE id = ? AND revoked_at IS NULL",
+            "UPDATE sessions SET last_seen_at = GREATEST(last_seen_at, ?) \
+             WHERE id = ? AND revoked_at IS NULL",
             (to_db(last_seen_at), id.to_string()),
         )
         .await
@@ -281,23 +550,9 @@ impl SessionStore for MySqlStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let placeholders = vec!["?"; ids.len()].join(", ");
-        let mut params: Vec<mysql_async::Value> = vec![
-            to_db(revocation.at).into(),
-            revocation.reason.as_str().into(),
-            revocation.note.clone().into(),
-        ];
-        params.extend(ids.iter().map(|id| id.to_string().into()));
+        let (sql, params) = revoke_statement(ids, revocation);
         let mut conn = self.conn().await?;
-        conn.exec_drop(
-            format!(
-                "UPDATE sessions SET revoked_at = ?, revoke_reason = ?, revoke_note = ? \
-                 WHERE revoked_at IS NULL AND id IN ({placeholders})"
-            ),
-            params,
-        )
-        .await
-        .map_err(unavailable)
+        conn.exec_drop(sql, params).await.map_err(unavailable)
     }
 
     async fn expire_sessions(
@@ -364,4 +619,35 @@ impl SessionStore for MySqlStore {
         .map_err(unavailable)?;
         Ok(conn.affected_rows() == 1)
     }
+}
+
+/// Inserts on a given connection or transaction (`open_session_within_limit` runs it inside its
+/// transaction).
+async fn insert_session_on<Q: Queryable>(conn: &mut Q, s: &Session) -> Result<(), StoreError> {
+    conn.exec_drop(
+        format!(
+            "INSERT INTO sessions ({SESSION_COLUMNS}) \
+             VALUES (:id, :user_id, :created_at, :last_seen_at, :expires_at, :revoked_at, \
+             :reason, :note, :user_agent, :ip)"
+        ),
+        params! {
+        "id" => s.id.to_string(),
+        "user_id" => s.user_id.get(),
+        "created_at" => to_db(s.created_at),
+        "last_seen_at" => to_db(s.last_seen_at),
+        "expires_at" => to_db(s.expires_at),
+        "revoked_at" => s.revoked_at.map(to_db),
+        "reason" => s.revoke_reason.map(RevokeReason::as_str),
+        "note" => &s.revoke_note,
+        "user_agent" => &s.device.user_agent,
+        "ip" => &s.device.ip,
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        mysql_async::Error::Server(ref server) if server.code == ER_DUP_ENTRY => {
+            StoreError::Conflict(format!("session {} exists", s.id))
+        }
+        other => unavailable(other),
+    })
 }

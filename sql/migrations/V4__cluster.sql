@@ -1,0 +1,22 @@
+-- Several instances on one database (issue: many instances, one truth).
+
+-- The MFA challenge opened by the password step, so that the code can be sent to any node.
+-- One per user: a new password step replaces it. The token is kept only as its SHA-256.
+CREATE TABLE mfa_challenges (
+    user_id     BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    token_hash  BINARY(32)      NOT NULL,
+    expires_at  DATETIME(6)     NOT NULL,
+    failures    INT UNSIGNED    NOT NULL DEFAULT 0,
+    CONSTRAINT mfa_challenges_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
+
+-- Cluster membership: one row per clustered node, with the lease that lets it answer from
+-- memory. Lease times use the database's clock (UTC_TIMESTAMP), the one clock every node
+-- shares; a node renews its row only while its bus subscription is healthy.
+CREATE TABLE cluster_nodes (
+    node_id      CHAR(36) CHARACTER SET ascii NOT NULL PRIMARY KEY,
+    host         VARCHAR(255)    NULL,
+    started_at   DATETIME(6)     NOT NULL,
+    lease_until  DATETIME(6)     NOT NULL,
+    KEY cluster_nodes_lease (lease_until)
+) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
