@@ -281,7 +281,10 @@ impl Settings {
         }
         if let Some(url) = self.cluster.bus_url() {
             if !(url.starts_with("nats://") || url.starts_with("tls://")) {
-                return invalid("cluster.bus_url", "must be empty or a nats:// or tls:// URL");
+                return invalid(
+                    "cluster.bus_url",
+                    "must be empty or a nats:// or tls:// URL",
+                );
             }
             if self.database.is_memory() {
                 return invalid(

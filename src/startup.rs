@@ -105,7 +105,10 @@ impl Topology {
                 let applier = Arc::new(RemoteChanges(residents.clone()));
                 (Cluster::join(&config, mysql.clone(), applier).await?, None)
             }
-            None => (Cluster::standalone(), Some(hold_database_alone(&mysql).await?)),
+            None => (
+                Cluster::standalone(),
+                Some(hold_database_alone(&mysql).await?),
+            ),
         };
         Ok(Self {
             store: Arc::new(mysql),

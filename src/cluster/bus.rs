@@ -37,10 +37,20 @@ struct Envelope {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Wire {
     /// A heartbeat: only its sender reads it, as proof that its subscription is live.
-    Ping { connection: u64, sent: u64 },
-    SessionsEnded { user: UserId, ids: Vec<SessionId> },
-    UserChanged { user: UserId },
-    SessionOpened { session: WireSession },
+    Ping {
+        connection: u64,
+        sent: u64,
+    },
+    SessionsEnded {
+        user: UserId,
+        ids: Vec<SessionId>,
+    },
+    UserChanged {
+        user: UserId,
+    },
+    SessionOpened {
+        session: WireSession,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -180,7 +190,11 @@ impl Bus {
                     .publish_with_reply(self.events.clone(), self.acks.clone(), payload.into())
                     .await
             }
-            None => self.client.publish(self.events.clone(), payload.into()).await,
+            None => {
+                self.client
+                    .publish(self.events.clone(), payload.into())
+                    .await
+            }
         };
         if let Err(err) = sent {
             tracing::warn!(error = %err, "cluster publish failed");

@@ -153,7 +153,11 @@ mod tests {
         trust.heartbeat_echoed(trust.connection(), trust.now());
         let epoch = trust.current().expect("both");
         trust.heartbeat_echoed(trust.connection(), trust.now());
-        assert_eq!(trust.current(), Some(epoch), "staying trusted keeps the epoch");
+        assert_eq!(
+            trust.current(),
+            Some(epoch),
+            "staying trusted keeps the epoch"
+        );
     }
 
     #[test]
@@ -182,7 +186,11 @@ mod tests {
         let sent = trust.now();
         std::thread::sleep(Duration::from_millis(60));
         trust.heartbeat_echoed(trust.connection(), sent);
-        assert_eq!(trust.current(), None, "echo of a heartbeat older than the lease");
+        assert_eq!(
+            trust.current(),
+            None,
+            "echo of a heartbeat older than the lease"
+        );
 
         let trust = Trust::new(Duration::from_secs(2));
         trust.lease_renewed(trust.now());

@@ -312,11 +312,7 @@ impl UserState {
 
     /// Reloads the user and their live sessions from the store, keeping the fresher activity
     /// times memory holds and leaving out revocations not yet written.
-    async fn resync(
-        &mut self,
-        epoch: Option<u64>,
-        now: DateTime<Utc>,
-    ) -> Result<(), SessionError> {
+    async fn resync(&mut self, epoch: Option<u64>, now: DateTime<Utc>) -> Result<(), SessionError> {
         self.reload_user(now).await?;
         let stored = self.store.live_sessions(self.user.id, now).await?;
         let mut sessions = HashMap::with_capacity(stored.len());
@@ -365,7 +361,11 @@ impl UserState {
     }
 
     /// Reads one session from the store into memory, or out of it when it is not live.
-    async fn reread_session(&mut self, id: SessionId, now: DateTime<Utc>) -> Result<(), SessionError> {
+    async fn reread_session(
+        &mut self,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<(), SessionError> {
         match self.store.session_by_id(id).await? {
             Some(stored) if stored.user_id == self.user.id && stored.is_live(now) => {
                 if self.is_known_dead(&id) {
@@ -494,9 +494,10 @@ impl UserState {
                     .await;
                 return Err(invalid());
             }
-            let token_matches = attempt.mfa_token.as_ref().is_none_or(|sent| {
-                bool::from(token_hash(sent).ct_eq(&challenge.token_hash))
-            });
+            let token_matches = attempt
+                .mfa_token
+                .as_ref()
+                .is_none_or(|sent| bool::from(token_hash(sent).ct_eq(&challenge.token_hash)));
             if !token_matches {
                 self.record_mfa_failure(&challenge).await;
                 return Err(invalid());
@@ -590,11 +591,11 @@ impl UserState {
             Some(live) => live.session.end_reason(now, idle_timeout),
         };
         match reason {
-            Some(RevokeReason::IdleTimeout) => {
-                if self.end_if_idle(id, now).await? {
-                    return Err(SessionError::Ended);
-                }
+            // Idle by this node's view; the store has every node's activity.
+            Some(RevokeReason::IdleTimeout) if self.end_if_idle(id, now).await? => {
+                return Err(SessionError::Ended);
             }
+            Some(RevokeReason::IdleTimeout) | None => {}
             Some(reason) => {
                 // The caller is refused whatever the write does; a failed write is retried.
                 let _ = self
@@ -602,7 +603,6 @@ impl UserState {
                     .await;
                 return Err(SessionError::Ended);
             }
-            None => {}
         }
         let live = self.sessions.get_mut(&id).ok_or(SessionError::Ended)?;
         live.session.last_seen_at = now;
@@ -619,7 +619,11 @@ impl UserState {
     /// Memory says `id` is idle; the store has the newest activity any node wrote. Ends it
     /// only if the store agrees (a conditional update), else takes the store's time. True when
     /// the session is over.
-    async fn end_if_idle(&mut self, id: SessionId, now: DateTime<Utc>) -> Result<bool, SessionError> {
+    async fn end_if_idle(
+        &mut self,
+        id: SessionId,
+        now: DateTime<Utc>,
+    ) -> Result<bool, SessionError> {
         let cutoff = now - self.policy.idle_timeout;
         if self.store.end_if_idle(id, cutoff, now).await? {
             self.sessions.remove(&id);
@@ -630,10 +634,11 @@ impl UserState {
         }
         // Busy on another node (or already ended there): the store decides.
         self.reread_session(id, now).await?;
-        Ok(self
-            .sessions
-            .get(&id)
-            .is_none_or(|l| l.session.end_reason(now, self.policy.idle_timeout).is_some()))
+        Ok(self.sessions.get(&id).is_none_or(|l| {
+            l.session
+                .end_reason(now, self.policy.idle_timeout)
+                .is_some()
+        }))
     }
 
     /// Live sessions, newest first, from the store (sessions opened on any node), with the
@@ -725,7 +730,12 @@ impl UserState {
             .change_password(self.user.id, &password_hash, keep, &revocation)
             .await?;
         self.user.password_hash = password_hash;
-        let others: Vec<SessionId> = self.sessions.keys().copied().filter(|id| *id != keep).collect();
+        let others: Vec<SessionId> = self
+            .sessions
+            .keys()
+            .copied()
+            .filter(|id| *id != keep)
+            .collect();
         self.forget(&others);
         self.forget(&ended);
         tracing::info!(user_id = %self.user.id, revoked = ended.len(), "password changed");
@@ -845,7 +855,10 @@ impl UserState {
         }
         // On failure the retry timer owns the write; nothing more to do here.
         let _ = self
-            .end_sessions(past_lifetime, Revocation::new(now, RevokeReason::MaxLifetime))
+            .end_sessions(
+                past_lifetime,
+                Revocation::new(now, RevokeReason::MaxLifetime),
+            )
             .await;
         for id in idle {
             if let Err(err) = self.end_if_idle(id, now).await {

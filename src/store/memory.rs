@@ -29,7 +29,12 @@ struct Tables {
 
 impl Tables {
     /// The user's live sessions but `except`, least recently used first (MySQL's order).
-    fn live_ids(&self, user: UserId, except: Option<SessionId>, now: DateTime<Utc>) -> Vec<SessionId> {
+    fn live_ids(
+        &self,
+        user: UserId,
+        except: Option<SessionId>,
+        now: DateTime<Utc>,
+    ) -> Vec<SessionId> {
         let mut live: Vec<&Session> = self
             .sessions
             .values()
@@ -151,7 +156,10 @@ impl SessionStore for MemoryStore {
             return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
         }
         if tables.sessions.contains_key(&session.id) {
-            return Err(StoreError::Conflict(format!("session {} exists", session.id)));
+            return Err(StoreError::Conflict(format!(
+                "session {} exists",
+                session.id
+            )));
         }
         let live = tables.live_ids(session.user_id, None, session.created_at);
         let excess = (live.len() + 1).saturating_sub(max_live.max(1));

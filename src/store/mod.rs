@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
 
-pub use memory::MemoryStore;
 pub use membership::{LiveMember, SingleNodeLock};
+pub use memory::MemoryStore;
 pub use mysql::MySqlStore;
 
 mod membership;

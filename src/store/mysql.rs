@@ -393,7 +393,10 @@ impl SessionStore for MySqlStore {
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
         let found: Option<u64> = tx
-            .exec_first("SELECT id FROM users WHERE id = ? FOR UPDATE", (user.get(),))
+            .exec_first(
+                "SELECT id FROM users WHERE id = ? FOR UPDATE",
+                (user.get(),),
+            )
             .await
             .map_err(unavailable)?;
         if found.is_none() {
@@ -497,7 +500,11 @@ impl SessionStore for MySqlStore {
             .map_err(unavailable)?;
         }
         commit(tx).await?;
-        Ok(if failures >= max_failures { 0 } else { failures })
+        Ok(if failures >= max_failures {
+            0
+        } else {
+            failures
+        })
     }
 
     async fn take_mfa_challenge(
