@@ -37,12 +37,14 @@ pub enum Command {
         #[command(subcommand)]
         action: ConfigAction,
     },
-    /// Operators: a user's live sessions. Acts through the running service's admin API when
-    /// it is up (so a revocation bites at once), on the database directly when it is not.
+    /// Operators: a user's live sessions, read from and revoked in MySQL. With
+    /// cluster.bus_url every live node confirms a revocation before the command succeeds;
+    /// without, it writes only while no service runs (or through a running one's admin API).
     Sessions {
         #[command(subcommand)]
         action: SessionsAction,
-        /// The running service's base URL (default: from http.host and http.port).
+        /// A single-node service's base URL, for its admin API (default: from http.host and
+        /// http.port).
         #[arg(long, global = true)]
         url: Option<String>,
     },

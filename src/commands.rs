@@ -65,12 +65,8 @@ pub fn check_config(settings: &Settings) -> Result<(), StartupError> {
     Ok(())
 }
 
-pub async fn sessions_list(
-    settings: &Settings,
-    url: Option<String>,
-    email: &str,
-) -> Result<(), OperatorError> {
-    let outcome = operator::list(settings, url, email).await?;
+pub async fn sessions_list(settings: &Settings, email: &str) -> Result<(), OperatorError> {
+    let outcome = operator::list(settings, email).await?;
     println!(
         "{} live session(s) of {email}, read {}",
         outcome.value.len(),

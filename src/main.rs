@@ -33,7 +33,7 @@ async fn main() -> ExitCode {
             action: ConfigAction::Check,
         } => commands::check_config(&settings).map_err(Into::into),
         Command::Sessions { action, url } => match action {
-            SessionsAction::List { user } => commands::sessions_list(&settings, url, &user)
+            SessionsAction::List { user } => commands::sessions_list(&settings, &user)
                 .await
                 .map_err(Into::into),
             SessionsAction::RevokeAll { user, reason } => {

@@ -1,11 +1,18 @@
 //! `finsec sessions …`: operators' session commands, and how they reach the truth.
 //!
-//! While the service runs, a user's live sessions are owned by that user's actor in the
-//! service's memory; a revocation written to the database behind its back would not bite
-//! until the actor reloaded. So these commands act **through the running service's admin
-//! API** whenever the service answers, and **on the database directly** only when nothing
-//! answers (then no actor holds the sessions, and the next one loads what we wrote). A
-//! running service without an admin key is an error, not a silent database write.
+//! MySQL is the truth, so both commands work on it; what matters is that a revocation is in
+//! force in every running service's memory when the command says it is done:
+//!
+//! - **with `cluster.bus_url`** the command revokes in one transaction, then publishes the same
+//!   invalidation the services publish and waits for the same confirmations from every live
+//!   node (see `cluster`). It prints success only after that.
+//! - **without a bus** it may write only while no service runs on the database: it takes the
+//!   single-node lock itself (so none can start meanwhile) and refuses when clustered nodes
+//!   are live. When a single-node service holds the lock, the command goes through that
+//!   service's admin API if it answers at `--url` with `admin.api_key`, and refuses otherwise.
+//!
+//! `list` only reads MySQL (a running node may hold fresher "last seen" times, never other
+//! sessions).
 
 use std::time::Duration;
 
@@ -13,10 +20,11 @@ use chrono::Utc;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
 
+use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::Settings;
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
 use crate::domain::{Email, Revocation, RevokeReason, Session, UserId};
-use crate::store::{self, DynStore, StoreError};
+use crate::store::{MySqlStore, SessionStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -28,11 +36,16 @@ pub enum OperatorError {
     Store(#[from] StoreError),
     #[error("the service at {url} answered: {message}")]
     Service { url: String, message: String },
+    /// Written to MySQL, but the running nodes could not be told: not done.
     #[error(
-        "the service is running at {0} but admin.api_key is not set, so this command cannot act \
-         through it; set FINSEC__ADMIN__API_KEY for both"
+        "the revocation is committed in MySQL, but the cluster did not confirm it ({0}); the \
+         sessions may still be accepted by a running node: run the command again"
     )]
-    AdminApiOff(String),
+    NotConfirmed(ClusterError),
+    #[error("cluster bus: {0}")]
+    Bus(ClusterError),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// A session as the admin API returns it.
@@ -46,56 +59,25 @@ pub struct SessionRow {
     pub device: String,
 }
 
-/// Where the command acts, and what it will say it did.
-enum Target {
-    Service {
-        client: reqwest::Client,
-        url: String,
-        key: String,
-    },
-    Database(DynStore),
-}
-
 pub struct Outcome<T> {
     pub value: T,
-    /// "through the running service" or "in the database".
-    pub via: &'static str,
+    /// How it was done: "in the database", "through the running service", "confirmed by …".
+    pub via: String,
 }
 
 pub async fn list(
     settings: &Settings,
-    url: Option<String>,
     email: &str,
 ) -> Result<Outcome<Vec<SessionRow>>, OperatorError> {
     let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
-    match target(settings, url, store).await? {
-        Target::Service { client, url, key } => {
-            #[derive(Deserialize)]
-            struct Listing {
-                sessions: Vec<SessionRow>,
-            }
-            let listing: Listing = service_call(
-                client.get(format!("{url}/api/admin/users/{user}/sessions")),
-                &url,
-                &key,
-            )
-            .await?;
-            Ok(Outcome {
-                value: listing.sessions,
-                via: "through the running service",
-            })
-        }
-        Target::Database(store) => {
-            let mut sessions = store.live_sessions(user, Utc::now()).await?;
-            sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
-            store.close().await?;
-            Ok(Outcome {
-                value: sessions.iter().map(row).collect(),
-                via: "in the database",
-            })
-        }
-    }
+    let mut sessions = store.live_sessions(user, Utc::now()).await?;
+    sessions.sort_by_key(|s| std::cmp::Reverse(s.created_at));
+    store.close().await?;
+    Ok(Outcome {
+        value: sessions.iter().map(row).collect(),
+        via: "in the database".into(),
+    })
 }
 
 pub async fn revoke_all(
@@ -115,72 +97,100 @@ pub async fn revoke_all(
     }
     let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
-    match target(settings, url, store).await? {
-        Target::Service { client, url, key } => {
-            #[derive(Deserialize)]
-            struct Revoked {
-                revoked: usize,
-            }
-            let request = client
-                .post(format!("{url}/api/admin/users/{user}/logout-all"))
-                .json(&serde_json::json!({ "reason": reason }));
-            let revoked: Revoked = service_call(request, &url, &key).await?;
-            Ok(Outcome {
-                value: revoked.revoked,
-                via: "through the running service",
-            })
-        }
-        Target::Database(store) => {
-            let ids: Vec<_> = store
-                .live_sessions(user, Utc::now())
-                .await?
-                .iter()
-                .map(|s| s.id)
-                .collect();
-            let revocation = Revocation {
-                at: Utc::now(),
-                reason: RevokeReason::Admin,
-                note: reason,
-            };
-            store.revoke_sessions(&ids, &revocation).await?;
-            store.close().await?;
-            Ok(Outcome {
-                value: ids.len(),
-                via: "in the database",
-            })
-        }
-    }
+    let revocation = Revocation {
+        at: Utc::now(),
+        reason: RevokeReason::Admin,
+        note: reason.clone(),
+    };
+    let outcome = match settings.cluster.bus_url() {
+        Some(bus_url) => revoke_on_cluster(settings, bus_url, &store, user, &revocation).await,
+        None => revoke_alone(settings, url, &store, user, &revocation).await,
+    };
+    let _ = store.close().await;
+    outcome
 }
 
-/// The configured database, which must be a real one: the embedded store lives inside the
-/// service's process, where this command cannot look up an email.
-async fn open_store(settings: &Settings) -> Result<DynStore, OperatorError> {
-    if settings.database.is_memory() {
-        return Err(OperatorError::Usage(
-            "database.url is \"memory\": the embedded store lives inside the service's process, \
-             out of this command's reach; use the admin API (docs/API.md) or a MySQL database"
+/// With a bus: commit, then the same confirmations a service waits for.
+async fn revoke_on_cluster(
+    settings: &Settings,
+    bus_url: &str,
+    store: &MySqlStore,
+    user: UserId,
+    revocation: &Revocation,
+) -> Result<Outcome<usize>, OperatorError> {
+    let config = ClusterConfig {
+        bus_url: bus_url.to_owned(),
+        name: settings.cluster.name.clone(),
+        lease: settings.cluster.lease,
+    };
+    let cluster = Cluster::client(&config, store.clone())
+        .await
+        .map_err(OperatorError::Bus)?;
+    let ids = store.revoke_user_sessions(user, None, revocation).await?;
+    let count = ids.len();
+    let confirmed = cluster
+        .confirm(ClusterEvent::SessionsEnded { user, ids })
+        .await;
+    cluster.leave().await;
+    confirmed.map_err(OperatorError::NotConfirmed)?;
+    Ok(Outcome {
+        value: count,
+        via: "in the database, confirmed by every live node".into(),
+    })
+}
+
+/// Without a bus: only while no service runs on the database, or through the one that does.
+async fn revoke_alone(
+    settings: &Settings,
+    url: Option<String>,
+    store: &MySqlStore,
+    user: UserId,
+    revocation: &Revocation,
+) -> Result<Outcome<usize>, OperatorError> {
+    if !store.live_members("").await?.is_empty() {
+        return Err(OperatorError::Refused(
+            "clustered instances are live on this database: set cluster.bus_url (e.g. \
+             FINSEC__CLUSTER__BUS_URL) so that they confirm the revocation"
                 .into(),
         ));
     }
-    Ok(store::connect(settings.database.url.expose_secret(), 1).await?)
+    match store.hold_single_node_lock().await? {
+        Some(lock) => {
+            // No service can start while we hold it, and none is running.
+            let ids = store.revoke_user_sessions(user, None, revocation).await;
+            lock.release().await;
+            Ok(Outcome {
+                value: ids?.len(),
+                via: "in the database (no service was running)".into(),
+            })
+        }
+        None => {
+            let revoked = through_service(settings, url, user, revocation).await?;
+            Ok(Outcome {
+                value: revoked,
+                via: "through the running service".into(),
+            })
+        }
+    }
 }
 
-async fn resolve(store: &DynStore, email: &str) -> Result<UserId, OperatorError> {
-    let parsed = Email::parse(email).map_err(|e| OperatorError::Usage(format!("--user {e}")))?;
-    let user = store
-        .user_by_email(&parsed)
-        .await?
-        .ok_or_else(|| OperatorError::UnknownUser(email.to_owned()))?;
-    Ok(user.id)
-}
-
-/// The running service when it answers, else the database; never the database behind the
-/// back of a running service.
-async fn target(
+/// A single-node service holds the database: its admin API is the only way in.
+async fn through_service(
     settings: &Settings,
     url: Option<String>,
-    store: DynStore,
-) -> Result<Target, OperatorError> {
+    user: UserId,
+    revocation: &Revocation,
+) -> Result<usize, OperatorError> {
+    let refused = |why: &str| {
+        OperatorError::Refused(format!(
+            "a running service holds this database and {why}, so this command will not write \
+             behind its back; set admin.api_key (FINSEC__ADMIN__API_KEY) for both and --url to \
+             reach it, or use cluster.bus_url"
+        ))
+    };
+    let Some(key) = settings.admin.api_key() else {
+        return Err(refused("admin.api_key is not set"));
+    };
     let url = url.unwrap_or_else(|| {
         let host = match settings.http.host.as_str() {
             "0.0.0.0" | "::" | "[::]" => "127.0.0.1",
@@ -193,19 +203,42 @@ async fn target(
         .timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| OperatorError::Usage(e.to_string()))?;
-    let running = client.get(format!("{url}/")).send().await.is_ok();
-    if !running {
-        return Ok(Target::Database(store));
+    if client.get(format!("{url}/")).send().await.is_err() {
+        return Err(refused(&format!("does not answer at {url}")));
     }
-    store.close().await?;
-    match settings.admin.api_key() {
-        Some(key) => Ok(Target::Service {
-            client,
-            url,
-            key: key.to_owned(),
-        }),
-        None => Err(OperatorError::AdminApiOff(url)),
+    #[derive(Deserialize)]
+    struct Revoked {
+        revoked: usize,
     }
+    let request = client
+        .post(format!("{url}/api/admin/users/{user}/logout-all"))
+        .json(&serde_json::json!({ "reason": revocation.note }));
+    let revoked: Revoked = service_call(request, &url, key).await?;
+    Ok(revoked.revoked)
+}
+
+/// The configured database, which must be a real one: the embedded store lives inside the
+/// service's process, where this command cannot look up an email.
+async fn open_store(settings: &Settings) -> Result<MySqlStore, OperatorError> {
+    if settings.database.is_memory() {
+        return Err(OperatorError::Usage(
+            "database.url is \"memory\": the embedded store lives inside the service's process, \
+             out of this command's reach; use the admin API (docs/API.md) or a MySQL database"
+                .into(),
+        ));
+    }
+    let store = MySqlStore::connect(settings.database.url.expose_secret(), 2).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+async fn resolve(store: &MySqlStore, email: &str) -> Result<UserId, OperatorError> {
+    let parsed = Email::parse(email).map_err(|e| OperatorError::Usage(format!("--user {e}")))?;
+    let user = store
+        .user_by_email(&parsed)
+        .await?
+        .ok_or_else(|| OperatorError::UnknownUser(email.to_owned()))?;
+    Ok(user.id)
 }
 
 async fn service_call<T: serde::de::DeserializeOwned>(

@@ -1,4 +1,5 @@
-//! The operators' API: any user's live sessions, and forced logout of all their devices.
+//! The operators' API: any user's live sessions, forced logout of all their devices, and
+//! deactivation (which ends every session) and reactivation of an account.
 //! Authorised by `X-Admin-Key`, compared in constant time; with no key configured the whole
 //! API is off and answers 404, as if it did not exist.
 
@@ -36,12 +37,35 @@ pub fn routes(
         .and(warp::path("logout-all"))
         .and(warp::path::end())
         .and(warp::post())
-        .and(admin(state))
+        .and(admin(state.clone()))
         .and(optional_json_object(limit))
         .then(logout_all)
         .map(respond);
 
-    list.or(logout_all).unify()
+    let deactivate = user
+        .and(warp::path("deactivate"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(admin(state.clone()))
+        .and(optional_json_object(limit))
+        .then(|user_id, state, body| set_active(user_id, state, body, false))
+        .map(respond);
+
+    let activate = user
+        .and(warp::path("activate"))
+        .and(warp::path::end())
+        .and(warp::post())
+        .and(admin(state))
+        .and(optional_json_object(limit))
+        .then(|user_id, state, body| set_active(user_id, state, body, true))
+        .map(respond);
+
+    list.or(logout_all)
+        .unify()
+        .or(deactivate)
+        .unify()
+        .or(activate)
+        .unify()
 }
 
 /// Passes with the state when `X-Admin-Key` matches the configured key.
@@ -72,11 +96,8 @@ async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response, ApiError> 
     Ok(warp::reply::json(&json!({ "user_id": user_id, "sessions": views })).into_response())
 }
 
-async fn logout_all(
-    user_id: u64,
-    state: Arc<AppState>,
-    body: JsonObject,
-) -> Result<Response, ApiError> {
+/// The operator's `reason`, bounded by the column that records it.
+fn reason(body: &JsonObject) -> Result<Option<String>, ApiError> {
     let reason = body.optional_string("reason")?;
     if reason
         .as_ref()
@@ -86,6 +107,38 @@ async fn logout_all(
             "`reason` must be at most {MAX_REASON} characters"
         )));
     }
+    Ok(reason)
+}
+
+async fn set_active(
+    user_id: u64,
+    state: Arc<AppState>,
+    body: JsonObject,
+    active: bool,
+) -> Result<Response, ApiError> {
+    let reason = reason(&body)?;
+    let user_id = UserId::new(user_id);
+    let revoked = state
+        .sessions
+        .admin_set_active(user_id, active, reason)
+        .await?;
+    let message = if active {
+        "Account activated"
+    } else {
+        "Account deactivated; every session ended"
+    };
+    Ok(warp::reply::json(
+        &json!({ "message": message, "user_id": user_id, "active": active, "revoked": revoked }),
+    )
+    .into_response())
+}
+
+async fn logout_all(
+    user_id: u64,
+    state: Arc<AppState>,
+    body: JsonObject,
+) -> Result<Response, ApiError> {
+    let reason = reason(&body)?;
     let revoked = state
         .sessions
         .admin_logout_all(UserId::new(user_id), reason)
