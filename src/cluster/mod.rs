@@ -114,7 +114,7 @@ impl Cluster {
         // and then looks at this table, so of two racing starts at least one sees the other.
         let sent = trust.now();
         store.register_node(&id, &host(), config.lease).await?;
-        trust.lease_renewed(sent);
+        trust.lease_renewed(sent, config.lease);
         if store.single_node_lock_is_held().await? {
             let _ = store.leave_cluster(&id).await;
             bus.close().await;
@@ -212,13 +212,35 @@ impl Cluster {
                     awaited.remove(&from);
                 }
                 Ok(None) => return Err(ClusterError::Bus("confirmation channel closed".into())),
-                Err(_) if !routed => return Err(ClusterError::NotRouted(lease)),
+                Err(_) if !routed => return self.unrouted(node, lease).await,
                 Err(_) => {
                     tracing::warn!(silent = ?awaited, waited = ?started.elapsed(),
                         "members did not confirm; their leases have run out, so they no longer answer from memory");
                     return Ok(());
                 }
             }
+        }
+    }
+
+    /// The bus did not route our message within a lease. If the bus is down for everyone, no
+    /// node can renew its lease, so after a lease nobody answers from memory and the commit
+    /// alone is in force everywhere. If some node still holds a lease, it hears a bus we
+    /// cannot reach: we must not acknowledge.
+    async fn unrouted(&self, node: &Node, lease: Duration) -> Result<(), ClusterError> {
+        // A node's lease row ends with its proof of the bus (see `keep_lease`); one that lost
+        // the bus a moment after we published may hold its row up to a lease longer.
+        let give_up = Instant::now() + lease;
+        loop {
+            if node.store.live_members(&node.id).await?.is_empty() {
+                tracing::warn!(
+                    "bus down: no node holds a lease, so the change is in force through MySQL alone"
+                );
+                return Ok(());
+            }
+            if Instant::now() >= give_up {
+                return Err(ClusterError::NotRouted(lease));
+            }
+            tokio::time::sleep(lease / 8).await;
         }
     }
 
@@ -256,20 +278,23 @@ async fn keep_lease(id: String, store: MySqlStore, bus: Arc<Bus>, trust: Arc<Tru
     loop {
         tick.tick().await;
         bus.ping(trust.connection(), trust.now()).await;
-        if !trust.bus_proven() {
+        // The lease granted never outlives the proof of the bus: a node that stops hearing
+        // the bus drops out of the membership when it stops trusting its memory, not later.
+        let sent = trust.now();
+        let grant = trust.bus_remaining();
+        if grant.is_zero() {
             continue;
         }
-        let sent = trust.now();
         let renewed = tokio::time::timeout(trust.lease() / 2, async {
-            if store.renew_lease(&id, trust.lease()).await? {
+            if store.renew_lease(&id, grant).await? {
                 Ok(())
             } else {
-                store.register_node(&id, &host, trust.lease()).await
+                store.register_node(&id, &host, grant).await
             }
         })
         .await;
         match renewed {
-            Ok(Ok(())) => trust.lease_renewed(sent),
+            Ok(Ok(())) => trust.lease_renewed(sent, grant),
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "lease not renewed; validating against MySQL");
                 trust.lease_lost();

@@ -69,9 +69,13 @@ impl Trust {
         (now < until).then(|| self.epoch.load(Ordering::SeqCst))
     }
 
-    /// True while a recent heartbeat proves the subscription.
-    pub fn bus_proven(&self) -> bool {
-        self.now() < self.bus_until.load(Ordering::SeqCst)
+    /// How much longer the last heartbeat proves the subscription (zero: not proven).
+    pub fn bus_remaining(&self) -> Duration {
+        let left = self
+            .bus_until
+            .load(Ordering::SeqCst)
+            .saturating_sub(self.now());
+        Duration::from_nanos(left).min(self.lease)
     }
 
     /// The connection generation a heartbeat sent now belongs to.
@@ -89,10 +93,11 @@ impl Trust {
         self.extend(&self.bus_until, sent.saturating_add(nanos(self.lease)));
     }
 
-    /// The lease row was renewed by a statement sent at `sent`.
-    pub fn lease_renewed(&self, sent: u64) {
+    /// The lease row was renewed for `granted` by a statement sent at `sent`: the database
+    /// recorded an end no earlier than `sent + granted`.
+    pub fn lease_renewed(&self, sent: u64, granted: Duration) {
         let _writer = self.lock();
-        self.extend(&self.lease_until, sent.saturating_add(nanos(self.lease)));
+        self.extend(&self.lease_until, sent.saturating_add(nanos(granted)));
     }
 
     /// The lease could not be renewed: stop trusting at once rather than at its end, since
@@ -148,7 +153,7 @@ mod tests {
     fn trust_needs_both_a_proven_bus_and_a_lease() {
         let trust = Trust::new(Duration::from_secs(2));
         assert_eq!(trust.current(), None);
-        trust.lease_renewed(trust.now());
+        trust.lease_renewed(trust.now(), trust.lease());
         assert_eq!(trust.current(), None, "lease alone");
         trust.heartbeat_echoed(trust.connection(), trust.now());
         let epoch = trust.current().expect("both");
@@ -163,7 +168,7 @@ mod tests {
     #[test]
     fn a_gap_ends_trust_and_regaining_it_moves_the_epoch() {
         let trust = Trust::new(Duration::from_secs(2));
-        trust.lease_renewed(trust.now());
+        trust.lease_renewed(trust.now(), trust.lease());
         let connection = trust.connection();
         trust.heartbeat_echoed(connection, trust.now());
         let before = trust.current().unwrap();
@@ -182,7 +187,7 @@ mod tests {
     #[test]
     fn an_old_heartbeat_or_a_lost_lease_does_not_trust() {
         let trust = Trust::new(Duration::from_millis(50));
-        trust.lease_renewed(trust.now());
+        trust.lease_renewed(trust.now(), trust.lease());
         let sent = trust.now();
         std::thread::sleep(Duration::from_millis(60));
         trust.heartbeat_echoed(trust.connection(), sent);
@@ -193,7 +198,7 @@ mod tests {
         );
 
         let trust = Trust::new(Duration::from_secs(2));
-        trust.lease_renewed(trust.now());
+        trust.lease_renewed(trust.now(), trust.lease());
         trust.heartbeat_echoed(trust.connection(), trust.now());
         trust.lease_lost();
         assert_eq!(trust.current(), None);

@@ -126,6 +126,11 @@ impl Sessions {
             .await;
     }
 
+    /// This node's place in the cluster (standalone when alone).
+    pub fn cluster(&self) -> &Cluster {
+        &self.cluster
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -19,7 +19,13 @@ use tokio::task::JoinHandle;
 
 #[path = "../support/database.rs"]
 mod database;
+#[path = "../support/nats.rs"]
+mod nats;
+#[path = "../support/proxy.rs"]
+mod proxy;
 pub use database::TestDatabase;
+pub use nats::NatsServer;
+pub use proxy::Partition;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough-0123456789";
 pub const ISSUER: &str = "finsec-sessions";
@@ -85,7 +91,7 @@ pub struct UserSpec {
 
 pub struct TestApp {
     pub address: String,
-    pub db: TestDatabase,
+    pub db: Arc<TestDatabase>,
     pub settings: Settings,
     pub state: Arc<AppState>,
     pub client: reqwest::Client,
@@ -100,9 +106,54 @@ pub async fn spawn_app() -> TestApp {
 
 /// Starts the service with test settings, adjusted by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(Figment) -> Figment) -> TestApp {
-    let db = TestDatabase::create().await;
+    let db = Arc::new(TestDatabase::create().await);
     let settings = test_settings(&db.url, configure);
     start(db, settings).await
+}
+
+/// Several instances of the service on one fresh database and one NATS server of the
+/// test's own, each trusting its memory before this returns.
+pub struct TestCluster {
+    pub nodes: Vec<TestApp>,
+    pub nats: NatsServer,
+    pub db: Arc<TestDatabase>,
+}
+
+pub async fn spawn_cluster(nodes: usize) -> TestCluster {
+    spawn_cluster_with(nodes, |figment| figment).await
+}
+
+pub async fn spawn_cluster_with(
+    count: usize,
+    configure: impl Fn(Figment) -> Figment,
+) -> TestCluster {
+    let db = Arc::new(TestDatabase::create().await);
+    let nats = NatsServer::start();
+    let mut nodes = Vec::with_capacity(count);
+    for _ in 0..count {
+        nodes.push(spawn_node(&db, &nats.url(), &configure).await);
+    }
+    TestCluster { nodes, nats, db }
+}
+
+/// One more clustered instance on `db`, reaching the bus at `bus_url`.
+pub async fn spawn_node(
+    db: &Arc<TestDatabase>,
+    bus_url: &str,
+    configure: impl Fn(Figment) -> Figment,
+) -> TestApp {
+    let settings = test_settings(&db.url, |f| {
+        configure(f.merge(("cluster.bus_url", bus_url)))
+    });
+    let node = start(db.clone(), settings).await;
+    node.wait_until_trusted().await;
+    node
+}
+
+impl TestCluster {
+    pub fn node(&self, i: usize) -> &TestApp {
+        &self.nodes[i]
+    }
 }
 
 fn test_settings(url: &str, configure: impl FnOnce(Figment) -> Figment) -> Settings {
@@ -118,7 +169,7 @@ fn test_settings(url: &str, configure: impl FnOnce(Figment) -> Figment) -> Setti
     Settings::from_figment(configure(figment)).expect("test settings are valid")
 }
 
-async fn start(db: TestDatabase, settings: Settings) -> TestApp {
+async fn start(db: Arc<TestDatabase>, settings: Settings) -> TestApp {
     capture_logs();
     let store = MySqlStore::connect(&db.url, 2)
         .await
@@ -306,6 +357,22 @@ impl TestApp {
             .send()
             .await
             .expect("request is sent")
+    }
+
+    /// True while this node answers from memory (a standalone node always does).
+    pub fn trusted(&self) -> bool {
+        self.state.sessions.cluster().trust_epoch().is_some()
+    }
+
+    /// Waits (at most 10 s) until this node has proven its bus link and holds its lease.
+    pub async fn wait_until_trusted(&self) {
+        for _ in 0..200 {
+            if self.trusted() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("node {} never came to trust its memory", self.address);
     }
 
     /// The number of user actors resident right now.
