@@ -6,7 +6,7 @@ use chrono::{Duration, DurationRound, Utc};
 use finsec::domain::{
     Device, Email, NewUser, Revocation, RevokeReason, Session, SessionId, UserId,
 };
-use finsec::store::{DynStore, MemoryStore, MySqlStore, StoreError};
+use finsec::store::{DynStore, MemoryStore, MySqlStore, StoreError, StoredChallenge};
 
 #[path = "support/database.rs"]
 #[allow(dead_code)] // this binary uses only part of the support module
@@ -220,6 +220,263 @@ async fn touches_move_last_seen(subject: Subject) {
     let stored = store.session_by_id(s.id).await.unwrap().unwrap();
     assert_eq!(stored.last_seen_at, t + Duration::minutes(3));
     assert_eq!(stored.created_at, t);
+
+    // Several nodes touch one session, each with its own view: the newest time stays.
+    store
+        .touch_session(s.id, t + Duration::minutes(1))
+        .await
+        .unwrap();
+    let stored = store.session_by_id(s.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, t + Duration::minutes(3));
+}
+
+async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let mut opened = Vec::new();
+    for i in 0..3 {
+        let s = session(user.id, t + Duration::seconds(i), Duration::hours(1));
+        assert_eq!(
+            store.open_session_within_limit(&s, 3).await.unwrap(),
+            vec![]
+        );
+        opened.push(s);
+    }
+    // The first is used again: the second is now the least recently used.
+    store
+        .touch_session(opened[0].id, t + Duration::minutes(5))
+        .await
+        .unwrap();
+    let fourth = session(user.id, t + Duration::minutes(6), Duration::hours(1));
+    let ended = store.open_session_within_limit(&fourth, 3).await.unwrap();
+    assert_eq!(ended, vec![opened[1].id]);
+    let evicted = store.session_by_id(opened[1].id).await.unwrap().unwrap();
+    assert_eq!(evicted.revoke_reason, Some(RevokeReason::SessionLimit));
+    assert_eq!(evicted.revoked_at, Some(fourth.created_at));
+    assert_eq!(
+        store
+            .live_sessions(user.id, fourth.created_at)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    let nobody = session(UserId::new(424_242), t, Duration::hours(1));
+    assert!(matches!(
+        store.open_session_within_limit(&nobody, 3).await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn revoking_a_users_sessions_returns_what_it_ended(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let other = store
+        .insert_user(new_user("grace@example.com"))
+        .await
+        .unwrap();
+    let t = now();
+    let [keep, a, b] =
+        [0, 1, 2].map(|i| session(user.id, t + Duration::seconds(i), Duration::hours(1)));
+    let theirs = session(other.id, t, Duration::hours(1));
+    for s in [&keep, &a, &b, &theirs] {
+        store.insert_session(s).await.unwrap();
+    }
+    let revocation = Revocation {
+        at: t + Duration::minutes(1),
+        reason: RevokeReason::Admin,
+        note: Some("card stolen".into()),
+    };
+    let mut ended = store
+        .revoke_user_sessions(user.id, Some(keep.id), &revocation)
+        .await
+        .unwrap();
+    ended.sort_by_key(|id| id.to_string());
+    let mut expected = vec![a.id, b.id];
+    expected.sort_by_key(|id| id.to_string());
+    assert_eq!(ended, expected);
+    let stored = store.session_by_id(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.revoke_note.as_deref(), Some("card stolen"));
+    // Nothing of the other user's, and nothing twice.
+    assert!(
+        store
+            .session_by_id(theirs.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .revoke_user_sessions(user.id, Some(keep.id), &revocation)
+            .await
+            .unwrap(),
+        vec![]
+    );
+}
+
+async fn changing_the_password_ends_the_other_sessions_together(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let keep = session(user.id, t, Duration::hours(1));
+    let other = session(user.id, t, Duration::hours(1));
+    store.insert_session(&keep).await.unwrap();
+    store.insert_session(&other).await.unwrap();
+    let revocation = Revocation::new(t + Duration::minutes(1), RevokeReason::PasswordChanged);
+    let ended = store
+        .change_password(user.id, "$scrypt$new", keep.id, &revocation)
+        .await
+        .unwrap();
+    assert_eq!(ended, vec![other.id]);
+    assert_eq!(
+        store
+            .user_by_id(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .password_hash,
+        "$scrypt$new"
+    );
+    assert!(matches!(
+        store
+            .change_password(UserId::new(424_242), "$scrypt$x", keep.id, &revocation)
+            .await,
+        Err(StoreError::Conflict(_))
+    ));
+}
+
+async fn deactivation_ends_every_session(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let s = session(user.id, t, Duration::hours(1));
+    store.insert_session(&s).await.unwrap();
+    let revocation = Revocation::new(t, RevokeReason::AccountDisabled);
+    let ended = store
+        .set_user_active(user.id, false, &revocation)
+        .await
+        .unwrap();
+    assert_eq!(ended, Some(vec![s.id]));
+    assert!(!store.user_by_id(user.id).await.unwrap().unwrap().is_active);
+    assert_eq!(
+        store
+            .session_by_id(s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoke_reason,
+        Some(RevokeReason::AccountDisabled)
+    );
+    assert_eq!(
+        store
+            .set_user_active(user.id, true, &revocation)
+            .await
+            .unwrap(),
+        Some(vec![])
+    );
+    assert!(store.user_by_id(user.id).await.unwrap().unwrap().is_active);
+    assert_eq!(
+        store
+            .set_user_active(UserId::new(424_242), false, &revocation)
+            .await
+            .unwrap(),
+        None
+    );
+}
+
+async fn idle_ends_only_when_the_stored_activity_agrees(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let s = session(user.id, t, Duration::hours(1));
+    store.insert_session(&s).await.unwrap();
+    store
+        .touch_session(s.id, t + Duration::minutes(10))
+        .await
+        .unwrap();
+    // Another node saw it at +10 min: a cutoff before that ends nothing.
+    let at = t + Duration::minutes(20);
+    assert!(
+        !store
+            .end_if_idle(s.id, t + Duration::minutes(5), at)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .session_by_id(s.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
+    assert!(
+        store
+            .end_if_idle(s.id, t + Duration::minutes(10), at)
+            .await
+            .unwrap()
+    );
+    let ended = store.session_by_id(s.id).await.unwrap().unwrap();
+    assert_eq!(ended.revoke_reason, Some(RevokeReason::IdleTimeout));
+    assert!(!store.end_if_idle(s.id, at, at).await.unwrap(), "once");
+}
+
+async fn mfa_challenges_count_failures_and_are_answered_once(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let challenge = StoredChallenge {
+        token_hash: [7; 32],
+        expires_at: t + Duration::minutes(5),
+        failures: 0,
+    };
+    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
+    assert_eq!(
+        store.mfa_challenge(user.id).await.unwrap(),
+        Some(challenge.clone())
+    );
+    // A wrong hash counts nothing; the right one counts until the limit voids it.
+    assert_eq!(
+        store.count_mfa_failure(user.id, &[8; 32], 3).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.count_mfa_failure(user.id, &[7; 32], 3).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        store.count_mfa_failure(user.id, &[7; 32], 3).await.unwrap(),
+        2
+    );
+    assert_eq!(
+        store
+            .mfa_challenge(user.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .failures,
+        2
+    );
+    assert_eq!(
+        store.count_mfa_failure(user.id, &[7; 32], 3).await.unwrap(),
+        0
+    );
+    assert_eq!(store.mfa_challenge(user.id).await.unwrap(), None);
+
+    // A new challenge replaces the old; it is taken once, and only with its own hash.
+    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
+    let newer = StoredChallenge {
+        token_hash: [9; 32],
+        ..challenge
+    };
+    store.put_mfa_challenge(user.id, &newer).await.unwrap();
+    assert!(!store.take_mfa_challenge(user.id, &[7; 32]).await.unwrap());
+    assert!(store.take_mfa_challenge(user.id, &[9; 32]).await.unwrap());
+    assert!(!store.take_mfa_challenge(user.id, &[9; 32]).await.unwrap());
 }
 
 async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Subject) {
@@ -404,4 +661,10 @@ conformance!(
     a_session_needs_an_existing_user,
     totp_steps_only_move_forward,
     ping_answers,
+    opening_past_the_limit_ends_the_least_recently_used,
+    revoking_a_users_sessions_returns_what_it_ended,
+    changing_the_password_ends_the_other_sessions_together,
+    deactivation_ends_every_session,
+    idle_ends_only_when_the_stored_activity_agrees,
+    mfa_challenges_count_failures_and_are_answered_once,
 );

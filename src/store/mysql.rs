@@ -134,8 +134,19 @@ fn revoke_statement(
     )
 }
 
-async fn commit(tx: Transaction<'_>) -> Result<(), StoreError> {
-    tx.commit().await.map_err(unavailable)
+/// Commits what succeeded; rolls back what failed *now*, so that no lock outlives the call
+/// (mysql_async would otherwise roll back only when the connection is next used).
+async fn finish<T>(tx: Transaction<'_>, result: Result<T, StoreError>) -> Result<T, StoreError> {
+    match result {
+        Ok(value) => {
+            tx.commit().await.map_err(unavailable)?;
+            Ok(value)
+        }
+        Err(err) => {
+            let _ = tx.rollback().await;
+            Err(err)
+        }
+    }
 }
 
 fn challenge_from_row(mut row: Row) -> Result<StoredChallenge, StoreError> {
@@ -324,29 +335,33 @@ impl SessionStore for MySqlStore {
         max_live: usize,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut tx = self.transaction().await?;
-        // The user's row is the lock that serialises logins of one user across nodes.
-        let user: Option<u64> = tx
-            .exec_first(
-                "SELECT id FROM users WHERE id = ? FOR UPDATE",
-                (session.user_id.get(),),
+        let result = async {
+            // The user's row is the lock that serialises logins of one user across nodes.
+            let user: Option<u64> = tx
+                .exec_first(
+                    "SELECT id FROM users WHERE id = ? FOR UPDATE",
+                    (session.user_id.get(),),
+                )
+                .await
+                .map_err(unavailable)?;
+            if user.is_none() {
+                return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
+            }
+            let live =
+                lock_live_sessions(&mut tx, session.user_id, None, session.created_at).await?;
+            let excess = (live.len() + 1).saturating_sub(max_live.max(1));
+            let evicted = live[..excess].to_vec();
+            revoke_in(
+                &mut tx,
+                &evicted,
+                &Revocation::new(session.created_at, RevokeReason::SessionLimit),
             )
-            .await
-            .map_err(unavailable)?;
-        if user.is_none() {
-            return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
+            .await?;
+            insert_session_on(&mut tx, session).await?;
+            Ok(evicted)
         }
-        let live = lock_live_sessions(&mut tx, session.user_id, None, session.created_at).await?;
-        let excess = (live.len() + 1).saturating_sub(max_live.max(1));
-        let evicted = live[..excess].to_vec();
-        revoke_in(
-            &mut tx,
-            &evicted,
-            &Revocation::new(session.created_at, RevokeReason::SessionLimit),
-        )
-        .await?;
-        insert_session_on(&mut tx, session).await?;
-        commit(tx).await?;
-        Ok(evicted)
+        .await;
+        finish(tx, result).await
     }
 
     async fn revoke_user_sessions(
@@ -356,10 +371,13 @@ impl SessionStore for MySqlStore {
         revocation: &Revocation,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut tx = self.transaction().await?;
-        let ids = lock_live_sessions(&mut tx, user, except, revocation.at).await?;
-        revoke_in(&mut tx, &ids, revocation).await?;
-        commit(tx).await?;
-        Ok(ids)
+        let result = async {
+            let ids = lock_live_sessions(&mut tx, user, except, revocation.at).await?;
+            revoke_in(&mut tx, &ids, revocation).await?;
+            Ok(ids)
+        }
+        .await;
+        finish(tx, result).await
     }
 
     async fn change_password(
@@ -370,19 +388,22 @@ impl SessionStore for MySqlStore {
         revocation: &Revocation,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut tx = self.transaction().await?;
-        tx.exec_drop(
-            "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
-            (password_hash, to_db(revocation.at), user.get()),
-        )
-        .await
-        .map_err(unavailable)?;
-        if tx.affected_rows() != 1 {
-            return Err(StoreError::Conflict(format!("no user {user}")));
+        let result = async {
+            tx.exec_drop(
+                "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
+                (password_hash, to_db(revocation.at), user.get()),
+            )
+            .await
+            .map_err(unavailable)?;
+            if tx.affected_rows() != 1 {
+                return Err(StoreError::Conflict(format!("no user {user}")));
+            }
+            let ids = lock_live_sessions(&mut tx, user, Some(keep), revocation.at).await?;
+            revoke_in(&mut tx, &ids, revocation).await?;
+            Ok(ids)
         }
-        let ids = lock_live_sessions(&mut tx, user, Some(keep), revocation.at).await?;
-        revoke_in(&mut tx, &ids, revocation).await?;
-        commit(tx).await?;
-        Ok(ids)
+        .await;
+        finish(tx, result).await
     }
 
     async fn set_user_active(
@@ -392,31 +413,34 @@ impl SessionStore for MySqlStore {
         revocation: &Revocation,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
-        let found: Option<u64> = tx
-            .exec_first(
-                "SELECT id FROM users WHERE id = ? FOR UPDATE",
-                (user.get(),),
+        let result = async {
+            let found: Option<u64> = tx
+                .exec_first(
+                    "SELECT id FROM users WHERE id = ? FOR UPDATE",
+                    (user.get(),),
+                )
+                .await
+                .map_err(unavailable)?;
+            if found.is_none() {
+                return Ok(None);
+            }
+            tx.exec_drop(
+                "UPDATE users SET is_active = ?, updated_at = ? WHERE id = ?",
+                (active, to_db(revocation.at), user.get()),
             )
             .await
             .map_err(unavailable)?;
-        if found.is_none() {
-            return Ok(None);
+            let ids = if active {
+                Vec::new()
+            } else {
+                let ids = lock_live_sessions(&mut tx, user, None, revocation.at).await?;
+                revoke_in(&mut tx, &ids, revocation).await?;
+                ids
+            };
+            Ok(Some(ids))
         }
-        tx.exec_drop(
-            "UPDATE users SET is_active = ?, updated_at = ? WHERE id = ?",
-            (active, to_db(revocation.at), user.get()),
-        )
-        .await
-        .map_err(unavailable)?;
-        let ids = if active {
-            Vec::new()
-        } else {
-            let ids = lock_live_sessions(&mut tx, user, None, revocation.at).await?;
-            revoke_in(&mut tx, &ids, revocation).await?;
-            ids
-        };
-        commit(tx).await?;
-        Ok(Some(ids))
+        .await;
+        finish(tx, result).await
     }
 
     async fn end_if_idle(
@@ -475,36 +499,39 @@ impl SessionStore for MySqlStore {
         max_failures: u32,
     ) -> Result<u32, StoreError> {
         let mut tx = self.transaction().await?;
-        let key = (user.get(), token_hash.to_vec());
-        tx.exec_drop(
-            "UPDATE mfa_challenges SET failures = failures + 1 \
+        let result = async {
+            let key = (user.get(), token_hash.to_vec());
+            tx.exec_drop(
+                "UPDATE mfa_challenges SET failures = failures + 1 \
              WHERE user_id = ? AND token_hash = ?",
-            key.clone(),
-        )
-        .await
-        .map_err(unavailable)?;
-        let failures: Option<u32> = tx
-            .exec_first(
-                "SELECT failures FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
                 key.clone(),
             )
             .await
             .map_err(unavailable)?;
-        let failures = failures.unwrap_or(0);
-        if failures >= max_failures {
-            tx.exec_drop(
-                "DELETE FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
-                key,
-            )
-            .await
-            .map_err(unavailable)?;
+            let failures: Option<u32> = tx
+                .exec_first(
+                    "SELECT failures FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
+                    key.clone(),
+                )
+                .await
+                .map_err(unavailable)?;
+            let failures = failures.unwrap_or(0);
+            if failures >= max_failures {
+                tx.exec_drop(
+                    "DELETE FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
+                    key,
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            Ok(if failures >= max_failures {
+                0
+            } else {
+                failures
+            })
         }
-        commit(tx).await?;
-        Ok(if failures >= max_failures {
-            0
-        } else {
-            failures
-        })
+        .await;
+        finish(tx, result).await
     }
 
     async fn take_mfa_challenge(
