@@ -11,7 +11,13 @@ use crate::store::{self, MySqlStore, SessionStore};
 
 pub async fn serve(settings: &Settings) -> Result<(), StartupError> {
     let app = Application::build(settings).await?;
+    let lost = app.database_lost();
     app.run_until_stopped(shutdown_signal()).await;
+    if lost.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(StartupError::DatabaseInUse(
+            "another instance took this database while this one ran; stopped".into(),
+        ));
+    }
     Ok(())
 }
 

@@ -24,7 +24,7 @@ use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::Settings;
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
 use crate::domain::{Email, Revocation, RevokeReason, Session, UserId};
-use crate::store::{MySqlStore, SessionStore, StoreError};
+use crate::store::{CLUSTER_PRESENCE, MySqlStore, SessionStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OperatorError {
@@ -123,14 +123,26 @@ async fn revoke_on_cluster(
         name: settings.cluster.name.clone(),
         lease: settings.cluster.lease,
     };
+    if store.single_node_lock_is_held().await? {
+        return Err(OperatorError::Refused(
+            "a single-node instance (no cluster.bus_url) holds this database; it does not \
+             hear the bus: use its admin API, or stop it"
+                .into(),
+        ));
+    }
     let cluster = Cluster::client(&config, store.clone())
         .await
         .map_err(OperatorError::Bus)?;
     let ids = store.revoke_user_sessions(user, None, revocation).await?;
     let count = ids.len();
-    let confirmed = cluster
-        .confirm(ClusterEvent::SessionsEnded { user, ids })
-        .await;
+    // Nothing left to revoke (a rerun after an unconfirmed attempt): the nodes still reload
+    // the user from MySQL, so whatever the first attempt committed is in force everywhere.
+    let event = if ids.is_empty() {
+        ClusterEvent::UserChanged { user }
+    } else {
+        ClusterEvent::SessionsEnded { user, ids }
+    };
+    let confirmed = cluster.confirm(event).await;
     cluster.leave().await;
     confirmed.map_err(OperatorError::NotConfirmed)?;
     Ok(Outcome {
@@ -147,15 +159,17 @@ async fn revoke_alone(
     user: UserId,
     revocation: &Revocation,
 ) -> Result<Outcome<usize>, OperatorError> {
-    if !store.live_members("").await?.is_empty() {
-        return Err(OperatorError::Refused(
-            "clustered instances are live on this database: set cluster.bus_url (e.g. \
-             FINSEC__CLUSTER__BUS_URL) so that they confirm the revocation"
-                .into(),
-        ));
-    }
     match store.hold_single_node_lock().await? {
         Some(lock) => {
+            // Lock first, then look for clustered nodes: the order a single-node start uses.
+            if store.cluster_recently_seen(CLUSTER_PRESENCE).await? {
+                lock.release().await;
+                return Err(OperatorError::Refused(
+                    "clustered instances are running on this database: set cluster.bus_url \
+                     (e.g. FINSEC__CLUSTER__BUS_URL) so that they confirm the revocation"
+                        .into(),
+                ));
+            }
             // No service can start while we hold it, and none is running.
             let ids = store.revoke_user_sessions(user, None, revocation).await;
             lock.release().await;

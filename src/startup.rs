@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
@@ -18,7 +19,9 @@ use crate::seed::{self, SeedError};
 use crate::sessions::{
     RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig,
 };
-use crate::store::{DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError};
+use crate::store::{
+    CLUSTER_PRESENCE, DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
@@ -60,8 +63,69 @@ pub struct Application {
     addr: SocketAddr,
     state: Arc<AppState>,
     store: DynStore,
-    /// Held by a single-node instance on MySQL for its whole life.
-    single_node_lock: Option<SingleNodeLock>,
+    /// Holds the single-node lock of an instance on MySQL without a bus, for its whole life.
+    lock_keeper: Option<LockKeeper>,
+    /// Set when another instance took the database from under us; the service then stops.
+    database_lost: Arc<AtomicBool>,
+}
+
+/// Keeps the single-node lock: a database restart or a dropped connection frees it silently,
+/// so it is checked every few seconds (which also keeps its connection from idling out) and
+/// taken again. If another instance got it meanwhile, this one stops: two single nodes on one
+/// database would not hear each other's revocations.
+struct LockKeeper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+    lost: Arc<tokio::sync::Notify>,
+}
+
+impl LockKeeper {
+    const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+    fn start(lock: SingleNodeLock, mysql: MySqlStore, lost_flag: Arc<AtomicBool>) -> Self {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+        let lost = Arc::new(tokio::sync::Notify::new());
+        let notify = lost.clone();
+        let task = tokio::spawn(async move {
+            let mut lock = lock;
+            let mut tick = tokio::time::interval(Self::CHECK_EVERY);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => {
+                        lock.release().await;
+                        return;
+                    }
+                    _ = tick.tick() => {}
+                }
+                if lock.is_held().await {
+                    continue;
+                }
+                match mysql.hold_single_node_lock().await {
+                    Ok(Some(again)) => {
+                        tracing::warn!(
+                            "the single-node lock was lost (database restart?) and is held again"
+                        );
+                        lock = again;
+                    }
+                    Ok(None) => {
+                        tracing::error!(
+                            "another instance took this database's single-node lock; stopping"
+                        );
+                        lost_flag.store(true, Ordering::SeqCst);
+                        notify.notify_one();
+                        return;
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot check the single-node lock"),
+                }
+            }
+        });
+        Self { stop, task, lost }
+    }
+
+    async fn release(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
 }
 
 /// How this process shares its database: the topology decided at start.
@@ -69,7 +133,7 @@ struct Topology {
     store: DynStore,
     residents: Arc<Residents>,
     cluster: Cluster,
-    single_node_lock: Option<SingleNodeLock>,
+    single_node_lock: Option<(SingleNodeLock, MySqlStore)>,
 }
 
 impl Topology {
@@ -107,7 +171,7 @@ impl Topology {
             }
             None => (
                 Cluster::standalone(),
-                Some(hold_database_alone(&mysql).await?),
+                Some((hold_database_alone(&mysql).await?, mysql.clone())),
             ),
         };
         Ok(Self {
@@ -129,7 +193,9 @@ async fn hold_database_alone(mysql: &MySqlStore) -> Result<SingleNodeLock, Start
                 .into(),
         ));
     };
-    if !mysql.live_members("").await?.is_empty() {
+    // Running, not only leased: a clustered node in a bus outage holds no lease but still
+    // serves, and would not hear this instance's revocations.
+    if mysql.cluster_recently_seen(CLUSTER_PRESENCE).await? {
         lock.release().await;
         return Err(StartupError::DatabaseInUse(
             "clustered instances are live on this database; this one needs cluster.bus_url \
@@ -215,12 +281,17 @@ impl Application {
             idle_timeout,
             admin_key: settings.admin.api_key().map(AdminKey::new),
         });
+        let database_lost = Arc::new(AtomicBool::new(false));
+        let lock_keeper = topology
+            .single_node_lock
+            .map(|(lock, mysql)| LockKeeper::start(lock, mysql, database_lost.clone()));
         Ok(Self {
             listener,
             addr,
             state,
             store,
-            single_node_lock: topology.single_node_lock,
+            lock_keeper,
+            database_lost,
         })
     }
 
@@ -237,16 +308,31 @@ impl Application {
         self.state.clone()
     }
 
+    /// Becomes true if another instance takes this single node's database (it then stops).
+    pub fn database_lost(&self) -> Arc<AtomicBool> {
+        self.database_lost.clone()
+    }
+
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) {
         tracing::info!(addr = %self.addr, "listening");
+        let lost = self.lock_keeper.as_ref().map(|k| k.lost.clone());
+        let stop = async move {
+            match lost {
+                Some(lost) => tokio::select! {
+                    () = shutdown => {},
+                    () = lost.notified() => {},
+                },
+                None => shutdown.await,
+            }
+        };
         warp::serve(http::routes(self.state.clone()))
             .incoming(self.listener)
-            .graceful(shutdown)
+            .graceful(stop)
             .run()
             .await;
         self.state.sessions.shutdown().await;
-        if let Some(lock) = self.single_node_lock {
-            lock.release().await;
+        if let Some(keeper) = self.lock_keeper {
+            keeper.release().await;
         }
         if let Err(err) = self.store.close().await {
             tracing::warn!(error = %err, "closing the store failed");

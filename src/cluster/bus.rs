@@ -7,7 +7,6 @@
 //! epoch, see [`super::trust`]), not by replaying a second log. Core NATS gives that with one
 //! round trip and no disk on the hot path.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -37,8 +36,11 @@ struct Envelope {
 #[serde(tag = "type", rename_all = "snake_case")]
 enum Wire {
     /// A heartbeat: only its sender reads it, as proof that its subscription is live.
+    /// `connects` is the client's connection count when it was sent: a ping buffered across
+    /// a reconnect proves nothing about the new connection.
     Ping {
         connection: u64,
+        connects: u64,
         sent: u64,
     },
     SessionsEnded {
@@ -70,21 +72,13 @@ struct Ack {
     id: u64,
 }
 
-/// What the broadcaster hears back about one of its messages.
-pub(super) enum Heard {
-    /// Our own message came back through our subscription: the server has routed it to
-    /// every subscriber.
-    Echo,
-    /// A node applied it.
-    Confirmed(String),
-}
-
 pub(super) struct Bus {
     client: async_nats::Client,
     node_id: String,
     events: String,
     acks: String,
-    pending: DashMap<u64, mpsc::UnboundedSender<Heard>>,
+    /// Broadcasts waiting for confirmations: id → where to report each confirming node.
+    pending: DashMap<u64, mpsc::UnboundedSender<String>>,
     next_id: AtomicU64,
 }
 
@@ -150,15 +144,30 @@ impl Bus {
         Ok(bus)
     }
 
-    pub(super) async fn ping(&self, connection: u64, sent: u64) {
-        self.send(None, Wire::Ping { connection, sent }).await;
+    pub(super) async fn ping(&self, trust: &Trust) {
+        let ping = Wire::Ping {
+            connection: trust.connection(),
+            connects: self.connects(),
+            sent: trust.now(),
+        };
+        self.send(None, ping).await;
     }
 
-    /// Publishes `event` for confirmation; what is heard about it arrives on the receiver.
+    /// How many times the client has connected: it moves on at every reconnect, at once (the
+    /// event callback that also reports it runs later, on another task).
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Publishes `event` for confirmation; the ids of the nodes that confirm arrive on the
+    /// receiver.
     pub(super) async fn publish_for_confirmation(
         &self,
         event: &ClusterEvent,
-    ) -> (PendingGuard<'_>, mpsc::UnboundedReceiver<Heard>) {
+    ) -> (PendingGuard<'_>, mpsc::UnboundedReceiver<String>) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
         self.pending.insert(id, tx);
@@ -224,7 +233,15 @@ async fn receive_events(
     trust: Arc<Trust>,
     applier: Option<Arc<dyn Apply>>,
 ) {
+    let mut connects = bus.connects();
     while let Some(message) = events.next().await {
+        // A reconnect we have not been told of yet: whatever was published meanwhile is lost
+        // to us. Noticed here, before this message is applied or a ping believed.
+        let now_connects = bus.connects();
+        if now_connects != connects {
+            connects = now_connects;
+            trust.gap();
+        }
         let envelope: Envelope = match serde_json::from_slice(&message.payload) {
             Ok(envelope) => envelope,
             Err(err) => {
@@ -233,13 +250,14 @@ async fn receive_events(
             }
         };
         if envelope.from == bus.node_id {
-            match envelope.event {
-                Wire::Ping { connection, sent } => trust.heartbeat_echoed(connection, sent),
-                _ => {
-                    if let Some(waiter) = envelope.ack.and_then(|id| bus.pending.get(&id)) {
-                        let _ = waiter.send(Heard::Echo);
-                    }
-                }
+            if let Wire::Ping {
+                connection,
+                connects: sent_on,
+                sent,
+            } = envelope.event
+                && sent_on == connects
+            {
+                trust.heartbeat_echoed(connection, sent);
             }
             continue;
         }
@@ -271,7 +289,7 @@ async fn receive_acks(bus: Arc<Bus>, mut acks: async_nats::Subscriber) {
             continue;
         };
         if let Some(waiter) = bus.pending.get(&ack.id) {
-            let _ = waiter.send(Heard::Confirmed(ack.from));
+            let _ = waiter.send(ack.from);
         }
     }
 }
@@ -322,6 +340,3 @@ impl Wire {
         })
     }
 }
-
-/// Nodes still expected to confirm.
-pub(super) type Awaited = HashSet<String>;

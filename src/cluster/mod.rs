@@ -27,8 +27,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::domain::{Session, SessionId, UserId};
-use crate::store::{MySqlStore, StoreError};
-use bus::{Awaited, Bus, Heard};
+use crate::store::{MySqlStore, Renewal, StoreError};
+use std::collections::HashSet;
+
+use bus::Bus;
 use trust::Trust;
 
 /// A change other nodes must learn about.
@@ -54,10 +56,6 @@ pub enum ClusterError {
     Bus(String),
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// Our own message did not come back through the bus in time: we cannot know that any
-    /// node received it.
-    #[error("the cluster bus did not route the change within {0:?}")]
-    NotRouted(Duration),
     /// Start-up refused: the database is held in the other mode.
     #[error("{0}")]
     ModeConflict(String),
@@ -176,72 +174,48 @@ impl Cluster {
     }
 
     /// Publishes a committed change and returns once every live member has applied it, or
-    /// could no longer be trusting its memory. `Err` when the bus did not even route it:
-    /// then the caller must not acknowledge.
+    /// can no longer be answering from memory. `Err` only when MySQL cannot be asked who the
+    /// members are or fenced: then the caller must not acknowledge.
+    ///
+    /// The rule: publish; wait up to `ack_grace` for each live member's confirmation; fence
+    /// the silent ones in MySQL (their leases can no longer be renewed), then wait until the
+    /// lease each still holds has run out. A member that did not hear us, whether it is cut
+    /// off, slow, or on a NATS server that lost its route, is thereby out of memory before
+    /// we answer; a healthy one confirms in about a millisecond.
     pub async fn confirm(&self, event: ClusterEvent) -> Result<(), ClusterError> {
         let Some(node) = &self.node else {
             return Ok(());
         };
-        // Whom to wait for: read after the commit. A node that registers later loads the
-        // committed state (its actors reload when it gains trust), so it needs no message.
-        let mut awaited: Awaited = node
+        let (_pending, mut heard) = node.bus.publish_for_confirmation(&event).await;
+        // Whom to wait for, read after the commit (and after the publish: saves a round trip).
+        // A node that registers later loads the committed state, as its actors reload when it
+        // gains trust, so it needs no message.
+        let mut awaited: HashSet<String> = node
             .store
             .live_members(&node.id)
             .await?
             .into_iter()
             .map(|m| m.node_id)
             .collect();
-        let lease = node.trust.lease();
-        let (_pending, mut heard) = node.bus.publish_for_confirmation(&event).await;
-        let started = Instant::now();
-        let mut deadline = started + lease;
-        let mut routed = false;
-        loop {
-            if routed && awaited.is_empty() {
-                return Ok(());
-            }
-            match tokio::time::timeout_at(deadline, heard.recv()).await {
-                Ok(Some(Heard::Echo)) => {
-                    routed = true;
-                    // The server routed it before we saw it come back. A member that never
-                    // gets it receives nothing the server routes later, its own heartbeats
-                    // included, so its trust ends within a lease from now.
-                    deadline = Instant::now() + lease;
-                }
-                Ok(Some(Heard::Confirmed(from))) => {
+        let grace = Instant::now() + ack_grace(node.trust.lease());
+        while !awaited.is_empty() {
+            match tokio::time::timeout_at(grace, heard.recv()).await {
+                Ok(Some(from)) => {
                     awaited.remove(&from);
                 }
-                Ok(None) => return Err(ClusterError::Bus("confirmation channel closed".into())),
-                Err(_) if !routed => return self.unrouted(node, lease).await,
-                Err(_) => {
-                    tracing::warn!(silent = ?awaited, waited = ?started.elapsed(),
-                        "members did not confirm; their leases have run out, so they no longer answer from memory");
-                    return Ok(());
-                }
+                Ok(None) | Err(_) => break,
             }
         }
-    }
-
-    /// The bus did not route our message within a lease. If the bus is down for everyone, no
-    /// node can renew its lease, so after a lease nobody answers from memory and the commit
-    /// alone is in force everywhere. If some node still holds a lease, it hears a bus we
-    /// cannot reach: we must not acknowledge.
-    async fn unrouted(&self, node: &Node, lease: Duration) -> Result<(), ClusterError> {
-        // A node's lease row ends with its proof of the bus (see `keep_lease`); one that lost
-        // the bus a moment after we published may hold its row up to a lease longer.
-        let give_up = Instant::now() + lease;
-        loop {
-            if node.store.live_members(&node.id).await?.is_empty() {
-                tracing::warn!(
-                    "bus down: no node holds a lease, so the change is in force through MySQL alone"
-                );
-                return Ok(());
-            }
-            if Instant::now() >= give_up {
-                return Err(ClusterError::NotRouted(lease));
-            }
-            tokio::time::sleep(lease / 8).await;
+        if awaited.is_empty() {
+            return Ok(());
         }
+        let silent: Vec<String> = awaited.into_iter().collect();
+        let fenced = node.store.fence(&silent).await?;
+        let wait = fenced.iter().map(|m| m.remaining).max().unwrap_or_default();
+        tracing::warn!(silent = ?silent, wait = ?wait,
+            "members did not confirm; fenced, waiting out their leases");
+        tokio::time::sleep(wait).await;
+        Ok(())
     }
 
     /// Publishes a hint nobody waits for.
@@ -268,33 +242,27 @@ impl Cluster {
     }
 }
 
-/// Every quarter lease: a heartbeat through the bus, and a lease renewal in MySQL while the
-/// bus is proven. A node cut off from the bus stops renewing, drops out of the membership
-/// within a lease, and so stops delaying other nodes' acknowledgements.
+/// How long a confirmation is waited for before the silent member is fenced: far above a
+/// healthy round trip (about a millisecond), far below a lease.
+fn ack_grace(lease: Duration) -> Duration {
+    (lease / 4).min(Duration::from_millis(500))
+}
+
+/// Every quarter lease: a heartbeat through the bus, and a lease renewal in MySQL for as long
+/// as the bus stays proven (so a node cut off from the bus drops out of the membership when it
+/// stops trusting its memory). Also: a fenced node stops trusting at once and rejoins (its
+/// actors reload before they answer again), and a node that finds a single-node instance on
+/// its database stops trusting memory and says so.
 async fn keep_lease(id: String, store: MySqlStore, bus: Arc<Bus>, trust: Arc<Trust>) {
     let mut tick = tokio::time::interval(trust.lease() / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let host = host();
     loop {
         tick.tick().await;
-        bus.ping(trust.connection(), trust.now()).await;
-        // The lease granted never outlives the proof of the bus: a node that stops hearing
-        // the bus drops out of the membership when it stops trusting its memory, not later.
-        let sent = trust.now();
-        let grant = trust.bus_remaining();
-        if grant.is_zero() {
-            continue;
-        }
-        let renewed = tokio::time::timeout(trust.lease() / 2, async {
-            if store.renew_lease(&id, grant).await? {
-                Ok(())
-            } else {
-                store.register_node(&id, &host, grant).await
-            }
-        })
-        .await;
-        match renewed {
-            Ok(Ok(())) => trust.lease_renewed(sent, grant),
+        bus.ping(&trust).await;
+        let step = tokio::time::timeout(trust.lease() / 2, renew(&id, &host, &store, &trust)).await;
+        match step {
+            Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "lease not renewed; validating against MySQL");
                 trust.lease_lost();
@@ -305,6 +273,46 @@ async fn keep_lease(id: String, store: MySqlStore, bus: Arc<Bus>, trust: Arc<Tru
             }
         }
     }
+}
+
+async fn renew(
+    id: &str,
+    host: &str,
+    store: &MySqlStore,
+    trust: &Trust,
+) -> Result<(), ClusterError> {
+    if store.single_node_lock_is_held().await? {
+        tracing::error!("a single-node instance holds this database; not answering from memory");
+        trust.lease_lost();
+        store.mark_seen(id).await?;
+        return Ok(());
+    }
+    // The lease granted never outlives the proof of the bus.
+    let sent = trust.now();
+    let grant = trust.bus_remaining();
+    if grant.is_zero() {
+        store.mark_seen(id).await?;
+        return Ok(());
+    }
+    match store.renew_lease(id, grant).await? {
+        Renewal::Renewed => trust.lease_renewed(sent, grant),
+        Renewal::Fenced => {
+            // We missed a change someone published. Trust ends now; rejoining moves the epoch
+            // on, so every actor reloads from MySQL before it answers from memory again.
+            tracing::warn!(
+                "fenced by another node (a confirmation of ours was missing); resynchronising"
+            );
+            trust.lease_lost();
+            let sent = trust.now();
+            store.register_node(id, host, grant).await?;
+            trust.lease_renewed(sent, grant);
+        }
+        Renewal::Missing => {
+            store.register_node(id, host, grant).await?;
+            trust.lease_renewed(sent, grant);
+        }
+    }
+    Ok(())
 }
 
 fn host() -> String {

@@ -6,8 +6,9 @@
 //! both get it; requests for other users never wait on it. Actors are unnamed: ractor names
 //! are global, and a name would only add a second way for two spawns to collide.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{Ordering, fence};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -29,15 +30,21 @@ pub struct Residents {
     by_user: DashMap<UserId, Arc<OnceCell<ActorRef<UserMsg>>>>,
     by_actor: DashMap<ActorId, UserId>,
     /// Users changed by another node lately, with the sessions it ended. An actor that was
-    /// loading from the store while the news arrived may have read the state before the
-    /// change; its spawner looks here once the actor is resident and has it reload.
+    /// loading from the store when the news came may have read the state before the change,
+    /// and missed the news in its mailbox: before it answers from memory it looks here.
     recent: DashMap<UserId, RecentChange>,
+    /// Numbers the news; an actor remembers the number that was next when it loaded.
+    next_news: AtomicU64,
 }
 
 struct RecentChange {
     at: Instant,
-    ended: Vec<SessionId>,
+    number: u64,
+    ended: VecDeque<SessionId>,
 }
+
+/// Ended ids kept per user for `recently_ended` (a hint check; the store is the truth).
+const RECENT_ENDED: usize = 64;
 
 impl Residents {
     /// Drops a stopped or failed actor. Only that actor's entry goes: if the user already has
@@ -70,18 +77,33 @@ impl Residents {
         self.by_user.get(&user).and_then(|cell| cell.get().cloned())
     }
 
-    /// Records another node's change to `user`, *before* looking for the user's actor: with
-    /// the spawner doing the opposite (actor resident, then look here), every actor either
-    /// gets the news in its mailbox or reloads after it (see `Registry::actor_for`).
+    /// Records another node's change to `user`, before the news is cast to its actor.
     pub(super) fn note_change(&self, user: UserId, ended: &[SessionId]) {
+        let number = self.next_news.fetch_add(1, Ordering::SeqCst);
         let mut entry = self.recent.entry(user).or_insert_with(|| RecentChange {
             at: Instant::now(),
-            ended: Vec::new(),
+            number,
+            ended: VecDeque::new(),
         });
         entry.at = Instant::now();
-        entry.ended.extend_from_slice(ended);
-        drop(entry);
-        fence(Ordering::SeqCst);
+        entry.number = number;
+        entry.ended.extend(ended);
+        while entry.ended.len() > RECENT_ENDED {
+            entry.ended.pop_front();
+        }
+    }
+
+    /// The number the next news will get: an actor reads it before it loads from the store.
+    pub fn news_mark(&self) -> u64 {
+        self.next_news.load(Ordering::SeqCst)
+    }
+
+    /// True when news about `user` arrived since `mark` was read: memory loaded before then
+    /// may predate the change.
+    pub fn news_since(&self, user: UserId, mark: u64) -> bool {
+        self.recent
+            .get(&user)
+            .is_some_and(|change| change.number >= mark)
     }
 
     /// True when another node ended `session` lately (an announcement of it may arrive late).
@@ -91,13 +113,8 @@ impl Residents {
             .is_some_and(|change| change.ended.contains(&session))
     }
 
-    fn changed_lately(&self, user: UserId) -> bool {
-        fence(Ordering::SeqCst);
-        self.recent.contains_key(&user)
-    }
-
-    /// Forgets news older than `age` (the supervisor's sweep). Loading an actor takes far
-    /// less; announcements older than this are not adopted anyway.
+    /// Forgets news older than `age` (the supervisor's sweep). Every actor looks at the news
+    /// at least once per tick, far more often than this.
     pub fn prune_recent(&self, age: Duration) {
         self.recent.retain(|_, change| change.at.elapsed() < age);
     }
@@ -185,23 +202,8 @@ impl Registry {
     async fn actor_for(&self, user: UserId) -> Result<ActorRef<UserMsg>, SessionError> {
         // The entry guard is dropped at the end of this statement: never held across `.await`.
         let cell = self.residents.by_user.entry(user).or_default().clone();
-        let mut spawned = false;
-        let initialised = cell
-            .get_or_try_init(|| {
-                spawned = true;
-                self.spawn(user)
-            })
-            .await;
-        match initialised {
-            Ok(actor) => {
-                // The actor is resident now; if news for this user arrived while it was
-                // loading, it may have loaded the state before that change: reload first.
-                // (Cast before we return it, so it precedes our caller's question.)
-                if spawned && self.residents.changed_lately(user) {
-                    let _ = actor.cast(UserMsg::Resync);
-                }
-                Ok(actor.clone())
-            }
+        match cell.get_or_try_init(|| self.spawn(user)).await {
+            Ok(actor) => Ok(actor.clone()),
             Err(err) => {
                 // Leave no empty cell behind for a user id that failed to load (it may not
                 // exist at all: an attacker's guess must not grow the map).

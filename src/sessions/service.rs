@@ -388,10 +388,11 @@ impl Sessions {
                 reply,
             })
             .await?;
+        let count = self.confirm_ended(user_id, ended).await?;
         self.cluster
             .confirm(ClusterEvent::UserChanged { user: user_id })
             .await?;
-        Ok(ended.len())
+        Ok(count)
     }
 
     /// The change is committed and out of this node's memory; returns once every other node

@@ -82,6 +82,9 @@ pub struct UserState {
     retry_scheduled: bool,
     /// The trust epoch this memory was loaded under; `None` when loaded while untrusted.
     synced_epoch: Option<u64>,
+    /// `Residents::news_mark` when this memory was loaded: later news about this user that
+    /// the mailbox may not have carried (it came while we were loading) means reload.
+    news_mark: u64,
     /// The last message from a client (not a timer tick): passivation counts from here.
     last_activity: DateTime<Utc>,
     store: DynStore,
@@ -152,6 +155,7 @@ impl Actor for UserActor {
         // The epoch is read before the store: if trust is lost and regained during the load,
         // the epoch moves and the next request reloads.
         let synced_epoch = args.cluster.trust_epoch();
+        let news_mark = args.residents.news_mark();
         let now = Utc::now();
         let user = args
             .store
@@ -177,6 +181,7 @@ impl Actor for UserActor {
             unwritten: Vec::new(),
             retry_scheduled: false,
             synced_epoch,
+            news_mark,
             last_activity: now,
             store: args.store,
             policy: args.policy,
@@ -302,7 +307,12 @@ impl UserState {
     async fn sync(&mut self, now: DateTime<Utc>) -> Result<bool, SessionError> {
         match self.cluster.trust_epoch() {
             None => Ok(false),
-            Some(epoch) if self.synced_epoch == Some(epoch) => Ok(true),
+            Some(epoch)
+                if self.synced_epoch == Some(epoch)
+                    && !self.residents.news_since(self.user.id, self.news_mark) =>
+            {
+                Ok(true)
+            }
             Some(epoch) => {
                 self.resync(Some(epoch), now).await?;
                 Ok(true)
@@ -313,6 +323,7 @@ impl UserState {
     /// Reloads the user and their live sessions from the store, keeping the fresher activity
     /// times memory holds and leaving out revocations not yet written.
     async fn resync(&mut self, epoch: Option<u64>, now: DateTime<Utc>) -> Result<(), SessionError> {
+        let news_mark = self.residents.news_mark();
         self.reload_user(now).await?;
         let stored = self.store.live_sessions(self.user.id, now).await?;
         let mut sessions = HashMap::with_capacity(stored.len());
@@ -328,6 +339,7 @@ impl UserState {
         }
         self.sessions = sessions;
         self.synced_epoch = epoch;
+        self.news_mark = news_mark;
         Ok(())
     }
 
@@ -341,7 +353,8 @@ impl UserState {
         self.user_read_at = now;
         if !self.user.is_active {
             // Deactivated elsewhere: whatever ended its sessions did so in the store.
-            self.sessions.clear();
+            let all: Vec<SessionId> = self.sessions.keys().copied().collect();
+            self.forget(&all);
         }
         Ok(())
     }
@@ -626,10 +639,11 @@ impl UserState {
     ) -> Result<bool, SessionError> {
         let cutoff = now - self.policy.idle_timeout;
         if self.store.end_if_idle(id, cutoff, now).await? {
-            self.sessions.remove(&id);
-            self.refused.insert(id);
+            self.forget(&[id]);
             tracing::info!(user_id = %self.user.id, session_id = %id,
                 reason = %RevokeReason::IdleTimeout, "session ended");
+            // Another node may hold a fresher time in memory than the store had: tell it.
+            self.tell_cluster(vec![id]);
             return Ok(true);
         }
         // Busy on another node (or already ended there): the store decides.
@@ -777,6 +791,23 @@ impl UserState {
         }
     }
 
+    /// Sessions this actor ended on its own (idle, or a revocation written late): the other
+    /// nodes are told in the background, since nobody waits for an answer and this mailbox
+    /// must not wait on the network.
+    fn tell_cluster(&self, ids: Vec<SessionId>) {
+        if !self.cluster.is_clustered() || ids.is_empty() {
+            return;
+        }
+        let cluster = self.cluster.clone();
+        let user = self.user.id;
+        tokio::spawn(async move {
+            let event = crate::cluster::ClusterEvent::SessionsEnded { user, ids };
+            if let Err(err) = cluster.confirm(event).await {
+                tracing::warn!(user_id = %user, error = %err, "other nodes not told of ended sessions");
+            }
+        });
+    }
+
     /// Another node opened `session`: keep it unless we know it is dead or the news is old.
     fn adopt(&mut self, session: Session, now: DateTime<Utc>) {
         let id = session.id;
@@ -834,16 +865,24 @@ impl UserState {
     async fn write_unwritten(&mut self) {
         for (ids, revocation) in std::mem::take(&mut self.unwritten) {
             match self.store.revoke_sessions(&ids, &revocation).await {
-                Ok(()) => tracing::info!(user_id = %self.user.id, sessions = ids.len(),
-                    "delayed revocation written"),
+                Ok(()) => {
+                    tracing::info!(user_id = %self.user.id, sessions = ids.len(),
+                        "delayed revocation written");
+                    // Its caller heard 503; the other nodes hear of it now.
+                    self.tell_cluster(ids);
+                }
                 Err(_) => self.unwritten.push((ids, revocation)),
             }
         }
         self.schedule_retry();
     }
 
-    /// The supervisor's periodic tick: end what has expired, then passivate if idle.
+    /// The supervisor's periodic tick: catch up on news the mailbox may have missed, end what
+    /// has expired, then passivate if idle.
     async fn tick(&mut self, now: DateTime<Utc>) {
+        if let Err(err) = self.sync(now).await {
+            tracing::warn!(user_id = %self.user.id, error = %err, "resync on tick failed");
+        }
         let mut past_lifetime = Vec::new();
         let mut idle = Vec::new();
         for live in self.sessions.values() {

@@ -14,6 +14,10 @@ use mysql_async::prelude::Queryable;
 use super::mysql::unavailable;
 use super::{MySqlStore, StoreError};
 
+/// A clustered node marks itself seen every quarter lease, bus or no bus; one seen within this
+/// long is taken to be running (a single-node instance refuses to start beside it).
+pub const CLUSTER_PRESENCE: Duration = Duration::from_secs(60);
+
 /// The named lock is per database: `GET_LOCK` names are server-wide.
 const LOCK_NAME: &str = "CONCAT('finsec.single-node.', DATABASE())";
 
@@ -22,6 +26,16 @@ const LOCK_NAME: &str = "CONCAT('finsec.single-node.', DATABASE())";
 pub struct LiveMember {
     pub node_id: String,
     pub remaining: Duration,
+}
+
+/// What became of a lease renewal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Renewal {
+    Renewed,
+    /// Another node fenced us: we missed a change it published. Stop trusting memory.
+    Fenced,
+    /// No row (pruned after a long silence).
+    Missing,
 }
 
 fn micros(d: Duration) -> u64 {
@@ -38,30 +52,99 @@ impl MySqlStore {
     ) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_drop(
-            "INSERT INTO cluster_nodes (node_id, host, started_at, lease_until) \
-             VALUES (?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND) \
-             ON DUPLICATE KEY UPDATE lease_until = VALUES(lease_until)",
+            "INSERT INTO cluster_nodes (node_id, host, started_at, lease_until, seen_at) \
+             VALUES (?, ?, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+             UTC_TIMESTAMP(6)) \
+             ON DUPLICATE KEY UPDATE lease_until = VALUES(lease_until), fenced = FALSE, \
+             seen_at = VALUES(seen_at)",
             (node_id, host, micros(lease)),
         )
         .await
         .map_err(unavailable)
     }
 
-    /// Extends this node's lease to `lease` from now. False when the row is gone (pruned after
-    /// a long silence): the caller registers again.
-    pub async fn renew_lease(&self, node_id: &str, lease: Duration) -> Result<bool, StoreError> {
+    /// Extends this node's lease to `lease` from now, unless it has been fenced.
+    pub async fn renew_lease(&self, node_id: &str, lease: Duration) -> Result<Renewal, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_drop(
-            "UPDATE cluster_nodes SET lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND \
-             WHERE node_id = ?",
+            "UPDATE cluster_nodes SET lease_until = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND, \
+             seen_at = UTC_TIMESTAMP(6) WHERE node_id = ? AND NOT fenced",
             (micros(lease), node_id),
         )
         .await
         .map_err(unavailable)?;
-        Ok(conn.affected_rows() == 1)
+        if conn.affected_rows() == 1 {
+            return Ok(Renewal::Renewed);
+        }
+        let fenced: Option<bool> = conn
+            .exec_first(
+                "SELECT fenced FROM cluster_nodes WHERE node_id = ?",
+                (node_id,),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(match fenced {
+            Some(true) => Renewal::Fenced,
+            _ => Renewal::Missing,
+        })
     }
 
-    /// Every node with a live lease, but `except` (the asker).
+    /// "Still running", whatever the bus does (a node without a bus renews no lease).
+    pub async fn mark_seen(&self, node_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "UPDATE cluster_nodes SET seen_at = UTC_TIMESTAMP(6) WHERE node_id = ?",
+            (node_id,),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    /// True when some clustered node was running within `within` (its lease may have lapsed
+    /// in a bus outage, but it still serves requests).
+    pub async fn cluster_recently_seen(&self, within: Duration) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let seen: Option<i64> = conn
+            .exec_first(
+                "SELECT 1 FROM cluster_nodes \
+                 WHERE seen_at > UTC_TIMESTAMP(6) - INTERVAL ? MICROSECOND LIMIT 1",
+                (micros(within),),
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(seen.is_some())
+    }
+
+    /// Fences `nodes`: their leases can no longer be renewed. Returns how long each still
+    /// holds (read after the fence, so no renewal can extend it any more).
+    pub async fn fence(&self, nodes: &[String]) -> Result<Vec<LiveMember>, StoreError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let placeholders = vec!["?"; nodes.len()].join(", ");
+        let params: Vec<mysql_async::Value> = nodes.iter().map(|n| n.as_str().into()).collect();
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            format!("UPDATE cluster_nodes SET fenced = TRUE WHERE node_id IN ({placeholders})"),
+            params.clone(),
+        )
+        .await
+        .map_err(unavailable)?;
+        let rows: Vec<(String, i64)> = conn
+            .exec(
+                format!(
+                    "SELECT node_id, TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), lease_until) \
+                     FROM cluster_nodes WHERE node_id IN ({placeholders})"
+                ),
+                params,
+            )
+            .await
+            .map_err(unavailable)?;
+        Ok(rows.into_iter().map(member).collect())
+    }
+
+    /// Every node with a live lease, but `except` (the asker). Fenced nodes are included: until
+    /// their lease runs out they may still answer from memory.
     pub async fn live_members(&self, except: &str) -> Result<Vec<LiveMember>, StoreError> {
         let mut conn = self.conn().await?;
         let rows: Vec<(String, i64)> = conn
@@ -72,13 +155,7 @@ impl MySqlStore {
             )
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|(node_id, remaining)| LiveMember {
-                node_id,
-                remaining: Duration::from_micros(remaining.max(0).unsigned_abs()),
-            })
-            .collect())
+        Ok(rows.into_iter().map(member).collect())
     }
 
     /// Removes this node's row (clean shutdown), so nobody waits for its confirmations.
@@ -121,6 +198,13 @@ impl MySqlStore {
             .await
             .map_err(unavailable)?;
         Ok(free.flatten() != Some(1))
+    }
+}
+
+fn member((node_id, remaining): (String, i64)) -> LiveMember {
+    LiveMember {
+        node_id,
+        remaining: Duration::from_micros(remaining.max(0).unsigned_abs()),
     }
 }
 

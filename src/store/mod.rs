@@ -13,7 +13,7 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
 
-pub use membership::{LiveMember, SingleNodeLock};
+pub use membership::{CLUSTER_PRESENCE, LiveMember, Renewal, SingleNodeLock};
 pub use memory::MemoryStore;
 pub use mysql::MySqlStore;
 

@@ -264,8 +264,9 @@ async fn a_partitioned_node_stops_trusting_memory_within_a_lease() {
         "the island stops trusting memory",
     )
     .await;
+    // Within the lease (1 s), give or take the polling and a loaded machine's scheduling.
     assert!(
-        cut_at.elapsed() <= Duration::from_millis(1200),
+        cut_at.elapsed() <= Duration::from_millis(1300),
         "{:?}",
         cut_at.elapsed()
     );
