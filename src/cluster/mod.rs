@@ -257,11 +257,12 @@ async fn keep_lease(id: String, store: MySqlStore, bus: Arc<Bus>, trust: Arc<Tru
     let mut tick = tokio::time::interval(trust.lease() / 4);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let host = host();
+    let mut fenced = false;
     loop {
         tick.tick().await;
         bus.ping(&trust).await;
-        let step = tokio::time::timeout(trust.lease() / 2, renew(&id, &host, &store, &trust)).await;
-        match step {
+        let step = renew(&id, &host, &store, &trust, &mut fenced);
+        match tokio::time::timeout(trust.lease() / 2, step).await {
             Ok(Ok(())) => {}
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "lease not renewed; validating against MySQL");
@@ -275,39 +276,40 @@ async fn keep_lease(id: String, store: MySqlStore, bus: Arc<Bus>, trust: Arc<Tru
     }
 }
 
+/// One renewal. `fenced` remembers that another node fenced us: we then forget our proof of
+/// the bus (it missed a message) and rejoin only once a heartbeat sent after that has come
+/// back, i.e. once the bus really carries our messages again.
 async fn renew(
     id: &str,
     host: &str,
     store: &MySqlStore,
     trust: &Trust,
+    fenced: &mut bool,
 ) -> Result<(), ClusterError> {
     if store.single_node_lock_is_held().await? {
         tracing::error!("a single-node instance holds this database; not answering from memory");
         trust.lease_lost();
-        store.mark_seen(id).await?;
-        return Ok(());
+        return Ok(store.mark_seen(id).await?);
     }
     // The lease granted never outlives the proof of the bus.
     let sent = trust.now();
     let grant = trust.bus_remaining();
     if grant.is_zero() {
-        store.mark_seen(id).await?;
-        return Ok(());
+        return Ok(store.mark_seen(id).await?);
     }
     match store.renew_lease(id, grant).await? {
         Renewal::Renewed => trust.lease_renewed(sent, grant),
-        Renewal::Fenced => {
-            // We missed a change someone published. Trust ends now; rejoining moves the epoch
-            // on, so every actor reloads from MySQL before it answers from memory again.
-            tracing::warn!(
-                "fenced by another node (a confirmation of ours was missing); resynchronising"
-            );
+        Renewal::Fenced if !*fenced => {
+            tracing::warn!("fenced: another node's change did not reach us; resynchronising");
+            *fenced = true;
             trust.lease_lost();
-            let sent = trust.now();
-            store.register_node(id, host, grant).await?;
-            trust.lease_renewed(sent, grant);
+            trust.gap();
+            store.mark_seen(id).await?;
         }
-        Renewal::Missing => {
+        // Fenced earlier, and the bus has been proven since: rejoin. Trust comes back with a
+        // new epoch, so every actor reloads from MySQL before it answers from memory.
+        Renewal::Fenced | Renewal::Missing => {
+            *fenced = false;
             store.register_node(id, host, grant).await?;
             trust.lease_renewed(sent, grant);
         }

@@ -258,33 +258,50 @@ async fn a_partitioned_node_stops_trusting_memory_within_a_lease() {
 
     relay.cut();
     let cut_at = Instant::now();
-    wait_for(
-        || !island.trusted(),
-        Duration::from_millis(1500),
-        "the island stops trusting memory",
-    )
-    .await;
-    // Within the lease (1 s), give or take the polling and a loaded machine's scheduling.
+    // At once, a logout on another node. The island never hears it and never confirms: it
+    // is fenced, and the 200 waits until the lease it still holds has run out (about a
+    // lease at most). Meanwhile the island itself stops trusting its memory.
+    let (logout, ()) = tokio::join!(cluster.node(1).logout(&session.token, None), async {
+        wait_for(
+            || !island.trusted(),
+            Duration::from_millis(1500),
+            "the island stops trusting memory",
+        )
+        .await;
+        // Within the lease (1 s), give or take the polling and a loaded machine's scheduling.
+        assert!(
+            cut_at.elapsed() <= Duration::from_millis(1300),
+            "{:?}",
+            cut_at.elapsed()
+        );
+    });
+    assert_eq!(logout.status(), StatusCode::OK);
     assert!(
-        cut_at.elapsed() <= Duration::from_millis(1300),
+        cut_at.elapsed() < Duration::from_millis(2500),
         "{:?}",
         cut_at.elapsed()
     );
-
-    // A logout elsewhere is acknowledged within about a lease, and the island, which never
-    // heard of it, refuses the session because it now asks MySQL.
-    let started = Instant::now();
-    let logout = cluster.node(1).logout(&session.token, None).await;
-    assert_eq!(logout.status(), StatusCode::OK);
-    assert!(
-        started.elapsed() < Duration::from_millis(2500),
-        "{:?}",
-        started.elapsed()
-    );
+    // The island, which never heard of the logout, refuses the session: it asks MySQL.
     assert_eq!(
         island.me(&session.token).await.status(),
         StatusCode::UNAUTHORIZED
     );
+    // Fenced: its lease cannot be renewed even if a path to some NATS server still echoes its
+    // heartbeats.
+    let island_id = island
+        .state
+        .sessions
+        .cluster()
+        .node_id()
+        .unwrap()
+        .to_owned();
+    let fenced = cluster
+        .db
+        .query_one(&format!(
+            "SELECT fenced FROM cluster_nodes WHERE node_id = '{island_id}'"
+        ))
+        .await;
+    assert_eq!(fenced.as_deref(), Some("1"));
 }
 
 #[tokio::test]
@@ -497,4 +514,31 @@ async fn wait_for(condition: impl Fn() -> bool, within: Duration, what: &str) {
         assert!(Instant::now() < deadline, "{what}: not within {within:?}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_single_node_that_loses_its_database_to_another_instance_stops() {
+    let mut app = spawn_app().await;
+    let lock = "CONCAT('finsec.single-node.', DATABASE())";
+    let holder = app
+        .db
+        .query_one(&format!("SELECT IS_USED_LOCK({lock})"))
+        .await
+        .expect("the running instance holds the lock");
+    // The lock's connection dies (a database restart, a network cut) and another instance
+    // takes the lock before this one can take it back.
+    let mut thief = app.db.connection().await;
+    app.db.execute(&format!("KILL {holder}")).await;
+    let taken: Option<i64> = mysql_async::prelude::Queryable::query_first(
+        &mut thief,
+        format!("SELECT GET_LOCK({lock}, 0)"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(taken, Some(1));
+    assert!(
+        app.stopped_within(Duration::from_secs(10)).await,
+        "the instance kept serving without its lock"
+    );
+    drop(thief);
 }

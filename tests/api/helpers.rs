@@ -239,6 +239,18 @@ impl TestApp {
         }
     }
 
+    /// True if the server stops by itself within `limit` (it was not told to).
+    pub async fn stopped_within(&mut self, limit: Duration) -> bool {
+        let Some(server) = self.server.as_mut() else {
+            return true;
+        };
+        let finished = tokio::time::timeout(limit, &mut server.task).await.is_ok();
+        if finished {
+            self.server = None;
+        }
+        finished
+    }
+
     pub async fn create_user(&self, spec: UserSpec) -> TestUser {
         let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());

@@ -50,6 +50,11 @@ impl TestDatabase {
         conn.disconnect().await.ok();
     }
 
+    /// A connection of the test's own to this database (it ends when dropped).
+    pub async fn connection(&self) -> mysql_async::Conn {
+        admin_connection(&self.url).await
+    }
+
     /// The first column of the first row of `sql`, as a string (NULL as None).
     pub async fn query_one(&self, sql: &str) -> Option<String> {
         let mut conn = admin_connection(&self.url).await;
