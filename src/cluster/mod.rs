@@ -129,15 +129,13 @@ impl Cluster {
             trust.clone(),
         ));
         tracing::info!(node_id = %id, lease = ?config.lease, "joined the cluster");
-        Ok(Self {
-            node: Some(Arc::new(Node {
-                id,
-                store,
-                bus,
-                trust,
-                keeper: Some(keeper),
-            })),
-        })
+        Ok(Self::of(Node {
+            id,
+            store,
+            bus,
+            trust,
+            keeper: Some(keeper),
+        }))
     }
 
     /// For the CLI: publishes and collects confirmations like a member, holds no lease.
@@ -145,15 +143,19 @@ impl Cluster {
         let id = format!("cli-{}", uuid::Uuid::new_v4());
         let trust = Arc::new(Trust::new(config.lease));
         let bus = Bus::connect(&config.bus_url, &config.name, &id, trust.clone(), None).await?;
-        Ok(Self {
-            node: Some(Arc::new(Node {
-                id,
-                store,
-                bus,
-                trust,
-                keeper: None,
-            })),
-        })
+        Ok(Self::of(Node {
+            id,
+            store,
+            bus,
+            trust,
+            keeper: None,
+        }))
+    }
+
+    fn of(node: Node) -> Self {
+        Self {
+            node: Some(Arc::new(node)),
+        }
     }
 
     pub fn is_clustered(&self) -> bool {
