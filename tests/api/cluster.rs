@@ -307,14 +307,7 @@ async fn a_partitioned_node_stops_trusting_memory_within_a_lease() {
 #[tokio::test]
 async fn a_second_instance_without_a_bus_refuses_to_start() {
     let app = spawn_app().await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
-        .arg("--config-dir")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
-        .env("FINSEC__DATABASE__URL", &app.db.url)
-        .env("FINSEC__HTTP__PORT", "0")
-        .output()
-        .await
-        .expect("finsec runs");
+    let output = finsec(&app.db.url).output().await.expect("finsec runs");
     assert!(!output.status.success());
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -336,25 +329,14 @@ async fn single_node_and_clustered_modes_never_mix() {
 
     // ...and a single-node instance refuses while clustered nodes are live.
     let cluster = spawn_cluster(1).await;
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
-        .arg("--config-dir")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
-        .env("FINSEC__DATABASE__URL", &cluster.db.url)
-        .env("FINSEC__HTTP__PORT", "0")
-        .output()
-        .await
-        .expect("finsec runs");
+    let output = finsec(&cluster.db.url).output().await.expect("finsec runs");
     assert_eq!(output.status.code(), Some(3));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("clustered instances are live"), "{stderr}");
 }
 
 async fn clustered_start(app: &TestApp, bus_url: &str) -> String {
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
-        .arg("--config-dir")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
-        .env("FINSEC__DATABASE__URL", &app.db.url)
-        .env("FINSEC__HTTP__PORT", "0")
+    let output = finsec(&app.db.url)
         .env("FINSEC__CLUSTER__BUS_URL", bus_url)
         .output()
         .await
@@ -375,9 +357,7 @@ async fn the_clis_revoke_all_is_in_force_on_every_node_when_it_returns() {
     for session in &sessions {
         everywhere(&cluster, session, StatusCode::OK).await;
     }
-    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
-        .arg("--config-dir")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+    let output = finsec(&cluster.db.url)
         .args([
             "sessions",
             "revoke-all",
@@ -386,7 +366,6 @@ async fn the_clis_revoke_all_is_in_force_on_every_node_when_it_returns() {
             "--reason",
             "from the CLI",
         ])
-        .env("FINSEC__DATABASE__URL", &cluster.db.url)
         .env("FINSEC__CLUSTER__BUS_URL", cluster.nats.url())
         .output()
         .await
@@ -506,6 +485,17 @@ async fn idle_expiry_on_one_node_does_not_end_a_session_busy_on_another() {
         StatusCode::OK
     );
     everywhere(&cluster, &session, StatusCode::OK).await;
+}
+
+/// The `finsec` binary on `db_url`, listening on a free port if it serves.
+fn finsec(db_url: &str) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"));
+    command
+        .arg("--config-dir")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .env("FINSEC__DATABASE__URL", db_url)
+        .env("FINSEC__HTTP__PORT", "0");
+    command
 }
 
 async fn wait_for(condition: impl Fn() -> bool, within: Duration, what: &str) {
