@@ -89,6 +89,7 @@ async fn database(server: &str, name: &str) -> String {
         r: 8,
         p: 1,
         max_concurrent_hashes: 2,
+        max_queued_hashes: 64,
         min_length: 12,
     };
     let hasher = finsec::auth::PasswordHasher::new(&settings).await.unwrap();

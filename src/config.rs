@@ -90,6 +90,8 @@ pub struct PasswordSettings {
     pub r: u32,
     pub p: u32,
     pub max_concurrent_hashes: usize,
+    /// Hashes that may wait for a permit; beyond them a login is refused with 503 `busy`.
+    pub max_queued_hashes: usize,
     pub min_length: usize,
 }
 

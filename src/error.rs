@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A dependency (the database, a user actor) did not answer; retrying may work.
     #[error("Service temporarily unavailable")]
     Unavailable(String),
+    /// Too many password checks are waiting already; retry after a moment.
+    #[error("Too many logins at once; try again in a moment")]
+    Busy,
     #[error("Internal server error")]
     Internal(String),
 }
@@ -86,14 +89,16 @@ impl ApiError {
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
+            Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
 
     pub fn to_response(&self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() {
-            // The cause is for operators only.
+        if status.is_server_error() && !matches!(self, Self::Busy) {
+            // The cause is for operators only. (`busy` is load, not a fault: a flood of them
+            // must not flood the error log.)
             tracing::error!(%code, cause = ?self, "request failed");
         }
         let body = ErrorBody {
@@ -102,6 +107,13 @@ impl ApiError {
         };
         let mut response = warp::reply::json(&body).into_response();
         *response.status_mut() = status;
+        if matches!(self, Self::Busy) {
+            // A hash takes well under a second: by then a slot is likely free.
+            response.headers_mut().insert(
+                warp::http::header::RETRY_AFTER,
+                warp::http::HeaderValue::from_static("1"),
+            );
+        }
         response
     }
 }
@@ -117,6 +129,7 @@ impl From<AuthError> for ApiError {
             AuthError::MissingToken => Self::MissingToken,
             AuthError::InvalidToken => Self::InvalidToken,
             AuthError::TokenExpired => Self::TokenExpired,
+            AuthError::Busy => Self::Busy,
             AuthError::Hashing(cause) | AuthError::Signing(cause) => Self::Internal(cause),
         }
     }

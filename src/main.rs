@@ -7,8 +7,7 @@ use finsec::cli::{Cli, Command, ConfigAction, SessionsAction};
 use finsec::config::Settings;
 use finsec::{commands, telemetry};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::load(&cli.config_dir) {
         Ok(settings) => settings,
@@ -18,6 +17,22 @@ async fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
+    // The blocking pool runs the scrypt hashes (bounded by password.max_concurrent_hashes)
+    // and little else (name lookups): no more threads than that work needs.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(settings.password.max_concurrent_hashes + 16)
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli, settings)),
+        Err(err) => {
+            eprintln!("finsec: cannot start the runtime: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli, settings: Settings) -> ExitCode {
     let result: Result<(), Box<dyn std::error::Error>> = match cli.command.unwrap_or(Command::Serve)
     {
         Command::Serve => {

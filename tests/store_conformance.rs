@@ -283,6 +283,12 @@ async fn revoking_a_users_sessions_returns_what_it_ended(subject: Subject) {
     for s in [&keep, &a, &b, &theirs] {
         store.insert_session(s).await.unwrap();
     }
+    let challenge = StoredChallenge {
+        token_hash: [1; 32],
+        expires_at: t + Duration::minutes(5),
+        failures: 0,
+    };
+    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
     let revocation = Revocation {
         at: t + Duration::minutes(1),
         reason: RevokeReason::Admin,
@@ -298,6 +304,8 @@ async fn revoking_a_users_sessions_returns_what_it_ended(subject: Subject) {
     assert_eq!(ended, expected);
     let stored = store.session_by_id(a.id).await.unwrap().unwrap();
     assert_eq!(stored.revoke_note.as_deref(), Some("card stolen"));
+    // A login half done by whoever is being logged out is voided with it.
+    assert_eq!(store.mfa_challenge(user.id).await.unwrap(), None);
     // Nothing of the other user's, and nothing twice.
     assert!(
         store
@@ -325,21 +333,45 @@ async fn changing_the_password_ends_the_other_sessions_together(subject: Subject
     let other = session(user.id, t, Duration::hours(1));
     store.insert_session(&keep).await.unwrap();
     store.insert_session(&other).await.unwrap();
+    let challenge = StoredChallenge {
+        token_hash: [1; 32],
+        expires_at: t + Duration::minutes(5),
+        failures: 0,
+    };
+    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
     let revocation = Revocation::new(t + Duration::minutes(1), RevokeReason::PasswordChanged);
     let ended = store
         .change_password(user.id, "$scrypt$new", keep.id, &revocation)
         .await
         .unwrap();
-    assert_eq!(ended, vec![other.id]);
+    assert_eq!(ended, Some(vec![other.id]));
+    let hash = |store: &DynStore| {
+        let store = store.clone();
+        async move {
+            store
+                .user_by_id(user.id)
+                .await
+                .unwrap()
+                .unwrap()
+                .password_hash
+        }
+    };
+    assert_eq!(hash(&store).await, "$scrypt$new");
+    assert_eq!(store.mfa_challenge(user.id).await.unwrap(), None, "voided");
+
+    // Only from a session that is live at that moment: an ended caller changes nothing.
+    store
+        .revoke_sessions(&[keep.id], &Revocation::new(t, RevokeReason::LogoutAll))
+        .await
+        .unwrap();
     assert_eq!(
         store
-            .user_by_id(user.id)
+            .change_password(user.id, "$scrypt$newer", keep.id, &revocation)
             .await
-            .unwrap()
-            .unwrap()
-            .password_hash,
-        "$scrypt$new"
+            .unwrap(),
+        None
     );
+    assert_eq!(hash(&store).await, "$scrypt$new");
     assert!(matches!(
         store
             .change_password(UserId::new(424_242), "$scrypt$x", keep.id, &revocation)

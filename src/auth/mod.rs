@@ -24,6 +24,9 @@ pub enum AuthError {
     InvalidToken,
     #[error("token expired")]
     TokenExpired,
+    /// Too many password checks are queued already: try again shortly.
+    #[error("password hashing is busy")]
+    Busy,
     /// The hashing machinery itself failed (a bad stored hash, a panicked worker).
     #[error("password hashing failed: {0}")]
     Hashing(String),

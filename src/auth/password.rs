@@ -5,8 +5,15 @@
 //! request, so it runs on tokio's blocking pool. A semaphore bounds how many hashes run at
 //! once: a burst of logins queues here instead of spawning dozens of blocking threads that
 //! would each take a core.
+//!
+//! The permit travels *into* the blocking job and is released when the hash is done, not when
+//! the request goes away: a client that hangs up cannot free a slot while its scrypt (and its
+//! memory) keeps running. The queue in front of the semaphore is bounded too
+//! (`password.max_queued_hashes`); past it a login is refused at once with [`AuthError::Busy`]
+//! rather than piling up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use scrypt::password_hash::{PasswordHasher as _, PasswordVerifier as _};
 use scrypt::phc::PasswordHash;
@@ -21,6 +28,11 @@ use crate::config::PasswordSettings;
 pub struct PasswordHasher {
     scrypt: Scrypt,
     permits: Arc<Semaphore>,
+    /// Hashes admitted (waiting for a permit or running), and the most that may be.
+    admitted: Arc<AtomicUsize>,
+    max_admitted: usize,
+    /// Hashes running right now on the blocking pool.
+    running: Arc<AtomicUsize>,
     /// A hash of a random password, verified against when the email is unknown, so that an
     /// unknown email costs the same time as a wrong password and timing tells nothing.
     dummy_hash: Arc<str>,
@@ -33,6 +45,9 @@ impl PasswordHasher {
         let mut hasher = Self {
             scrypt: Scrypt::new_with_params(params),
             permits: Arc::new(Semaphore::new(settings.max_concurrent_hashes)),
+            admitted: Arc::new(AtomicUsize::new(0)),
+            max_admitted: settings.max_concurrent_hashes + settings.max_queued_hashes,
+            running: Arc::new(AtomicUsize::new(0)),
             dummy_hash: Arc::from(""),
         };
         let random = SecretString::from(uuid::Uuid::new_v4().to_string());
@@ -74,18 +89,54 @@ impl PasswordHasher {
         Ok(is_real && matches)
     }
 
+    /// Hashes running on the blocking pool right now (for tests and diagnostics).
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
     async fn run_blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
     ) -> Result<T, AuthError> {
-        let _permit = self
+        let slot = Slot::take(&self.admitted, self.max_admitted).ok_or(AuthError::Busy)?;
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| AuthError::Hashing("hasher closed".into()))?;
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| AuthError::Hashing(format!("hashing task failed: {e}")))?
+        let running = self.running.clone();
+        tokio::task::spawn_blocking(move || {
+            // Held until the hash is done, whatever becomes of the request that asked.
+            let (_permit, _slot) = (permit, slot);
+            running.fetch_add(1, Ordering::SeqCst);
+            let outcome = work();
+            running.fetch_sub(1, Ordering::SeqCst);
+            outcome
+        })
+        .await
+        .map_err(|e| AuthError::Hashing(format!("hashing task failed: {e}")))?
+    }
+}
+
+/// One admitted hash; gives its place back when dropped (the request gave up while waiting,
+/// or the blocking job finished).
+struct Slot(Arc<AtomicUsize>);
+
+impl Slot {
+    fn take(admitted: &Arc<AtomicUsize>, max: usize) -> Option<Self> {
+        admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Self(admitted.clone()))
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -99,6 +150,7 @@ mod tests {
             r: 8,
             p: 1,
             max_concurrent_hashes: 2,
+            max_queued_hashes: 4,
             min_length: 12,
         }
     }

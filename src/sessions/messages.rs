@@ -110,11 +110,13 @@ pub enum UserMsg {
 
 impl UserMsg {
     /// Client requests count as activity; timer ticks and other nodes' news do not (or
-    /// nothing would passivate).
+    /// nothing would passivate), nor does a second-factor attempt, which anyone may send for
+    /// any user id (a successful one counts, in the actor).
     pub fn is_from_client(&self) -> bool {
         !matches!(
             self,
-            Self::Tick
+            Self::VerifyMfa { .. }
+                | Self::Tick
                 | Self::RetryRevocations
                 | Self::Forget { .. }
                 | Self::Adopt { .. }

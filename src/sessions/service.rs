@@ -126,6 +126,11 @@ impl Sessions {
             .await;
     }
 
+    /// The password hasher (tests look at how many hashes run).
+    pub fn hasher(&self) -> &PasswordHasher {
+        &self.hasher
+    }
+
     /// This node's place in the cluster (standalone when alone).
     pub fn cluster(&self) -> &Cluster {
         &self.cluster

@@ -211,7 +211,13 @@ impl Actor for UserActor {
                 let _ = reply.send(state.login(*user, device, now).await);
             }
             UserMsg::VerifyMfa { attempt, reply } => {
-                let _ = reply.send(state.verify_mfa(attempt, now).await);
+                let outcome = state.verify_mfa(attempt, now).await;
+                // Anyone may send codes for any user id: only a success is the user's activity
+                // (else guesses would keep the actor resident forever).
+                if outcome.is_ok() {
+                    state.last_activity = now;
+                }
+                let _ = reply.send(outcome);
             }
             UserMsg::Validate { session_id, reply } => {
                 let _ = reply.send(state.validate(session_id, now).await);
@@ -482,7 +488,13 @@ impl UserState {
             None => self.reload_user(now).await?,
         }
         if !self.user.is_active {
-            return Err(AuthError::AccountInactive.into());
+            // Only the right password may learn that an account is inactive; a code guessed
+            // for a user id learns nothing.
+            return Err(if password_verified {
+                AuthError::AccountInactive.into()
+            } else {
+                invalid()
+            });
         }
         let totp = match (&self.user.totp_secret, self.user.mfa_enabled) {
             (Some(secret), true) => TotpCode::from_base32(secret),
@@ -731,18 +743,27 @@ impl UserState {
         }
     }
 
-    /// The new hash and the end of every other session commit together; memory follows.
+    /// The new hash and the end of every other session commit together, and only if the
+    /// caller's session is still live at that moment (checked by the store, in the same
+    /// transaction: it may have been ended on another node while the hash was computed).
     async fn change_password(
         &mut self,
         password_hash: String,
         keep: SessionId,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionId>, SessionError> {
+        if !self.sessions.contains_key(&keep) {
+            return Err(SessionError::Ended);
+        }
         let revocation = Revocation::new(now, RevokeReason::PasswordChanged);
-        let ended = self
+        let Some(ended) = self
             .store
             .change_password(self.user.id, &password_hash, keep, &revocation)
-            .await?;
+            .await?
+        else {
+            self.forget(&[keep]);
+            return Err(SessionError::Ended);
+        };
         self.user.password_hash = password_hash;
         let others: Vec<SessionId> = self
             .sessions

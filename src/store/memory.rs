@@ -181,6 +181,7 @@ impl SessionStore for MemoryStore {
         let mut tables = self.tables();
         let ids = tables.live_ids(user, except, revocation.at);
         tables.revoke_all(&ids, revocation);
+        tables.challenges.remove(&user);
         Ok(ids)
     }
 
@@ -190,17 +191,26 @@ impl SessionStore for MemoryStore {
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tables = self.tables();
-        let account = tables
-            .users
-            .get_mut(&user)
-            .ok_or_else(|| StoreError::Conflict(format!("no user {user}")))?;
-        account.password_hash = password_hash.to_owned();
-        account.updated_at = revocation.at;
+        if !tables.users.contains_key(&user) {
+            return Err(StoreError::Conflict(format!("no user {user}")));
+        }
+        let caller_live = tables
+            .sessions
+            .get(&keep)
+            .is_some_and(|s| s.user_id == user && s.is_live(revocation.at));
+        if !caller_live {
+            return Ok(None);
+        }
+        if let Some(account) = tables.users.get_mut(&user) {
+            account.password_hash = password_hash.to_owned();
+            account.updated_at = revocation.at;
+        }
         let ids = tables.live_ids(user, Some(keep), revocation.at);
         tables.revoke_all(&ids, revocation);
-        Ok(ids)
+        tables.challenges.remove(&user);
+        Ok(Some(ids))
     }
 
     async fn set_user_active(
@@ -220,6 +230,7 @@ impl SessionStore for MemoryStore {
         }
         let ids = tables.live_ids(user, None, revocation.at);
         tables.revoke_all(&ids, revocation);
+        tables.challenges.remove(&user);
         Ok(Some(ids))
     }
 

@@ -82,8 +82,9 @@ pub trait SessionStore: Send + Sync + 'static {
         max_live: usize,
     ) -> Result<Vec<SessionId>, StoreError>;
 
-    /// Revokes every live session of `user` but `except`, in one transaction; returns the
-    /// ids it revoked (whichever node opened them).
+    /// Revokes every live session of `user` but `except`, and voids any pending MFA challenge
+    /// (a login half done by whoever is being logged out), in one transaction; returns the ids
+    /// it revoked (whichever node opened them).
     async fn revoke_user_sessions(
         &self,
         user: UserId,
@@ -91,18 +92,22 @@ pub trait SessionStore: Send + Sync + 'static {
         revocation: &Revocation,
     ) -> Result<Vec<SessionId>, StoreError>;
 
-    /// Stores a new password hash and revokes every other live session, in one transaction:
-    /// there is no state in which the new password holds and the old sessions live.
+    /// Stores a new password hash, revokes every other live session and voids pending MFA
+    /// challenges, in one transaction: there is no state in which the new password holds and
+    /// the old sessions live. Only while `keep` (the caller's session) is itself live at that
+    /// moment: `None`, and nothing changed, when it has ended (say, a logout-all on another
+    /// node while the new password was being hashed).
     async fn change_password(
         &self,
         user: UserId,
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
-    ) -> Result<Vec<SessionId>, StoreError>;
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
 
     /// Activates or deactivates an account; deactivation revokes every live session with
-    /// `revocation` in the same transaction. `None` when there is no such user.
+    /// `revocation` and voids pending MFA challenges in the same transaction. `None` when there
+    /// is no such user.
     async fn set_user_active(
         &self,
         user: UserId,

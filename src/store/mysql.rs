@@ -101,6 +101,27 @@ async fn lock_live_sessions(
         .collect()
 }
 
+/// Inside a transaction: locks the user's row (the lock that orders one user's changes across
+/// nodes); `None` when there is no such user.
+async fn lock_user(tx: &mut Transaction<'_>, user: UserId) -> Result<Option<u64>, StoreError> {
+    tx.exec_first(
+        "SELECT id FROM users WHERE id = ? FOR UPDATE",
+        (user.get(),),
+    )
+    .await
+    .map_err(unavailable)
+}
+
+/// Inside a transaction: voids the user's pending MFA challenges.
+async fn void_challenges(tx: &mut Transaction<'_>, user: UserId) -> Result<(), StoreError> {
+    tx.exec_drop(
+        "DELETE FROM mfa_challenges WHERE user_id = ?",
+        (user.get(),),
+    )
+    .await
+    .map_err(unavailable)
+}
+
 /// Inside a transaction: marks `ids` revoked (first revocation wins).
 async fn revoke_in(
     tx: &mut Transaction<'_>,
@@ -374,6 +395,7 @@ impl SessionStore for MySqlStore {
         let result = async {
             let ids = lock_live_sessions(&mut tx, user, except, revocation.at).await?;
             revoke_in(&mut tx, &ids, revocation).await?;
+            void_challenges(&mut tx, user).await?;
             Ok(ids)
         }
         .await;
@@ -386,21 +408,33 @@ impl SessionStore for MySqlStore {
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
+            lock_user(&mut tx, user)
+                .await?
+                .ok_or_else(|| StoreError::Conflict(format!("no user {user}")))?;
+            let caller: Option<String> = tx
+                .exec_first(
+                    "SELECT id FROM sessions WHERE id = ? AND user_id = ? \
+                     AND revoked_at IS NULL AND expires_at > ? FOR UPDATE",
+                    (keep.to_string(), user.get(), to_db(revocation.at)),
+                )
+                .await
+                .map_err(unavailable)?;
+            if caller.is_none() {
+                return Ok(None);
+            }
             tx.exec_drop(
                 "UPDATE users SET password_hash = ?, updated_at = ? WHERE id = ?",
                 (password_hash, to_db(revocation.at), user.get()),
             )
             .await
             .map_err(unavailable)?;
-            if tx.affected_rows() != 1 {
-                return Err(StoreError::Conflict(format!("no user {user}")));
-            }
             let ids = lock_live_sessions(&mut tx, user, Some(keep), revocation.at).await?;
             revoke_in(&mut tx, &ids, revocation).await?;
-            Ok(ids)
+            void_challenges(&mut tx, user).await?;
+            Ok(Some(ids))
         }
         .await;
         finish(tx, result).await
@@ -435,6 +469,7 @@ impl SessionStore for MySqlStore {
             } else {
                 let ids = lock_live_sessions(&mut tx, user, None, revocation.at).await?;
                 revoke_in(&mut tx, &ids, revocation).await?;
+                void_challenges(&mut tx, user).await?;
                 ids
             };
             Ok(Some(ids))

@@ -218,3 +218,99 @@ async fn concurrent_first_requests_for_one_user_share_one_actor() {
         .await;
     assert_eq!(live.as_deref(), Some("8"));
 }
+
+/// Hashing that costs real time, with room for two hashes and four waiting.
+fn scarce_hashing(f: figment::Figment) -> figment::Figment {
+    f.merge(("password.log_n", 17))
+        .merge(("password.max_concurrent_hashes", 2))
+        .merge(("password.max_queued_hashes", 4))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logins_that_hang_up_cannot_run_more_hashes_than_the_limit() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    let app = spawn_app_with(scarce_hashing).await;
+    let john = app.user().await;
+    let hasher = app.state.sessions.hasher().clone();
+    let peak = Arc::new(AtomicUsize::new(0));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = tokio::spawn({
+        let (hasher, peak, sampling) = (hasher.clone(), peak.clone(), sampling.clone());
+        async move {
+            while sampling.load(Ordering::SeqCst) {
+                peak.fetch_max(hasher.running(), Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_micros(200)).await;
+            }
+        }
+    });
+
+    // 200 logins whose clients hang up while their password is being checked: 20 rounds of
+    // 10 raw connections, each closed as soon as a hash is running.
+    let addr = app.address.trim_start_matches("http://").to_owned();
+    let body = john.credentials().to_string();
+    let request = format!(
+        "POST /api/auth/login HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    for _ in 0..20 {
+        let mut connections = Vec::new();
+        for _ in 0..10 {
+            let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+                .await
+                .unwrap();
+            connections.push(stream);
+        }
+        for _ in 0..400 {
+            if hasher.running() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        drop(connections);
+    }
+    for _ in 0..200 {
+        if hasher.running() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sampling.store(false, Ordering::SeqCst);
+    sampler.await.unwrap();
+    let peak = peak.load(Ordering::SeqCst);
+    assert!(peak >= 1, "the logins did reach the hasher");
+    assert!(peak <= 2, "{peak} hashes ran at once; the limit is 2");
+    assert_eq!(hasher.running(), 0);
+    // And the service is fine afterwards.
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn a_flood_of_logins_is_told_to_come_back_later() {
+    let app = spawn_app_with(scarce_hashing).await;
+    let john = app.user().await;
+    let credentials = john.credentials();
+    let logins = (0..30).map(|_| app.login(&credentials));
+    let responses = futures_util::future::join_all(logins).await;
+    let mut ok = 0;
+    let mut busy = 0;
+    for response in responses {
+        match response.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(response.headers()["retry-after"], "1");
+                assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "busy").await;
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
+}

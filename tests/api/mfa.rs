@@ -1,7 +1,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{LoggedIn, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, LoggedIn, UserSpec, assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn the_right_code_after_the_password_step_opens_a_session() {
@@ -228,4 +228,43 @@ async fn malformed_verify_requests_get_400() {
         let response = app.verify_mfa(&body).await;
         assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
     }
+}
+
+#[tokio::test]
+async fn a_forced_logout_voids_a_login_half_done() {
+    let app = spawn_app_with(|f| f.merge(("admin.api_key", ADMIN_KEY))).await;
+    let jane = app.mfa_user().await;
+    // Someone with Jane's stolen password is between the two steps...
+    let mfa_token = app.begin_mfa(&jane).await;
+    // ...when the bank signs Jane out of everything.
+    let forced = app
+        .admin(
+            reqwest::Method::POST,
+            &format!("/api/admin/users/{}/logout-all", jane.id),
+            Some(ADMIN_KEY),
+        )
+        .json(&json!({"reason": "card reported stolen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), StatusCode::OK);
+    let finished = app
+        .verify_mfa(
+            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0), "mfaToken": mfa_token}),
+        )
+        .await;
+    assert_error(finished, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
+}
+
+#[tokio::test]
+async fn a_guessed_code_does_not_tell_that_an_account_is_inactive() {
+    let app = spawn_app().await;
+    let inactive = app
+        .create_user(UserSpec {
+            mfa: true,
+            inactive: true,
+        })
+        .await;
+    let guess = app.verify_code(&inactive, &inactive.totp_code(0)).await;
+    assert_error(guess, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 }

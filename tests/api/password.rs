@@ -3,7 +3,7 @@
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{assert_error, spawn_app};
+use crate::helpers::{assert_error, spawn_app, spawn_app_with};
 
 #[tokio::test]
 async fn a_new_password_ends_every_other_session() {
@@ -103,4 +103,31 @@ async fn the_current_password_must_be_right() {
         .await
         .unwrap();
     assert_error(response, StatusCode::UNAUTHORIZED, "missing_token").await;
+}
+
+#[tokio::test]
+async fn a_session_ended_while_the_new_password_is_hashed_cannot_change_it() {
+    // A real hashing cost, so that the change is overtaken while it hashes.
+    let app = spawn_app_with(|f| f.merge(("password.log_n", 16))).await;
+    let john = app.user().await;
+    let attacker = app.logged_in(&john).await;
+    let owner = app.logged_in(&john).await;
+
+    let change =
+        json!({"currentPassword": john.password, "newPassword": "attacker-chose-this-one"});
+    let (changed, logged_out) =
+        tokio::join!(app.change_password(&attacker.token, &change), async {
+            // The owner ends every other session while the attacker's change is hashing.
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            app.logout_all(&owner.token, &json!({"keepCurrent": true}))
+                .await
+        });
+    assert_eq!(logged_out.status(), StatusCode::OK);
+    assert_error(changed, StatusCode::UNAUTHORIZED, "session_ended").await;
+    // The owner's password still holds, and the owner is still in.
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(app.me(&owner.token).await.status(), StatusCode::OK);
 }
