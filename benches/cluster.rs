@@ -32,6 +32,8 @@ async fn start(db_url: &str, bus_url: Option<&str>, cluster: &str) -> Node {
         .merge(("http.port", 0))
         .merge(("database.url", db_url))
         .merge(("log.level", "warn"))
+        // Not the demo secret: it is refused with MySQL.
+        .merge(("jwt.secret", "bench-jwt-secret-0123456789abcdef0123456789"))
         .merge(("password.log_n", 4))
         .merge(("session.max_per_user", 100_000))
         .merge(("cluster.name", cluster));

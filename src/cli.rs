@@ -30,8 +30,13 @@ pub enum Command {
     Serve,
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Create the demo users (idempotent) and print one line per user.
-    Seed,
+    /// Create the demo users (idempotent) and print one line per user. Their passwords and
+    /// TOTP secrets are published in this repository: refused under FINSEC_ENV=production.
+    Seed {
+        /// Seed them even in production (a staging copy, say), knowing that anyone can log in.
+        #[arg(long)]
+        i_know_demo: bool,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]

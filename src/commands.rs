@@ -37,7 +37,15 @@ pub async fn migrate(settings: &Settings) -> Result<(), StartupError> {
     Ok(())
 }
 
-pub async fn seed(settings: &Settings) -> Result<(), StartupError> {
+pub async fn seed(settings: &Settings, i_know_demo: bool) -> Result<(), StartupError> {
+    if settings.is_production() && !i_know_demo {
+        return Err(StartupError::Config {
+            key: "seed",
+            reason: "the demo users' passwords and TOTP secrets are public (sql/seed); refused \
+                     under FINSEC_ENV=production unless --i-know-demo is given"
+                .into(),
+        });
+    }
     if settings.database.is_memory() {
         println!("database.url is \"memory\": `finsec serve` seeds these users itself at start");
     }

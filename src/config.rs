@@ -220,20 +220,22 @@ impl Settings {
         if secret.is_empty() {
             return invalid("jwt.secret", "must not be empty");
         }
-        if self.is_production() {
-            if secret == DEMO_JWT_SECRET {
-                return invalid(
-                    "jwt.secret",
-                    "is the demo secret from config/default.toml; set FINSEC__JWT__SECRET",
-                );
-            }
-            if secret.len() < MIN_PRODUCTION_SECRET_BYTES {
-                return invalid("jwt.secret", "must be at least 32 bytes in production");
-            }
+        if self.is_production() && secret.len() < MIN_PRODUCTION_SECRET_BYTES {
+            return invalid("jwt.secret", "must be at least 32 bytes in production");
         }
         let url = self.database.url.expose_secret();
         if url != "memory" && !url.starts_with("mysql://") {
             return invalid("database.url", "must be \"memory\" or a mysql:// URL");
+        }
+        // The demo secret is published in this repository: anyone could mint tokens with it.
+        // It is allowed only for the embedded store on a loopback address, i.e. a local demo.
+        let local_demo = self.database.is_memory() && is_loopback(&self.http.host);
+        if secret == DEMO_JWT_SECRET && (self.is_production() || !local_demo) {
+            return invalid(
+                "jwt.secret",
+                "is the demo secret from config/default.toml, allowed only for the embedded \
+                 store on a loopback address; set FINSEC__JWT__SECRET",
+            );
         }
         if self.database.max_connections == 0 {
             return invalid("database.max_connections", "must be at least 1");
@@ -313,6 +315,15 @@ impl Settings {
     }
 }
 
+fn is_loopback(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn overlay_path(dir: &Path, environment: &str) -> PathBuf {
     dir.join(format!("{environment}.toml"))
 }
@@ -373,6 +384,26 @@ mod tests {
             assert!(err.contains(key), "{key}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    #[test]
+    fn the_demo_secret_is_only_for_a_local_embedded_demo() {
+        let base = || Settings::figment(&repo_config(), None);
+        assert!(
+            Settings::from_figment(base()).is_ok(),
+            "cargo run stays one command"
+        );
+        for figment in [
+            base().merge(("database.url", "mysql://root@127.0.0.1:3306/finsec")),
+            base().merge(("http.host", "0.0.0.0")),
+        ] {
+            let err = Settings::from_figment(figment).unwrap_err().to_string();
+            assert!(err.starts_with("jwt.secret:"), "{err}");
+        }
+        let mysql_with_secret = base()
+            .merge(("database.url", "mysql://root@127.0.0.1:3306/finsec"))
+            .merge(("jwt.secret", "y".repeat(40)));
+        assert!(Settings::from_figment(mysql_with_secret).is_ok());
     }
 
     #[test]

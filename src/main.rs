@@ -43,7 +43,9 @@ async fn run(cli: Cli, settings: Settings) -> ExitCode {
             Ok(())
         }
         Command::Migrate => commands::migrate(&settings).await.map_err(Into::into),
-        Command::Seed => commands::seed(&settings).await.map_err(Into::into),
+        Command::Seed { i_know_demo } => commands::seed(&settings, i_know_demo)
+            .await
+            .map_err(Into::into),
         Command::Config {
             action: ConfigAction::Check,
         } => commands::check_config(&settings).map_err(Into::into),

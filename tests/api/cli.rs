@@ -6,7 +6,7 @@ use std::process::Output;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{ADMIN_KEY, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, JWT_SECRET, TestApp, spawn_app, spawn_app_with};
 
 async fn finsec(app: &TestApp, admin_key: Option<&str>, args: &[&str]) -> Output {
     let port = app.address.rsplit(':').next().unwrap().to_owned();
@@ -16,6 +16,7 @@ async fn finsec(app: &TestApp, admin_key: Option<&str>, args: &[&str]) -> Output
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
         .args(args)
         .env("FINSEC__DATABASE__URL", &app.db.url)
+        .env("FINSEC__JWT__SECRET", JWT_SECRET)
         .env("FINSEC__HTTP__PORT", port)
         .env("FINSEC__PASSWORD__LOG_N", "4")
         .env("FINSEC__ADMIN__API_KEY", admin_key.unwrap_or(""));
@@ -213,4 +214,36 @@ async fn an_overlong_reason_is_refused_before_anything_happens() {
         stderr(&output)
     );
     assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn seed_refuses_production_unless_told_the_demo_accounts_are_public() {
+    let app = spawn_app().await;
+    let seed = |extra: &'static [&'static str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"));
+        command
+            .arg("--config-dir")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+            .arg("seed")
+            .args(extra)
+            .env("FINSEC_ENV", "production")
+            .env("FINSEC__DATABASE__URL", &app.db.url)
+            .env("FINSEC__JWT__SECRET", JWT_SECRET)
+            .env("FINSEC__PASSWORD__LOG_N", "4");
+        command
+    };
+    let demo_users = "SELECT COUNT(*) FROM users WHERE email = 'john.doe@example.com'";
+
+    let refused = seed(&[]).output().await.unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--i-know-demo"),
+        "{}",
+        stderr(&refused)
+    );
+    assert_eq!(app.db.query_one(demo_users).await.as_deref(), Some("0"));
+
+    let told = seed(&["--i-know-demo"]).output().await.unwrap();
+    assert!(told.status.success(), "{}", stderr(&told));
+    assert_eq!(app.db.query_one(demo_users).await.as_deref(), Some("1"));
 }

@@ -494,6 +494,7 @@ fn finsec(db_url: &str) -> tokio::process::Command {
         .arg("--config-dir")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
         .env("FINSEC__DATABASE__URL", db_url)
+        .env("FINSEC__JWT__SECRET", crate::helpers::JWT_SECRET)
         .env("FINSEC__HTTP__PORT", "0");
     command
 }
