@@ -69,6 +69,9 @@ pub struct DatabaseSettings {
     /// `memory` or a `mysql://` URL; secret because the URL carries the password.
     pub url: SecretString,
     pub max_connections: usize,
+    /// Every store call answers within this, or the request gets 503.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
 }
 
 impl DatabaseSettings {
@@ -263,6 +266,7 @@ impl Settings {
             ("session.sweep_interval", self.session.sweep_interval),
             ("actors.idle_passivate", self.actors.idle_passivate),
             ("actors.revoke_retry", self.actors.revoke_retry),
+            ("database.timeout", self.database.timeout),
         ] {
             if duration.is_zero() {
                 return invalid(key, "must be longer than zero");

@@ -20,7 +20,7 @@ use crate::sessions::{
     RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig,
 };
 use crate::store::{
-    CLUSTER_PRESENCE, DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError,
+    Bounded, CLUSTER_PRESENCE, DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -175,7 +175,7 @@ impl Topology {
             ),
         };
         Ok(Self {
-            store: Arc::new(mysql),
+            store: Arc::new(Bounded::new(Arc::new(mysql), settings.database.timeout)),
             residents,
             cluster,
             single_node_lock,

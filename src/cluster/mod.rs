@@ -192,14 +192,13 @@ impl Cluster {
         // Whom to wait for, read after the commit (and after the publish: saves a round trip).
         // A node that registers later loads the committed state, as its actors reload when it
         // gains trust, so it needs no message.
-        let mut awaited: HashSet<String> = node
-            .store
-            .live_members(&node.id)
+        let lease = node.trust.lease();
+        let mut awaited: HashSet<String> = bounded(lease, node.store.live_members(&node.id))
             .await?
             .into_iter()
             .map(|m| m.node_id)
             .collect();
-        let grace = Instant::now() + ack_grace(node.trust.lease());
+        let grace = Instant::now() + ack_grace(lease);
         while !awaited.is_empty() {
             match tokio::time::timeout_at(grace, heard.recv()).await {
                 Ok(Some(from)) => {
@@ -212,7 +211,7 @@ impl Cluster {
             return Ok(());
         }
         let silent: Vec<String> = awaited.into_iter().collect();
-        let fenced = node.store.fence(&silent).await?;
+        let fenced = bounded(lease, node.store.fence(&silent)).await?;
         let wait = fenced.iter().map(|m| m.remaining).max().unwrap_or_default();
         tracing::warn!(silent = ?silent, wait = ?wait,
             "members did not confirm; fenced, waiting out their leases");
@@ -241,6 +240,19 @@ impl Cluster {
             }
         }
         node.bus.close().await;
+    }
+}
+
+/// A membership query within `limit`: a hanging database must not hang an acknowledgement.
+async fn bounded<T>(
+    limit: Duration,
+    query: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(limit, query).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(ClusterError::Store(StoreError::Unavailable(
+            format!("membership query took over {limit:?}").into(),
+        ))),
     }
 }
 

@@ -13,10 +13,12 @@ use chrono::{DateTime, Utc};
 
 use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
 
+pub use bounded::Bounded;
 pub use membership::{CLUSTER_PRESENCE, LiveMember, Renewal, SingleNodeLock};
 pub use memory::MemoryStore;
 pub use mysql::MySqlStore;
 
+mod bounded;
 mod membership;
 
 /// A pending MFA challenge as stored: the token only as its SHA-256.

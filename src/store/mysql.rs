@@ -38,10 +38,18 @@ impl MySqlStore {
     pub async fn connect(url: &str, max_connections: usize) -> Result<Self, StoreError> {
         // `Pool::new` panics on a malformed URL; parse it ourselves so bad config is an error.
         let opts = Opts::from_url(url).map_err(|e| StoreError::Unavailable(Box::new(e)))?;
-        let constraints = PoolConstraints::new(0, max_connections.max(1))
+        // Keep connections warm: with no idle lifetime, mysql_async closes every connection
+        // above `min` as soon as it returns to the pool, so each request would pay a new
+        // connection and re-prepare its statements (each connection caches them).
+        let max = max_connections.max(1);
+        let constraints = PoolConstraints::new(1, max)
             .ok_or_else(|| StoreError::Unavailable("invalid pool size".into()))?;
         let opts: Opts = OptsBuilder::from_opts(opts)
-            .pool_opts(PoolOpts::default().with_constraints(constraints))
+            .pool_opts(
+                PoolOpts::default()
+                    .with_constraints(constraints)
+                    .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
+            )
             .into();
         let store = Self {
             pool: Pool::new(opts.clone()),

@@ -522,7 +522,7 @@ async fn a_single_node_that_loses_its_database_to_another_instance_stops() {
     app.db.execute(&format!("KILL {holder}")).await;
     let taken: Option<i64> = mysql_async::prelude::Queryable::query_first(
         &mut thief,
-        format!("SELECT GET_LOCK({lock}, 0)"),
+        format!("SELECT GET_LOCK({lock}, 5)"),
     )
     .await
     .unwrap();

@@ -1,6 +1,7 @@
 //! Write-through: nothing is acknowledged that did not reach MySQL, and a revocation takes
 //! effect at once even when the write has to be retried.
 
+use mysql_async::prelude::Queryable;
 use reqwest::StatusCode;
 
 use crate::helpers::{assert_error, spawn_app_with};
@@ -67,5 +68,43 @@ async fn a_revocation_bites_at_once_and_its_write_is_retried_until_it_lands() {
     assert_eq!(
         app.me(&session.token).await.status(),
         StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn a_database_call_that_hangs_is_answered_503_within_the_timeout() {
+    let app = spawn_app_with(|f| f.merge(("database.timeout", "1s"))).await;
+    let john = app.user().await;
+    // Someone holds John's row locked: the login's transaction waits for it (InnoDB would
+    // wait 50 s by default).
+    let mut holder = app.db.connection().await;
+    holder.query_drop("BEGIN").await.unwrap();
+    holder
+        .query_drop(format!(
+            "SELECT id FROM users WHERE id = {} FOR UPDATE",
+            john.id
+        ))
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let response = app.login(&john.credentials()).await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+
+    holder.query_drop("ROLLBACK").await.unwrap();
+    drop(holder);
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
     );
 }

@@ -1,0 +1,197 @@
+//! [`Bounded`]: every store call within `database.timeout`. A database that hangs (a lock
+//! wait, a dead link that TCP has not noticed) must cost a request a 503, not a worker, an
+//! actor's mailbox or a connection slot forever. Wraps any [`SessionStore`], so the rule
+//! lives in one place and the two stores stay plain.
+
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{DynStore, SessionStore, StoreError, StoredChallenge};
+use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
+
+pub struct Bounded {
+    inner: DynStore,
+    limit: Duration,
+}
+
+impl Bounded {
+    pub fn new(inner: DynStore, limit: Duration) -> Self {
+        Self { inner, limit }
+    }
+
+    async fn within<T>(
+        &self,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.limit, call).await.map_err(|_| {
+            StoreError::Unavailable(format!("no answer within {:?}", self.limit).into())
+        })?
+    }
+}
+
+#[async_trait]
+impl SessionStore for Bounded {
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.within(self.inner.ping()).await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.within(self.inner.close()).await
+    }
+
+    async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
+        self.within(self.inner.user_by_email(email)).await
+    }
+
+    async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
+        self.within(self.inner.user_by_id(id)).await
+    }
+
+    async fn insert_user(&self, user: NewUser) -> Result<User, StoreError> {
+        self.within(self.inner.insert_user(user)).await
+    }
+
+    async fn live_sessions(
+        &self,
+        user: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>, StoreError> {
+        self.within(self.inner.live_sessions(user, now)).await
+    }
+
+    async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
+        self.within(self.inner.insert_session(session)).await
+    }
+
+    async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
+        self.within(self.inner.session_by_id(id)).await
+    }
+
+    async fn open_session_within_limit(
+        &self,
+        session: &Session,
+        max_live: usize,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.within(self.inner.open_session_within_limit(session, max_live))
+            .await
+    }
+
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        except: Option<SessionId>,
+        revocation: &Revocation,
+    ) -> Result<Vec<SessionId>, StoreError> {
+        self.within(self.inner.revoke_user_sessions(user, except, revocation))
+            .await
+    }
+
+    async fn change_password(
+        &self,
+        user: UserId,
+        password_hash: &str,
+        keep: SessionId,
+        revocation: &Revocation,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.within(
+            self.inner
+                .change_password(user, password_hash, keep, revocation),
+        )
+        .await
+    }
+
+    async fn set_user_active(
+        &self,
+        user: UserId,
+        active: bool,
+        revocation: &Revocation,
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+        self.within(self.inner.set_user_active(user, active, revocation))
+            .await
+    }
+
+    async fn end_if_idle(
+        &self,
+        id: SessionId,
+        idle_cutoff: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.within(self.inner.end_if_idle(id, idle_cutoff, at))
+            .await
+    }
+
+    async fn put_mfa_challenge(
+        &self,
+        user: UserId,
+        challenge: &StoredChallenge,
+    ) -> Result<(), StoreError> {
+        self.within(self.inner.put_mfa_challenge(user, challenge))
+            .await
+    }
+
+    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError> {
+        self.within(self.inner.mfa_challenge(user)).await
+    }
+
+    async fn count_mfa_failure(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+        max_failures: u32,
+    ) -> Result<u32, StoreError> {
+        self.within(self.inner.count_mfa_failure(user, token_hash, max_failures))
+            .await
+    }
+
+    async fn take_mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: &[u8; 32],
+    ) -> Result<bool, StoreError> {
+        self.within(self.inner.take_mfa_challenge(user, token_hash))
+            .await
+    }
+
+    async fn touch_session(
+        &self,
+        id: SessionId,
+        last_seen_at: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.within(self.inner.touch_session(id, last_seen_at))
+            .await
+    }
+
+    async fn revoke_sessions(
+        &self,
+        ids: &[SessionId],
+        revocation: &Revocation,
+    ) -> Result<(), StoreError> {
+        self.within(self.inner.revoke_sessions(ids, revocation))
+            .await
+    }
+
+    async fn expire_sessions(
+        &self,
+        now: DateTime<Utc>,
+        idle_cutoff: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        self.within(self.inner.expire_sessions(now, idle_cutoff))
+            .await
+    }
+
+    async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.within(self.inner.prune_sessions(ended_before)).await
+    }
+
+    async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError> {
+        self.within(self.inner.set_password_hash(user, password_hash))
+            .await
+    }
+
+    async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
+        self.within(self.inner.advance_totp_step(user, step)).await
+    }
+}
