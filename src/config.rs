@@ -62,6 +62,15 @@ pub struct HttpSettings {
     pub host: String,
     pub port: u16,
     pub body_limit: u64,
+    /// A request's headers must arrive within this; also how long a kept-alive connection may
+    /// idle before the next request.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// The whole request, body and handling included.
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Open connections at most; beyond, new ones are closed at once.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -254,6 +263,9 @@ impl Settings {
         if self.password.max_concurrent_hashes == 0 {
             return invalid("password.max_concurrent_hashes", "must be at least 1");
         }
+        if self.http.max_connections == 0 {
+            return invalid("http.max_connections", "must be at least 1");
+        }
         if self.http.body_limit == 0 {
             return invalid("http.body_limit", "must be at least 1 byte");
         }
@@ -267,6 +279,8 @@ impl Settings {
             ("actors.idle_passivate", self.actors.idle_passivate),
             ("actors.revoke_retry", self.actors.revoke_retry),
             ("database.timeout", self.database.timeout),
+            ("http.header_read_timeout", self.http.header_read_timeout),
+            ("http.request_timeout", self.http.request_timeout),
         ] {
             if duration.is_zero() {
                 return invalid(key, "must be longer than zero");

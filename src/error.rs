@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A dependency (the database, a user actor) did not answer; retrying may work.
     #[error("Service temporarily unavailable")]
     Unavailable(String),
+    /// The request (headers, body and handling) took longer than `http.request_timeout`.
+    #[error("Request took too long")]
+    RequestTimeout,
     /// Too many password checks are waiting already; retry after a moment.
     #[error("Too many logins at once; try again in a moment")]
     Busy,
@@ -90,6 +93,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }

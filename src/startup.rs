@@ -67,6 +67,7 @@ pub struct Application {
     lock_keeper: Option<LockKeeper>,
     /// Set when another instance took the database from under us; the service then stops.
     database_lost: Arc<AtomicBool>,
+    limits: http::server::Limits,
 }
 
 /// Keeps the single-node lock: a database restart or a dropped connection frees it silently,
@@ -285,6 +286,12 @@ impl Application {
         let lock_keeper = topology
             .single_node_lock
             .map(|(lock, mysql)| LockKeeper::start(lock, mysql, database_lost.clone()));
+        let limits = http::server::Limits {
+            header_read_timeout: settings.http.header_read_timeout,
+            request_timeout: settings.http.request_timeout,
+            max_connections: settings.http.max_connections,
+            shutdown_grace: std::time::Duration::from_secs(10),
+        };
         Ok(Self {
             listener,
             addr,
@@ -292,6 +299,7 @@ impl Application {
             store,
             lock_keeper,
             database_lost,
+            limits,
         })
     }
 
@@ -325,11 +333,13 @@ impl Application {
                 None => shutdown.await,
             }
         };
-        warp::serve(http::routes(self.state.clone()))
-            .incoming(self.listener)
-            .graceful(stop)
-            .run()
-            .await;
+        http::server::serve(
+            self.listener,
+            warp::service(http::routes(self.state.clone())),
+            self.limits,
+            stop,
+        )
+        .await;
         self.state.sessions.shutdown().await;
         if let Some(keeper) = self.lock_keeper {
             keeper.release().await;

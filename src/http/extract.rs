@@ -59,11 +59,11 @@ fn bearer_token(header: Option<&str>) -> Result<&str, ApiError> {
 /// Where the request came from: user agent and peer address. Informational only.
 pub fn device() -> impl Filter<Extract = (Device,), Error = Rejection> + Clone {
     warp::header::optional::<String>("user-agent")
-        .and(warp::addr::remote())
+        .and(warp::ext::optional::<super::server::ClientAddr>())
         .map(
-            |agent: Option<String>, addr: Option<std::net::SocketAddr>| Device {
+            |agent: Option<String>, addr: Option<super::server::ClientAddr>| Device {
                 user_agent: agent.map(|a| a.chars().take(MAX_USER_AGENT).collect()),
-                ip: addr.map(|a| a.ip().to_string()),
+                ip: addr.map(|a| a.0.ip().to_string()),
             },
         )
 }

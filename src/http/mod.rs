@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 pub mod extract;
 mod health;
+pub mod server;
 mod sessions;
 pub mod views;
 

@@ -14,6 +14,7 @@ mod password;
 mod restart;
 mod secrets;
 mod sessions;
+mod slow_clients;
 mod supervision;
 mod tokens;
 mod write_path;
