@@ -285,10 +285,14 @@ async fn revoking_a_users_sessions_returns_what_it_ended(subject: Subject) {
     }
     let challenge = StoredChallenge {
         token_hash: [1; 32],
+        created_at: t,
         expires_at: t + Duration::minutes(5),
         failures: 0,
     };
-    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
+    store
+        .put_mfa_challenge(user.id, &challenge, 3)
+        .await
+        .unwrap();
     let revocation = Revocation {
         at: t + Duration::minutes(1),
         reason: RevokeReason::Admin,
@@ -305,7 +309,7 @@ async fn revoking_a_users_sessions_returns_what_it_ended(subject: Subject) {
     let stored = store.session_by_id(a.id).await.unwrap().unwrap();
     assert_eq!(stored.revoke_note.as_deref(), Some("card stolen"));
     // A login half done by whoever is being logged out is voided with it.
-    assert_eq!(store.mfa_challenge(user.id).await.unwrap(), None);
+    assert_eq!(store.mfa_challenge(user.id, None).await.unwrap(), None);
     // Nothing of the other user's, and nothing twice.
     assert!(
         store
@@ -335,10 +339,14 @@ async fn changing_the_password_ends_the_other_sessions_together(subject: Subject
     store.insert_session(&other).await.unwrap();
     let challenge = StoredChallenge {
         token_hash: [1; 32],
+        created_at: t,
         expires_at: t + Duration::minutes(5),
         failures: 0,
     };
-    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
+    store
+        .put_mfa_challenge(user.id, &challenge, 3)
+        .await
+        .unwrap();
     let revocation = Revocation::new(t + Duration::minutes(1), RevokeReason::PasswordChanged);
     let ended = store
         .change_password(user.id, "$scrypt$new", keep.id, &revocation)
@@ -357,7 +365,11 @@ async fn changing_the_password_ends_the_other_sessions_together(subject: Subject
         }
     };
     assert_eq!(hash(&store).await, "$scrypt$new");
-    assert_eq!(store.mfa_challenge(user.id).await.unwrap(), None, "voided");
+    assert_eq!(
+        store.mfa_challenge(user.id, None).await.unwrap(),
+        None,
+        "voided"
+    );
 
     // Only from a session that is live at that moment: an ended caller changes nothing.
     store
@@ -461,19 +473,48 @@ async fn mfa_challenges_count_failures_and_are_answered_once(subject: Subject) {
     let store = subject.store;
     let user = ada(&store).await;
     let t = now();
-    let challenge = StoredChallenge {
-        token_hash: [7; 32],
+    let challenge = |byte: u8, age_secs: i64| StoredChallenge {
+        token_hash: [byte; 32],
+        created_at: t - Duration::seconds(age_secs),
         expires_at: t + Duration::minutes(5),
         failures: 0,
     };
-    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
+    let failures = |store: &DynStore, hash: [u8; 32]| {
+        let store = store.clone();
+        async move {
+            store
+                .mfa_challenge(user.id, Some(&hash))
+                .await
+                .unwrap()
+                .map(|c| c.failures)
+        }
+    };
+    store
+        .put_mfa_challenge(user.id, &challenge(7, 10), 3)
+        .await
+        .unwrap();
+    store
+        .put_mfa_challenge(user.id, &challenge(8, 5), 3)
+        .await
+        .unwrap();
+    // Found by its hash; without one, the newest.
     assert_eq!(
-        store.mfa_challenge(user.id).await.unwrap(),
-        Some(challenge.clone())
+        store.mfa_challenge(user.id, Some(&[7; 32])).await.unwrap(),
+        Some(challenge(7, 10))
     );
-    // A wrong hash counts nothing; the right one counts until the limit voids it.
     assert_eq!(
-        store.count_mfa_failure(user.id, &[8; 32], 3).await.unwrap(),
+        store.mfa_challenge(user.id, None).await.unwrap(),
+        Some(challenge(8, 5))
+    );
+    assert_eq!(
+        store.mfa_challenge(user.id, Some(&[1; 32])).await.unwrap(),
+        None
+    );
+
+    // A hash that matches nothing counts nothing; the right one counts until the limit voids
+    // it, and leaves the other challenge alone.
+    assert_eq!(
+        store.count_mfa_failure(user.id, &[1; 32], 3).await.unwrap(),
         0
     );
     assert_eq!(
@@ -484,31 +525,30 @@ async fn mfa_challenges_count_failures_and_are_answered_once(subject: Subject) {
         store.count_mfa_failure(user.id, &[7; 32], 3).await.unwrap(),
         2
     );
-    assert_eq!(
-        store
-            .mfa_challenge(user.id)
-            .await
-            .unwrap()
-            .unwrap()
-            .failures,
-        2
-    );
+    assert_eq!(failures(&store, [7; 32]).await, Some(2));
     assert_eq!(
         store.count_mfa_failure(user.id, &[7; 32], 3).await.unwrap(),
         0
     );
-    assert_eq!(store.mfa_challenge(user.id).await.unwrap(), None);
+    assert_eq!(failures(&store, [7; 32]).await, None);
+    assert_eq!(failures(&store, [8; 32]).await, Some(0));
 
-    // A new challenge replaces the old; it is taken once, and only with its own hash.
-    store.put_mfa_challenge(user.id, &challenge).await.unwrap();
-    let newer = StoredChallenge {
-        token_hash: [9; 32],
-        ..challenge
-    };
-    store.put_mfa_challenge(user.id, &newer).await.unwrap();
+    // Taken once, and only with its own hash.
     assert!(!store.take_mfa_challenge(user.id, &[7; 32]).await.unwrap());
-    assert!(store.take_mfa_challenge(user.id, &[9; 32]).await.unwrap());
-    assert!(!store.take_mfa_challenge(user.id, &[9; 32]).await.unwrap());
+    assert!(store.take_mfa_challenge(user.id, &[8; 32]).await.unwrap());
+    assert!(!store.take_mfa_challenge(user.id, &[8; 32]).await.unwrap());
+
+    // At most `keep` pending: the oldest go.
+    for (byte, age) in [(1, 40), (2, 30), (3, 20), (4, 10)] {
+        store
+            .put_mfa_challenge(user.id, &challenge(byte, age), 3)
+            .await
+            .unwrap();
+    }
+    assert_eq!(failures(&store, [1; 32]).await, None, "the oldest went");
+    for byte in [2, 3, 4] {
+        assert_eq!(failures(&store, [byte; 32]).await, Some(0));
+    }
 }
 
 async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Subject) {

@@ -1,12 +1,15 @@
 -- Several instances on one database (issue: many instances, one truth).
 
--- The MFA challenge opened by the password step, so that the code can be sent to any node.
--- One per user: a new password step replaces it. The token is kept only as its SHA-256.
+-- The MFA challenges opened by password steps, so that the code can be sent to any node. A
+-- user may have a few pending (one per password step, each answered with its own token); the
+-- token is kept only as its SHA-256.
 CREATE TABLE mfa_challenges (
-    user_id     BIGINT UNSIGNED NOT NULL PRIMARY KEY,
+    user_id     BIGINT UNSIGNED NOT NULL,
     token_hash  BINARY(32)      NOT NULL,
+    created_at  DATETIME(6)     NOT NULL,
     expires_at  DATETIME(6)     NOT NULL,
     failures    INT UNSIGNED    NOT NULL DEFAULT 0,
+    PRIMARY KEY (user_id, token_hash),
     CONSTRAINT mfa_challenges_user_fk FOREIGN KEY (user_id) REFERENCES users (id) ON DELETE CASCADE
 ) ENGINE = InnoDB DEFAULT CHARSET = utf8mb4 COLLATE = utf8mb4_bin;
 

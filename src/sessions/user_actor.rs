@@ -22,7 +22,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::SessionError;
 use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, UserMsg};
@@ -52,6 +51,10 @@ pub struct SessionPolicy {
     /// The user's row is read again when the actor's copy is older than this.
     pub user_refresh: chrono::Duration,
 }
+
+/// Pending MFA challenges kept per user (one per password step: a login on the phone and one
+/// on the laptop may overlap); older ones are dropped.
+const PENDING_CHALLENGES: usize = 3;
 
 /// How many refused session ids each actor remembers, so a replayed dead token costs no read.
 const REFUSED_CACHE: usize = 32;
@@ -457,17 +460,18 @@ impl UserState {
         })
     }
 
-    /// Opens the MFA challenge in the store (any node may receive the code). A new password
-    /// step replaces an earlier challenge: each costs a full password verification.
+    /// Opens an MFA challenge in the store (any node may receive the code), beside at most a
+    /// couple of earlier ones; each costs a full password verification.
     async fn begin_mfa(&mut self, now: DateTime<Utc>) -> Result<String, SessionError> {
         let token = random_token()?;
         let challenge = StoredChallenge {
             token_hash: token_hash(&token),
+            created_at: now,
             expires_at: now + self.policy.mfa_challenge_ttl,
             failures: 0,
         };
         self.store
-            .put_mfa_challenge(self.user.id, &challenge)
+            .put_mfa_challenge(self.user.id, &challenge, PENDING_CHALLENGES)
             .await?;
         Ok(token)
     }
@@ -507,9 +511,14 @@ impl UserState {
         // Without the password in this request, the challenge of the password step stands in
         // for it: it lives in the store, so the step may have run on another node.
         let challenge = if !password_verified {
+            // The challenge is found by its token's SHA-256 (an exact-match lookup on a hash of
+            // 256 random bits: nothing to learn from its timing). A token that matches none
+            // touches none: a stranger cannot use up someone else's challenge. Without a
+            // token (the seed's clients, where `auth.require_mfa_token` is off), the newest.
+            let sent = attempt.mfa_token.as_deref().map(token_hash);
             let challenge = self
                 .store
-                .mfa_challenge(self.user.id)
+                .mfa_challenge(self.user.id, sent.as_ref())
                 .await?
                 .ok_or_else(invalid)?;
             if now >= challenge.expires_at {
@@ -517,14 +526,6 @@ impl UserState {
                     .store
                     .take_mfa_challenge(self.user.id, &challenge.token_hash)
                     .await;
-                return Err(invalid());
-            }
-            let token_matches = attempt
-                .mfa_token
-                .as_ref()
-                .is_none_or(|sent| bool::from(token_hash(sent).ct_eq(&challenge.token_hash)));
-            if !token_matches {
-                self.record_mfa_failure(&challenge).await;
                 return Err(invalid());
             }
             Some(challenge)

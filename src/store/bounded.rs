@@ -127,13 +127,19 @@ impl SessionStore for Bounded {
         &self,
         user: UserId,
         challenge: &StoredChallenge,
+        keep: usize,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.put_mfa_challenge(user, challenge))
+        self.within(self.inner.put_mfa_challenge(user, challenge, keep))
             .await
     }
 
-    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError> {
-        self.within(self.inner.mfa_challenge(user)).await
+    async fn mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: Option<&[u8; 32]>,
+    ) -> Result<Option<StoredChallenge>, StoreError> {
+        self.within(self.inner.mfa_challenge(user, token_hash))
+            .await
     }
 
     async fn count_mfa_failure(

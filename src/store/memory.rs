@@ -24,7 +24,7 @@ struct Tables {
     next_user_id: u64,
     users: HashMap<UserId, User>,
     sessions: HashMap<SessionId, Session>,
-    challenges: HashMap<UserId, StoredChallenge>,
+    challenges: HashMap<UserId, Vec<StoredChallenge>>,
 }
 
 impl Tables {
@@ -254,17 +254,34 @@ impl SessionStore for MemoryStore {
         &self,
         user: UserId,
         challenge: &StoredChallenge,
+        keep: usize,
     ) -> Result<(), StoreError> {
         let mut tables = self.tables();
         if !tables.users.contains_key(&user) {
             return Err(StoreError::Conflict(format!("no user {user}")));
         }
-        tables.challenges.insert(user, challenge.clone());
+        let pending = tables.challenges.entry(user).or_default();
+        pending.push(challenge.clone());
+        pending.sort_by_key(|c| std::cmp::Reverse(c.created_at));
+        pending.truncate(keep);
         Ok(())
     }
 
-    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError> {
-        Ok(self.tables().challenges.get(&user).cloned())
+    async fn mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: Option<&[u8; 32]>,
+    ) -> Result<Option<StoredChallenge>, StoreError> {
+        let tables = self.tables();
+        let pending = tables
+            .challenges
+            .get(&user)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        Ok(match token_hash {
+            Some(hash) => pending.iter().find(|c| &c.token_hash == hash).cloned(),
+            None => pending.iter().max_by_key(|c| c.created_at).cloned(),
+        })
     }
 
     async fn count_mfa_failure(
@@ -274,19 +291,19 @@ impl SessionStore for MemoryStore {
         max_failures: u32,
     ) -> Result<u32, StoreError> {
         let mut tables = self.tables();
-        let Some(challenge) = tables
-            .challenges
-            .get_mut(&user)
-            .filter(|c| &c.token_hash == token_hash)
-        else {
+        let Some(pending) = tables.challenges.get_mut(&user) else {
+            return Ok(0);
+        };
+        let Some(challenge) = pending.iter_mut().find(|c| &c.token_hash == token_hash) else {
             return Ok(0);
         };
         challenge.failures += 1;
-        if challenge.failures >= max_failures {
-            tables.challenges.remove(&user);
+        let failures = challenge.failures;
+        if failures >= max_failures {
+            pending.retain(|c| &c.token_hash != token_hash);
             return Ok(0);
         }
-        Ok(challenge.failures)
+        Ok(failures)
     }
 
     async fn take_mfa_challenge(
@@ -295,14 +312,12 @@ impl SessionStore for MemoryStore {
         token_hash: &[u8; 32],
     ) -> Result<bool, StoreError> {
         let mut tables = self.tables();
-        let matches = tables
-            .challenges
-            .get(&user)
-            .is_some_and(|c| &c.token_hash == token_hash);
-        if matches {
-            tables.challenges.remove(&user);
-        }
-        Ok(matches)
+        let Some(pending) = tables.challenges.get_mut(&user) else {
+            return Ok(false);
+        };
+        let before = pending.len();
+        pending.retain(|c| &c.token_hash != token_hash);
+        Ok(pending.len() < before)
     }
 
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {

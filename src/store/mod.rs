@@ -25,6 +25,7 @@ mod membership;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredChallenge {
     pub token_hash: [u8; 32],
+    pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub failures: u32,
 }
@@ -126,14 +127,21 @@ pub trait SessionStore: Send + Sync + 'static {
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
 
-    /// Opens (or replaces) the user's pending MFA challenge.
+    /// Adds a pending MFA challenge for the user, keeping only the newest `keep` (older
+    /// password steps' challenges beyond them are dropped).
     async fn put_mfa_challenge(
         &self,
         user: UserId,
         challenge: &StoredChallenge,
+        keep: usize,
     ) -> Result<(), StoreError>;
 
-    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError>;
+    /// The pending challenge whose token hash is `token_hash`, or, without one, the newest.
+    async fn mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: Option<&[u8; 32]>,
+    ) -> Result<Option<StoredChallenge>, StoreError>;
 
     /// Counts a wrong code against the challenge whose token hash is `token_hash`; at
     /// `max_failures` the challenge is deleted. Returns the failures now recorded (0 when the

@@ -184,6 +184,7 @@ fn challenge_from_row(mut row: Row) -> Result<StoredChallenge, StoreError> {
         token_hash: hash
             .try_into()
             .map_err(|_| StoreError::Corrupt("mfa_challenges.token_hash: not 32 bytes".into()))?,
+        created_at: from_db(take(&mut row, "created_at")?),
         expires_at: from_db(take(&mut row, "expires_at")?),
         failures: take(&mut row, "failures")?,
     })
@@ -507,31 +508,70 @@ impl SessionStore for MySqlStore {
         &self,
         user: UserId,
         challenge: &StoredChallenge,
+        keep: usize,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        conn.exec_drop(
-            "REPLACE INTO mfa_challenges (user_id, token_hash, expires_at, failures) \
-             VALUES (?, ?, ?, ?)",
-            (
-                user.get(),
-                challenge.token_hash.to_vec(),
-                to_db(challenge.expires_at),
-                challenge.failures,
-            ),
-        )
-        .await
-        .map_err(unavailable)
-    }
-
-    async fn mfa_challenge(&self, user: UserId) -> Result<Option<StoredChallenge>, StoreError> {
-        let mut conn = self.conn().await?;
-        let row: Option<Row> = conn
-            .exec_first(
-                "SELECT token_hash, expires_at, failures FROM mfa_challenges WHERE user_id = ?",
-                (user.get(),),
+        let mut tx = self.transaction().await?;
+        let result = async {
+            tx.exec_drop(
+                "INSERT INTO mfa_challenges (user_id, token_hash, created_at, expires_at, failures) \
+                 VALUES (?, ?, ?, ?, ?)",
+                (
+                    user.get(),
+                    challenge.token_hash.to_vec(),
+                    to_db(challenge.created_at),
+                    to_db(challenge.expires_at),
+                    challenge.failures,
+                ),
             )
             .await
             .map_err(unavailable)?;
+            // Keep the newest `keep`: a flood of password steps cannot grow the table.
+            let older: Vec<Vec<u8>> = tx
+                .exec(
+                    "SELECT token_hash FROM mfa_challenges WHERE user_id = ? \
+                     ORDER BY created_at DESC LIMIT 18446744073709551615 OFFSET ?",
+                    (user.get(), keep as u64),
+                )
+                .await
+                .map_err(unavailable)?;
+            for hash in older {
+                tx.exec_drop(
+                    "DELETE FROM mfa_challenges WHERE user_id = ? AND token_hash = ?",
+                    (user.get(), hash),
+                )
+                .await
+                .map_err(unavailable)?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn mfa_challenge(
+        &self,
+        user: UserId,
+        token_hash: Option<&[u8; 32]>,
+    ) -> Result<Option<StoredChallenge>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = match token_hash {
+            Some(hash) => conn
+                .exec_first(
+                    "SELECT token_hash, created_at, expires_at, failures FROM mfa_challenges \
+                     WHERE user_id = ? AND token_hash = ?",
+                    (user.get(), hash.to_vec()),
+                )
+                .await
+                .map_err(unavailable)?,
+            None => conn
+                .exec_first(
+                    "SELECT token_hash, created_at, expires_at, failures FROM mfa_challenges \
+                     WHERE user_id = ? ORDER BY created_at DESC LIMIT 1",
+                    (user.get(),),
+                )
+                .await
+                .map_err(unavailable)?,
+        };
         row.map(challenge_from_row).transpose()
     }
 

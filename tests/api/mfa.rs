@@ -268,3 +268,46 @@ async fn a_guessed_code_does_not_tell_that_an_account_is_inactive() {
     let guess = app.verify_code(&inactive, &inactive.totp_code(0)).await;
     assert_error(guess, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
 }
+
+#[tokio::test]
+async fn a_stranger_with_wrong_tokens_cannot_use_up_someone_elses_challenge() {
+    let app = spawn_app().await;
+    let jane = app.mfa_user().await;
+    let mfa_token = app.begin_mfa(&jane).await;
+    for _ in 0..10 {
+        let guess = app
+            .verify_mfa(
+                &json!({"userId": jane.id.get(), "otpCode": "000000", "mfaToken": "f".repeat(64)}),
+            )
+            .await;
+        assert_error(guess, StatusCode::UNAUTHORIZED, "invalid_mfa_code").await;
+    }
+    let jane_herself = app
+        .verify_mfa(
+            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0), "mfaToken": mfa_token}),
+        )
+        .await;
+    assert_eq!(jane_herself.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn two_password_steps_in_flight_each_answer_with_their_own_token() {
+    let app = spawn_app().await;
+    let jane = app.mfa_user().await;
+    let phone = app.begin_mfa(&jane).await;
+    let laptop = app.begin_mfa(&jane).await;
+    let on_phone = app
+        .verify_mfa(
+            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(0), "mfaToken": phone}),
+        )
+        .await;
+    assert_eq!(on_phone.status(), StatusCode::OK);
+    // The laptop's challenge is still pending (its code must be a newer step: codes are
+    // single-use).
+    let on_laptop = app
+        .verify_mfa(
+            &json!({"userId": jane.id.get(), "otpCode": jane.totp_code(1), "mfaToken": laptop}),
+        )
+        .await;
+    assert_eq!(on_laptop.status(), StatusCode::OK);
+}
