@@ -18,6 +18,26 @@ use crate::cluster::{Cluster, ClusterEvent};
 use crate::domain::{Device, Email, RevokeReason, Session, SessionId, User, UserId, UserProfile};
 use crate::store::DynStore;
 
+/// One line per authentication step, for operators and their alerting: the step, the account
+/// (when the credentials named one), the client's address, and the outcome with a stable
+/// reason. Never an email typed, a password, a code or a token.
+fn audit(step: &'static str, user: Option<UserId>, ip: Option<&str>, error: Option<&SessionError>) {
+    let user = user.map(UserId::get);
+    match error {
+        None => tracing::info!(step, user_id = ?user, ip, outcome = "success", "authentication"),
+        Some(err) => {
+            let reason = match err {
+                SessionError::Auth(AuthError::InvalidCredentials) => "invalid_credentials",
+                SessionError::Auth(AuthError::AccountInactive) => "account_inactive",
+                SessionError::Auth(AuthError::InvalidMfaCode) => "invalid_mfa_code",
+                SessionError::Auth(AuthError::Busy) => "busy",
+                _ => "unavailable",
+            };
+            tracing::info!(step, user_id = ?user, ip, outcome = "refused", reason, "authentication");
+        }
+    }
+}
+
 /// A fresh session and the token that carries it.
 #[derive(Debug, Clone)]
 pub struct IssuedSession {
@@ -151,7 +171,7 @@ impl Sessions {
         credentials: Credentials,
         device: Device,
     ) -> Result<LoginOutcome, SessionError> {
-        let user = self.check_password(credentials).await?;
+        let user = self.check_password(credentials, &device).await?;
         let user_id = user.id;
         let step = self
             .registry
@@ -191,7 +211,7 @@ impl Sessions {
             Some(credentials) => {
                 // The email must be this user's: a right password for another account does
                 // not open this one, and says no more than a wrong password would.
-                let user = self.check_password(credentials).await?;
+                let user = self.check_password(credentials, &device).await?;
                 if user.id != user_id {
                     return Err(AuthError::InvalidCredentials.into());
                 }
@@ -210,6 +230,7 @@ impl Sessions {
             password_verified,
             device,
         };
+        let ip = attempt.device.ip.clone();
         let opened = self
             .registry
             .ask(user_id, |reply| UserMsg::VerifyMfa {
@@ -221,8 +242,14 @@ impl Sessions {
                 // Guessing codes for ids that do not exist must look like a wrong code.
                 SessionError::UnknownUser => AuthError::InvalidMfaCode.into(),
                 other => other,
-            })?;
-        self.opened(opened).await
+            });
+        audit(
+            "second factor",
+            Some(user_id),
+            ip.as_deref(),
+            opened.as_ref().err(),
+        );
+        self.opened(opened?).await
     }
 
     /// Verifies a bearer token and asks the user's actor whether its session is live.
@@ -427,21 +454,30 @@ impl Sessions {
         self.issue(opened.grant)
     }
 
-    /// Looks the email up and verifies the password; the user's row on success.
-    async fn check_password(&self, credentials: Credentials) -> Result<User, SessionError> {
+    /// Looks the email up and verifies the password; the user's row on success. Every outcome
+    /// is logged with the account's id when there is one (never the email typed).
+    async fn check_password(
+        &self,
+        credentials: Credentials,
+        device: &Device,
+    ) -> Result<User, SessionError> {
         let user = self.store.user_by_email(&credentials.email).await?;
         let stored = user.as_ref().map(|u| u.password_hash.as_str());
-        let verified = self.hasher.verify(credentials.password, stored).await?;
-        match user {
-            Some(user) if verified => {
-                if user.is_active {
-                    Ok(user)
-                } else {
-                    Err(AuthError::AccountInactive.into())
-                }
-            }
+        let verified = self.hasher.verify(credentials.password, stored).await;
+        let user_id = user.as_ref().map(|u| u.id);
+        let outcome = match (verified, user) {
+            (Err(err), _) => Err(err.into()),
+            (Ok(true), Some(user)) if user.is_active => Ok(user),
+            (Ok(true), Some(_)) => Err(AuthError::AccountInactive.into()),
             _ => Err(AuthError::InvalidCredentials.into()),
-        }
+        };
+        audit(
+            "password",
+            user_id,
+            device.ip.as_deref(),
+            outcome.as_ref().err(),
+        );
+        outcome
     }
 
     fn issue(&self, grant: SessionGrant) -> Result<IssuedSession, SessionError> {

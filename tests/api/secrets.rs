@@ -55,3 +55,39 @@ async fn no_password_hash_secret_code_or_token_is_ever_logged() {
     let user = body["user"].to_string();
     assert!(!user.contains(&hash) && !user.contains(jane.totp_secret.as_deref().unwrap()));
 }
+
+#[tokio::test]
+async fn every_authentication_outcome_is_logged_without_the_email_typed() {
+    let app = spawn_app().await;
+    let ghost = format!("ghost-{}@example.com", uuid::Uuid::new_v4().simple());
+    let refused = app
+        .login(&json!({"email": ghost, "password": "whatever-it-is-123"}))
+        .await;
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    let john = app.user().await;
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
+    );
+
+    let logs = captured_logs();
+    assert!(
+        !logs.contains(&ghost),
+        "the email typed for an unknown account is not logged"
+    );
+    let john_line = logs
+        .lines()
+        .find(|l| l.contains("authentication") && l.contains(&format!("Some({})", john.id)))
+        .expect("John's login is logged with his id");
+    assert!(
+        john_line.contains("success") && john_line.contains("127.0.0.1"),
+        "{john_line}"
+    );
+    assert!(
+        logs.lines().any(|l| l.contains("authentication")
+            && l.contains("refused")
+            && l.contains("invalid_credentials")
+            && l.contains("user_id=None")),
+        "the unknown account's refusal is logged, without an id"
+    );
+}
