@@ -106,9 +106,29 @@ pub enum UserMsg {
     /// Test hook: make the actor panic, to exercise supervision.
     #[cfg(any(test, feature = "test-hooks"))]
     Crash,
+    /// Test hook: keep the actor busy this long (a slow database, say).
+    #[cfg(any(test, feature = "test-hooks"))]
+    Stall(std::time::Duration),
 }
 
 impl UserMsg {
+    /// True when the asker has stopped waiting (its call timed out and it answered 503): the
+    /// request must then not be carried out at all, or a client told "unavailable" would find
+    /// a session opened or a code spent after all.
+    pub fn caller_gone(&self) -> bool {
+        match self {
+            Self::Login { reply, .. } => reply.is_closed(),
+            Self::VerifyMfa { reply, .. } => reply.is_closed(),
+            Self::Validate { reply, .. } => reply.is_closed(),
+            Self::ListSessions { reply } => reply.is_closed(),
+            Self::Revoke { reply, .. } => reply.is_closed(),
+            Self::RevokeAll { reply, .. } => reply.is_closed(),
+            Self::ChangePassword { reply, .. } => reply.is_closed(),
+            Self::SetActive { reply, .. } => reply.is_closed(),
+            _ => false,
+        }
+    }
+
     /// Client requests count as activity; timer ticks and other nodes' news do not (or
     /// nothing would passivate), nor does a second-factor attempt, which anyone may send for
     /// any user id (a successful one counts, in the actor).

@@ -201,6 +201,10 @@ impl Actor for UserActor {
     ) -> Result<(), ActorProcessingErr> {
         // Errors travel in the replies; returning Err here would kill the actor over a
         // client's wrong code. A dropped reply port only means the caller gave up waiting.
+        if message.caller_gone() {
+            tracing::debug!(user_id = %state.user.id, "request dropped: its caller gave up waiting");
+            return Ok(());
+        }
         let now = Utc::now();
         if message.is_from_client() {
             state.last_activity = now;
@@ -280,6 +284,8 @@ impl Actor for UserActor {
             }
             #[cfg(any(test, feature = "test-hooks"))]
             UserMsg::Crash => panic!("test hook: user actor {} told to crash", state.user.id),
+            #[cfg(any(test, feature = "test-hooks"))]
+            UserMsg::Stall(how_long) => tokio::time::sleep(how_long).await,
         }
         Ok(())
     }

@@ -108,3 +108,44 @@ async fn a_database_call_that_hangs_is_answered_503_within_the_timeout() {
         StatusCode::OK
     );
 }
+
+#[tokio::test]
+async fn a_request_answered_503_is_not_carried_out_later() {
+    use finsec::sessions::UserMsg;
+    let app = spawn_app_with(|f| f.merge(("actors.call_timeout", "300ms"))).await;
+    let john = app.user().await;
+    let first = app.logged_in(&john).await;
+    // John's actor is stuck (a slow database, say) for longer than a caller waits.
+    let actor = app
+        .state
+        .sessions
+        .registry()
+        .resident(john.id)
+        .expect("john's actor is resident");
+    actor
+        .cast(UserMsg::Stall(std::time::Duration::from_secs(1)))
+        .unwrap();
+    let login = app.login(&john.credentials()).await;
+    assert_error(
+        login,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+
+    // Once the actor is free, the abandoned login must not have opened a session.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    assert_eq!(app.me(&first.token).await.status(), StatusCode::OK);
+    let sessions = app
+        .db
+        .query_one(&format!(
+            "SELECT COUNT(*) FROM sessions WHERE user_id = {}",
+            john.id
+        ))
+        .await;
+    assert_eq!(
+        sessions.as_deref(),
+        Some("1"),
+        "only the first login's session"
+    );
+}
