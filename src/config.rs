@@ -32,7 +32,19 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub actors: ActorSettings,
     pub cluster: ClusterSettings,
+    pub security: SecuritySettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecuritySettings {
+    /// Wrong passwords or codes for one account within `failure_window` that lock it.
+    pub max_failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub failure_window: Duration,
+    /// Lockouts start at a minute and double up to this.
+    #[serde(with = "humantime_serde")]
+    pub max_lockout: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -325,6 +337,15 @@ impl Settings {
         }
         if self.cluster.lease < Duration::from_millis(100) {
             return invalid("cluster.lease", "must be at least 100ms");
+        }
+        if self.security.max_failures == 0 {
+            return invalid("security.max_failures", "must be at least 1");
+        }
+        if self.security.failure_window.is_zero() || self.security.max_lockout.is_zero() {
+            return invalid(
+                "security.failure_window",
+                "failure_window and max_lockout must be longer than zero",
+            );
         }
         if self.cluster.user_refresh.is_zero() {
             return invalid("cluster.user_refresh", "must be longer than zero");

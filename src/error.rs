@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A dependency (the database, a user actor) did not answer; retrying may work.
     #[error("Service temporarily unavailable")]
     Unavailable(String),
+    /// Too many failed attempts for this account; the number is seconds to wait.
+    #[error("Too many failed attempts; try again later")]
+    Throttled(u64),
     /// The request (headers, body and handling) took longer than `http.request_timeout`.
     #[error("Request took too long")]
     RequestTimeout,
@@ -93,6 +96,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -111,11 +115,16 @@ impl ApiError {
         };
         let mut response = warp::reply::json(&body).into_response();
         *response.status_mut() = status;
-        if matches!(self, Self::Busy) {
+        let retry_after = match self {
             // A hash takes well under a second: by then a slot is likely free.
+            Self::Busy => Some(1),
+            Self::Throttled(seconds) => Some(*seconds),
+            _ => None,
+        };
+        if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 warp::http::header::RETRY_AFTER,
-                warp::http::HeaderValue::from_static("1"),
+                warp::http::HeaderValue::from(seconds),
             );
         }
         response
@@ -164,6 +173,10 @@ impl From<SessionError> for ApiError {
             SessionError::WeakPassword(why) => Self::WeakPassword(why),
             SessionError::Store(store) => store.into(),
             SessionError::Cluster(cluster) => Self::Unavailable(cluster.to_string()),
+            // Whole seconds, rounded up: never tell a client to come back before the lock ends.
+            SessionError::Throttled(left) => {
+                Self::Throttled(left.as_secs() + u64::from(left.subsec_nanos() > 0))
+            }
             SessionError::Unavailable(cause) => Self::Unavailable(cause),
         }
     }

@@ -14,10 +14,11 @@ use tokio::net::TcpListener;
 use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::Settings;
+use crate::domain::FailureRule;
 use crate::http::{self, AdminKey, AppState};
 use crate::seed::{self, SeedError};
 use crate::sessions::{
-    RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig,
+    RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig, Throttle,
 };
 use crate::store::{
     Bounded, CLUSTER_PRESENCE, DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError,
@@ -249,6 +250,21 @@ impl Application {
             sweep_interval: session.sweep_interval,
             retention: chrono_duration(session.retention, "session.retention")?,
             user_refresh: chrono_duration(settings.cluster.user_refresh, "cluster.user_refresh")?,
+            throttle: Arc::new(Throttle::new(
+                settings.jwt.secret.expose_secret().as_bytes(),
+                FailureRule {
+                    max_failures: settings.security.max_failures,
+                    window: chrono_duration(
+                        settings.security.failure_window,
+                        "security.failure_window",
+                    )?,
+                    first_lockout: chrono::Duration::minutes(1),
+                    max_lockout: chrono_duration(
+                        settings.security.max_lockout,
+                        "security.max_lockout",
+                    )?,
+                },
+            )),
         };
         let idle_timeout = policy.idle_timeout;
         let sessions = Sessions::start(

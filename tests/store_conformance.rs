@@ -4,7 +4,7 @@
 
 use chrono::{Duration, DurationRound, Utc};
 use finsec::domain::{
-    Device, Email, NewUser, Revocation, RevokeReason, Session, SessionId, UserId,
+    Device, Email, FailureRule, NewUser, Revocation, RevokeReason, Session, SessionId, UserId,
 };
 use finsec::store::{DynStore, MemoryStore, MySqlStore, StoreError, StoredChallenge};
 
@@ -709,6 +709,47 @@ async fn ping_answers(subject: Subject) {
     subject.store.close().await.unwrap();
 }
 
+async fn failures_lock_an_account_key_and_clear_on_success(subject: Subject) {
+    let store = subject.store;
+    let rule = FailureRule {
+        max_failures: 3,
+        window: Duration::minutes(15),
+        first_lockout: Duration::minutes(1),
+        max_lockout: Duration::minutes(15),
+    };
+    let t = now();
+    let key = [5u8; 32];
+    assert_eq!(store.failure_record(&key).await.unwrap(), None);
+    for expected in [1, 2] {
+        let record = store.record_failure(&key, &rule, t).await.unwrap();
+        assert_eq!((record.failures, record.locked_until), (expected, None));
+    }
+    let locked = store.record_failure(&key, &rule, t).await.unwrap();
+    assert_eq!(locked.locked_until, Some(t + Duration::minutes(1)));
+    assert_eq!(store.failure_record(&key).await.unwrap(), Some(locked));
+    // Another key is another account.
+    assert_eq!(store.failure_record(&[6u8; 32]).await.unwrap(), None);
+    // Pruning keeps what was touched since the cutoff, and takes the rest.
+    assert_eq!(
+        store
+            .prune_failures(t - Duration::minutes(1))
+            .await
+            .unwrap(),
+        0
+    );
+    store.clear_failures(&key).await.unwrap();
+    assert_eq!(store.failure_record(&key).await.unwrap(), None);
+    store.record_failure(&key, &rule, t).await.unwrap();
+    assert_eq!(
+        store
+            .prune_failures(t + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(store.failure_record(&key).await.unwrap(), None);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory_store {
@@ -739,4 +780,5 @@ conformance!(
     deactivation_ends_every_session,
     idle_ends_only_when_the_stored_activity_agrees,
     mfa_challenges_count_failures_and_are_answered_once,
+    failures_lock_an_account_key_and_clear_on_success,
 );

@@ -4,9 +4,11 @@
 pub mod email;
 pub mod ids;
 pub mod session;
+pub mod throttle;
 pub mod user;
 
 pub use email::Email;
 pub use ids::{SessionId, UserId};
 pub use session::{Device, Revocation, RevokeReason, Session};
+pub use throttle::{FailureRule, Lockout};
 pub use user::{NewUser, User, UserProfile};

@@ -11,6 +11,7 @@ pub mod registry;
 mod remote;
 mod service;
 pub mod supervisor;
+pub mod throttle;
 pub mod user_actor;
 
 use crate::auth::AuthError;
@@ -24,6 +25,7 @@ pub use service::{
     SessionsConfig,
 };
 pub use supervisor::{SessionSupervisor, SupervisorArgs};
+pub use throttle::Throttle;
 pub use user_actor::SessionPolicy;
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +52,9 @@ pub enum SessionError {
     /// Committed here, but the other nodes could not be told: not acknowledged.
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// Too many failures for this account: locked for this much longer.
+    #[error("throttled for {0:?}")]
+    Throttled(std::time::Duration),
     /// The user's actor could not answer in time, or could not start.
     #[error("sessions unavailable: {0}")]
     Unavailable(String),

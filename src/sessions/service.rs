@@ -31,6 +31,7 @@ fn audit(step: &'static str, user: Option<UserId>, ip: Option<&str>, error: Opti
                 SessionError::Auth(AuthError::AccountInactive) => "account_inactive",
                 SessionError::Auth(AuthError::InvalidMfaCode) => "invalid_mfa_code",
                 SessionError::Auth(AuthError::Busy) => "busy",
+                SessionError::Throttled(_) => "throttled",
                 _ => "unavailable",
             };
             tracing::info!(step, user_id = ?user, ip, outcome = "refused", reason, "authentication");
@@ -76,6 +77,7 @@ pub struct Credentials {
 
 pub struct Sessions {
     store: DynStore,
+    policy: Arc<SessionPolicy>,
     cluster: Cluster,
     registry: Registry,
     supervisor: ActorRef<SupervisorMsg>,
@@ -104,6 +106,7 @@ impl Sessions {
         config: SessionsConfig,
     ) -> Result<Self, SessionError> {
         let policy = Arc::new(config.policy);
+        let policy_for_sessions = policy.clone();
         let args = SupervisorArgs {
             residents: residents.clone(),
             store: store.clone(),
@@ -122,6 +125,7 @@ impl Sessions {
         );
         Ok(Self {
             store,
+            policy: policy_for_sessions,
             cluster,
             registry,
             supervisor,
@@ -171,7 +175,7 @@ impl Sessions {
         credentials: Credentials,
         device: Device,
     ) -> Result<LoginOutcome, SessionError> {
-        let user = self.check_password(credentials, &device).await?;
+        let user = self.guarded_password_check(credentials, &device).await?;
         let user_id = user.id;
         let step = self
             .registry
@@ -211,7 +215,7 @@ impl Sessions {
             Some(credentials) => {
                 // The email must be this user's: a right password for another account does
                 // not open this one, and says no more than a wrong password would.
-                let user = self.check_password(credentials, &device).await?;
+                let user = self.guarded_password_check(credentials, &device).await?;
                 if user.id != user_id {
                     return Err(AuthError::InvalidCredentials.into());
                 }
@@ -452,6 +456,30 @@ impl Sessions {
             .announce(ClusterEvent::SessionOpened(opened.grant.session.clone()))
             .await;
         self.issue(opened.grant)
+    }
+
+    /// The password check behind the brute-force throttle: a locked account is refused before
+    /// any hashing (429, right password or not, account or not), and a wrong password counts.
+    async fn guarded_password_check(
+        &self,
+        credentials: Credentials,
+        device: &Device,
+    ) -> Result<User, SessionError> {
+        let throttle = &self.policy.throttle;
+        let account = throttle.account(&credentials.email);
+        let now = Utc::now();
+        if let Err(locked) = throttle.check(self.store.as_ref(), &account, now).await {
+            audit("password", None, device.ip.as_deref(), Some(&locked));
+            return Err(locked);
+        }
+        let checked = self.check_password(credentials, device).await;
+        if matches!(
+            checked,
+            Err(SessionError::Auth(AuthError::InvalidCredentials))
+        ) {
+            throttle.fail(self.store.as_ref(), &account, now).await;
+        }
+        checked
     }
 
     /// Looks the email up and verifies the password; the user's row on success. Every outcome

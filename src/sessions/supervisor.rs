@@ -108,6 +108,13 @@ async fn sweep(state: &SupervisorArgs) {
         Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune sessions"),
         Err(_) => tracing::warn!("sweep timed out pruning sessions"),
     }
+    // Failure records outlive their window and any lockout by this much at most.
+    let stale = now - policy.throttle.rule().window - policy.throttle.rule().max_lockout;
+    match tokio::time::timeout(limit, state.store.prune_failures(stale)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune failure records"),
+        Err(_) => tracing::warn!("sweep timed out pruning failure records"),
+    }
     // Other nodes' news is needed only while an actor that was loading could have missed it.
     state.residents.prune_recent(RECENT_NEWS);
     for actor in state.residents.actors() {

@@ -26,6 +26,7 @@ use sha2::{Digest, Sha256};
 use super::SessionError;
 use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, UserMsg};
 use super::registry::Residents;
+use super::throttle::Throttle;
 use crate::auth::AuthError;
 use crate::auth::totp::TotpCode;
 use crate::cluster::Cluster;
@@ -50,6 +51,8 @@ pub struct SessionPolicy {
     pub retention: chrono::Duration,
     /// The user's row is read again when the actor's copy is older than this.
     pub user_refresh: chrono::Duration,
+    /// Brute force: failures per account, lockouts.
+    pub throttle: Arc<Throttle>,
 }
 
 /// Pending MFA challenges kept per user (one per password step: a login on the phone and one
@@ -460,6 +463,12 @@ impl UserState {
         self.sessions
             .insert(session.id, LiveSession::from_store(session.clone()));
         tracing::info!(user_id = %self.user.id, session_id = %session.id, "session opened");
+        // A login completed: the account's failure count starts over.
+        let account = self.policy.throttle.account(&self.user.email);
+        self.policy
+            .throttle
+            .succeed(self.store.as_ref(), &account)
+            .await;
         Ok(Opened {
             grant: self.grant(session),
             ended,
@@ -513,6 +522,11 @@ impl UserState {
         let Some(totp) = totp else {
             return Err(invalid());
         };
+        // Wrong codes count against the account like wrong passwords, in both forms, and a
+        // new password step resets nothing: MFA cannot be brute-forced one challenge at a time.
+        let account = self.policy.throttle.account(&self.user.email);
+        let throttle = self.policy.throttle.clone();
+        throttle.check(self.store.as_ref(), &account, now).await?;
 
         // Without the password in this request, the challenge of the password step stands in
         // for it: it lives in the store, so the step may have run on another node.
@@ -541,18 +555,14 @@ impl UserState {
 
         let unix_now = u64::try_from(now.timestamp()).unwrap_or_default();
         let Some(step) = totp.verify(&attempt.code, unix_now, self.user.totp_last_step) else {
-            if let Some(challenge) = &challenge {
-                self.record_mfa_failure(challenge).await;
-            }
+            self.code_refused(challenge.as_ref(), &account, now).await;
             return Err(invalid());
         };
 
         // Spend the step first, in the database: if two requests (or two nodes) race with one
         // code, the conditional update lets exactly one through.
         if !self.store.advance_totp_step(self.user.id, step).await? {
-            if let Some(challenge) = &challenge {
-                self.record_mfa_failure(challenge).await;
-            }
+            self.code_refused(challenge.as_ref(), &account, now).await;
             return Err(invalid());
         }
         self.user.totp_last_step = Some(step);
@@ -566,6 +576,22 @@ impl UserState {
             return Err(invalid());
         }
         self.open_session(attempt.device, now).await
+    }
+
+    /// A wrong (or spent) code: counted against its challenge and against the account.
+    async fn code_refused(
+        &self,
+        challenge: Option<&StoredChallenge>,
+        account: &[u8; 32],
+        now: DateTime<Utc>,
+    ) {
+        if let Some(challenge) = challenge {
+            self.record_mfa_failure(challenge).await;
+        }
+        self.policy
+            .throttle
+            .fail(self.store.as_ref(), account, now)
+            .await;
     }
 
     /// Counts a wrong code in the store, where every node sees the same count.

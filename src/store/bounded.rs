@@ -10,7 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{DynStore, SessionStore, StoreError, StoredChallenge};
-use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
+use crate::domain::{
+    Email, FailureRule, Lockout, NewUser, Revocation, Session, SessionId, User, UserId,
+};
 
 pub struct Bounded {
     inner: DynStore,
@@ -159,6 +161,27 @@ impl SessionStore for Bounded {
     ) -> Result<bool, StoreError> {
         self.within(self.inner.take_mfa_challenge(user, token_hash))
             .await
+    }
+
+    async fn failure_record(&self, key: &[u8; 32]) -> Result<Option<Lockout>, StoreError> {
+        self.within(self.inner.failure_record(key)).await
+    }
+
+    async fn record_failure(
+        &self,
+        key: &[u8; 32],
+        rule: &FailureRule,
+        now: DateTime<Utc>,
+    ) -> Result<Lockout, StoreError> {
+        self.within(self.inner.record_failure(key, rule, now)).await
+    }
+
+    async fn clear_failures(&self, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.within(self.inner.clear_failures(key)).await
+    }
+
+    async fn prune_failures(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.within(self.inner.prune_failures(before)).await
     }
 
     async fn touch_session(

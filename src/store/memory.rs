@@ -12,7 +12,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{SessionStore, StoreError, StoredChallenge};
-use crate::domain::{Email, NewUser, Revocation, RevokeReason, Session, SessionId, User, UserId};
+use crate::domain::{
+    Email, FailureRule, Lockout, NewUser, Revocation, RevokeReason, Session, SessionId, User,
+    UserId,
+};
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -25,6 +28,7 @@ struct Tables {
     users: HashMap<UserId, User>,
     sessions: HashMap<SessionId, Session>,
     challenges: HashMap<UserId, Vec<StoredChallenge>>,
+    failures: HashMap<[u8; 32], (Lockout, DateTime<Utc>)>,
 }
 
 impl Tables {
@@ -318,6 +322,35 @@ impl SessionStore for MemoryStore {
         let before = pending.len();
         pending.retain(|c| &c.token_hash != token_hash);
         Ok(pending.len() < before)
+    }
+
+    async fn failure_record(&self, key: &[u8; 32]) -> Result<Option<Lockout>, StoreError> {
+        Ok(self.tables().failures.get(key).map(|(record, _)| *record))
+    }
+
+    async fn record_failure(
+        &self,
+        key: &[u8; 32],
+        rule: &FailureRule,
+        now: DateTime<Utc>,
+    ) -> Result<Lockout, StoreError> {
+        let mut tables = self.tables();
+        let previous = tables.failures.get(key).map(|(record, _)| *record);
+        let record = rule.fail(previous, now);
+        tables.failures.insert(*key, (record, now));
+        Ok(record)
+    }
+
+    async fn clear_failures(&self, key: &[u8; 32]) -> Result<(), StoreError> {
+        self.tables().failures.remove(key);
+        Ok(())
+    }
+
+    async fn prune_failures(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tables = self.tables();
+        let count = tables.failures.len();
+        tables.failures.retain(|_, (_, updated)| *updated >= before);
+        Ok((count - tables.failures.len()) as u64)
     }
 
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use crate::domain::{Email, NewUser, Revocation, Session, SessionId, User, UserId};
+use crate::domain::{
+    Email, FailureRule, Lockout, NewUser, Revocation, Session, SessionId, User, UserId,
+};
 
 pub use bounded::Bounded;
 pub use membership::{CLUSTER_PRESENCE, LiveMember, Renewal, SingleNodeLock};
@@ -160,6 +162,24 @@ pub trait SessionStore: Send + Sync + 'static {
         user: UserId,
         token_hash: &[u8; 32],
     ) -> Result<bool, StoreError>;
+
+    /// The brute-force record of one account key (see `sessions::throttle`).
+    async fn failure_record(&self, key: &[u8; 32]) -> Result<Option<Lockout>, StoreError>;
+
+    /// Counts one failure against `key` by `rule`, atomically (concurrent attempts on several
+    /// nodes each count); returns the record as it now stands.
+    async fn record_failure(
+        &self,
+        key: &[u8; 32],
+        rule: &FailureRule,
+        now: DateTime<Utc>,
+    ) -> Result<Lockout, StoreError>;
+
+    /// A successful login: the account's record goes.
+    async fn clear_failures(&self, key: &[u8; 32]) -> Result<(), StoreError>;
+
+    /// Deletes records untouched since `before`; returns how many.
+    async fn prune_failures(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// Records the latest activity of a live session (idle expiry reads it after a restart).
     /// Keeps the newest time: several nodes touch one session, each with its own view.

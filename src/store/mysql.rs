@@ -11,7 +11,8 @@ use mysql_async::{
 
 use super::{SessionStore, StoreError, StoredChallenge};
 use crate::domain::{
-    Device, Email, NewUser, Revocation, RevokeReason, Session, SessionId, User, UserId,
+    Device, Email, FailureRule, Lockout, NewUser, Revocation, RevokeReason, Session, SessionId,
+    User, UserId,
 };
 
 mod embedded {
@@ -176,6 +177,15 @@ async fn finish<T>(tx: Transaction<'_>, result: Result<T, StoreError>) -> Result
             Err(err)
         }
     }
+}
+
+fn lockout_from_row(mut row: Row) -> Result<Lockout, StoreError> {
+    Ok(Lockout {
+        failures: take(&mut row, "failures")?,
+        window_start: from_db(take(&mut row, "window_start")?),
+        locked_until: take::<Option<NaiveDateTime>>(&mut row, "locked_until")?.map(from_db),
+        lockouts: take(&mut row, "lockouts")?,
+    })
 }
 
 fn challenge_from_row(mut row: Row) -> Result<StoredChallenge, StoreError> {
@@ -630,6 +640,81 @@ impl SessionStore for MySqlStore {
         .await
         .map_err(unavailable)?;
         Ok(conn.affected_rows() == 1)
+    }
+
+    async fn failure_record(&self, key: &[u8; 32]) -> Result<Option<Lockout>, StoreError> {
+        let mut conn = self.conn().await?;
+        let row: Option<Row> = conn
+            .exec_first(
+                "SELECT failures, window_start, locked_until, lockouts FROM auth_failures \
+                 WHERE key_hash = ?",
+                (key.to_vec(),),
+            )
+            .await
+            .map_err(unavailable)?;
+        row.map(lockout_from_row).transpose()
+    }
+
+    async fn record_failure(
+        &self,
+        key: &[u8; 32],
+        rule: &FailureRule,
+        now: DateTime<Utc>,
+    ) -> Result<Lockout, StoreError> {
+        let mut tx = self.transaction().await?;
+        let result = async {
+            // The row lock makes read-count-write one step for concurrent attempts.
+            let row: Option<Row> = tx
+                .exec_first(
+                    "SELECT failures, window_start, locked_until, lockouts FROM auth_failures \
+                     WHERE key_hash = ? FOR UPDATE",
+                    (key.to_vec(),),
+                )
+                .await
+                .map_err(unavailable)?;
+            let record = rule.fail(row.map(lockout_from_row).transpose()?, now);
+            tx.exec_drop(
+                "INSERT INTO auth_failures \
+                 (key_hash, failures, window_start, locked_until, lockouts, updated_at) \
+                 VALUES (?, ?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE failures = VALUES(failures), \
+                 window_start = VALUES(window_start), locked_until = VALUES(locked_until), \
+                 lockouts = VALUES(lockouts), updated_at = VALUES(updated_at)",
+                (
+                    key.to_vec(),
+                    record.failures,
+                    to_db(record.window_start),
+                    record.locked_until.map(to_db),
+                    record.lockouts,
+                    to_db(now),
+                ),
+            )
+            .await
+            .map_err(unavailable)?;
+            Ok(record)
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn clear_failures(&self, key: &[u8; 32]) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "DELETE FROM auth_failures WHERE key_hash = ?",
+            (key.to_vec(),),
+        )
+        .await
+        .map_err(unavailable)
+    }
+
+    async fn prune_failures(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "DELETE FROM auth_failures WHERE updated_at < ?",
+            (to_db(before),),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(conn.affected_rows())
     }
 
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {

@@ -165,7 +165,10 @@ fn test_settings(url: &str, configure: impl FnOnce(Figment) -> Figment) -> Setti
         .merge(("database.max_connections", 4))
         .merge(("jwt.secret", JWT_SECRET))
         // Cheap hashing keeps the suite fast; one test runs at the production cost.
-        .merge(("password.log_n", 4));
+        .merge(("password.log_n", 4))
+        // Tests that make many wrong attempts on purpose are about other rules; the throttle's
+        // own tests set the real limit.
+        .merge(("security.max_failures", 100));
     Settings::from_figment(configure(figment)).expect("test settings are valid")
 }
 

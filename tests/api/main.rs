@@ -16,5 +16,6 @@ mod secrets;
 mod sessions;
 mod slow_clients;
 mod supervision;
+mod throttle;
 mod tokens;
 mod write_path;

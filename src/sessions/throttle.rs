@@ -1,0 +1,128 @@
+//! The brute-force throttle per account (ASVS 5.0 6.3.1; Keycloak's brute-force detector,
+//! Authelia's regulation). Wrong passwords and wrong codes count alike against the account,
+//! in the store, so the count holds across restarts, nodes and concurrent attempts; a new
+//! password step resets nothing, only a successful login does. The record is keyed by a keyed
+//! hash of the normalised email, whether or not an account has it: an unknown email locks
+//! exactly like a real one, and a lockout says nothing about who exists.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use hmac::{Hmac, Mac};
+use sha2::{Digest, Sha256};
+
+use super::SessionError;
+use crate::domain::{Email, FailureRule};
+use crate::store::SessionStore;
+
+pub struct Throttle {
+    key: [u8; 32],
+    rule: FailureRule,
+}
+
+impl Throttle {
+    /// The HMAC key is derived from `secret` (the JWT secret: it is already the service's one
+    /// secret, never in the repository for a real deployment).
+    pub fn new(secret: &[u8], rule: FailureRule) -> Self {
+        let mut derive = Sha256::new();
+        derive.update(b"finsec account throttle\0");
+        derive.update(secret);
+        Self {
+            key: derive.finalize().into(),
+            rule,
+        }
+    }
+
+    pub fn rule(&self) -> &FailureRule {
+        &self.rule
+    }
+
+    /// The record key of the account named by `email`.
+    pub fn account(&self, email: &Email) -> [u8; 32] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.key)
+            .expect("HMAC takes a key of any length");
+        mac.update(email.as_str().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+impl Throttle {
+    /// `Err(Throttled)` while the account is locked.
+    pub async fn check(
+        &self,
+        store: &dyn SessionStore,
+        account: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> Result<(), SessionError> {
+        let locked_until = store
+            .failure_record(account)
+            .await?
+            .and_then(|record| record.locked_until)
+            .filter(|until| *until > now);
+        match locked_until {
+            Some(until) => Err(SessionError::Throttled(
+                (until - now).to_std().unwrap_or_default(),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts a wrong password or code. The attempt is refused whatever this does, so a store
+    /// error is logged, not returned.
+    pub async fn fail(&self, store: &dyn SessionStore, account: &[u8; 32], now: DateTime<Utc>) {
+        match store.record_failure(account, &self.rule, now).await {
+            Ok(record) if record.locked_until.is_some_and(|until| until > now) => {
+                tracing::warn!(lockouts = record.lockouts, until = ?record.locked_until,
+                    "account locked after too many failures");
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "failure not counted"),
+        }
+    }
+
+    /// A successful login: the count starts over.
+    pub async fn succeed(&self, store: &dyn SessionStore, account: &[u8; 32]) {
+        if let Err(err) = store.clear_failures(account).await {
+            tracing::warn!(error = %err, "failure count not cleared");
+        }
+    }
+}
+
+impl fmt::Debug for Throttle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Throttle")
+            .field("key", &"[redacted]")
+            .field("rule", &self.rule)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_key_per_email_and_secret() {
+        let rule = FailureRule {
+            max_failures: 5,
+            window: chrono::Duration::minutes(15),
+            first_lockout: chrono::Duration::minutes(1),
+            max_lockout: chrono::Duration::minutes(15),
+        };
+        let throttle = Throttle::new(b"secret", rule);
+        let ada = Email::parse("Ada@Example.com").unwrap();
+        assert_eq!(
+            throttle.account(&ada),
+            throttle.account(&Email::parse("ada@example.com").unwrap())
+        );
+        assert_ne!(
+            throttle.account(&ada),
+            throttle.account(&Email::parse("grace@example.com").unwrap())
+        );
+        assert_ne!(
+            throttle.account(&ada),
+            Throttle::new(b"other", rule).account(&ada)
+        );
+        assert!(!format!("{throttle:?}").contains("secret"));
+    }
+}
