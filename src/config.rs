@@ -272,6 +272,12 @@ impl Settings {
                 "scrypt parameters out of range (log_n 1..=20, r and p at least 1)",
             );
         }
+        if self.is_production() && self.password.log_n < 15 {
+            return invalid(
+                "password.log_n",
+                "must be at least 15 in production (config/production.toml sets 17)",
+            );
+        }
         if self.password.max_concurrent_hashes == 0 {
             return invalid("password.max_concurrent_hashes", "must be at least 1");
         }
@@ -400,7 +406,13 @@ mod tests {
         assert!(err.contains("at least 32 bytes"), "{err}");
 
         let good = production().merge(("jwt.secret", "x".repeat(32)));
-        assert!(Settings::from_figment(good).unwrap().is_production());
+        let settings = Settings::from_figment(good.clone()).unwrap();
+        assert!(settings.is_production());
+        assert_eq!(settings.password.log_n, 17);
+
+        let cheap = good.merge(("password.log_n", 14));
+        let err = Settings::from_figment(cheap).unwrap_err().to_string();
+        assert!(err.starts_with("password.log_n:"), "{err}");
     }
 
     #[test]

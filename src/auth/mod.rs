@@ -2,10 +2,12 @@
 //! access tokens. None of it holds state about users; that is the session actors' job.
 
 pub mod password;
+pub mod policy;
 pub mod token;
 pub mod totp;
 
 pub use password::PasswordHasher;
+pub use policy::PasswordPolicy;
 pub use token::{AccessClaims, TokenIssuer};
 
 /// Why a credential was refused. Variants say nothing a client may not learn.

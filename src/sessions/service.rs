@@ -13,7 +13,7 @@ use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, SupervisorMsg
 use super::registry::{Registry, Residents};
 use super::supervisor::{SessionSupervisor, SupervisorArgs};
 use super::user_actor::SessionPolicy;
-use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
+use crate::auth::{AuthError, PasswordHasher, PasswordPolicy, TokenIssuer};
 use crate::cluster::{Cluster, ClusterEvent};
 use crate::domain::{Device, Email, RevokeReason, Session, SessionId, User, UserId, UserProfile};
 use crate::store::DynStore;
@@ -347,18 +347,21 @@ impl Sessions {
         change: PasswordChange,
     ) -> Result<usize, SessionError> {
         use secrecy::ExposeSecret;
-        let new = change.new.expose_secret();
-        if new.chars().count() < self.min_password_length {
-            return Err(SessionError::WeakPassword(format!(
-                "the new password must be at least {} characters long",
-                self.min_password_length
-            )));
-        }
-        if new.trim().eq_ignore_ascii_case(&caller.user.email) {
-            return Err(SessionError::WeakPassword(
-                "the new password must not be your email address".into(),
-            ));
-        }
+        let personal = [
+            caller.user.email.as_str(),
+            caller.user.first_name.as_str(),
+            caller.user.last_name.as_str(),
+        ];
+        let policy = PasswordPolicy {
+            min_length: self.min_password_length,
+        };
+        policy
+            .check(
+                change.new.expose_secret(),
+                change.current.expose_secret(),
+                &personal,
+            )
+            .map_err(SessionError::WeakPassword)?;
         let user = self
             .store
             .user_by_id(caller.user_id)

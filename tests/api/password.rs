@@ -61,6 +61,21 @@ async fn weak_new_passwords_are_refused_with_the_reason() {
     let body = assert_error(email, StatusCode::BAD_REQUEST, "weak_password").await;
     assert!(body["error"].as_str().unwrap().contains("email"), "{body}");
 
+    for (new, reason) in [
+        ("password12345", "too easy to guess"),
+        (&*"long enough ".repeat(11), "at most 128"),
+        (&*john.password, "differ from the current"),
+    ] {
+        let refused = app
+            .change_password(
+                &session.token,
+                &json!({"currentPassword": john.password, "newPassword": new}),
+            )
+            .await;
+        let body = assert_error(refused, StatusCode::BAD_REQUEST, "weak_password").await;
+        assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
+    }
+
     // Nothing changed.
     assert_eq!(
         app.login(&john.credentials()).await.status(),
