@@ -45,6 +45,9 @@ pub struct SecuritySettings {
     /// Lockouts start at a minute and double up to this.
     #[serde(with = "humantime_serde")]
     pub max_lockout: Duration,
+    /// Requests per second per client IP on the endpoints that take credentials (0: off).
+    pub ip_rate: u32,
+    pub ip_burst: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -83,6 +86,8 @@ pub struct HttpSettings {
     pub request_timeout: Duration,
     /// Open connections at most; beyond, new ones are closed at once.
     pub max_connections: usize,
+    /// Proxies whose `X-Forwarded-For` names the client (the load balancer's addresses).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A dependency (the database, a user actor) did not answer; retrying may work.
     #[error("Service temporarily unavailable")]
     Unavailable(String),
+    /// Too many requests from this address; the number is seconds to wait.
+    #[error("Too many requests; slow down")]
+    RateLimited(u64),
     /// Too many failed attempts for this account; the number is seconds to wait.
     #[error("Too many failed attempts; try again later")]
     Throttled(u64),
@@ -97,6 +100,7 @@ impl ApiError {
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
@@ -118,7 +122,7 @@ impl ApiError {
         let retry_after = match self {
             // A hash takes well under a second: by then a slot is likely free.
             Self::Busy => Some(1),
-            Self::Throttled(seconds) => Some(*seconds),
+            Self::Throttled(seconds) | Self::RateLimited(seconds) => Some(*seconds),
             _ => None,
         };
         if let Some(seconds) = retry_after {

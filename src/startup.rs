@@ -297,6 +297,23 @@ impl Application {
             body_limit: settings.http.body_limit,
             idle_timeout,
             admin_key: settings.admin.api_key().map(AdminKey::new),
+            ip_rate: http::rate::IpRateLimit::new(
+                settings.security.ip_rate,
+                settings.security.ip_burst,
+                settings.http.trusted_proxies.clone(),
+            ),
+        });
+        // Rate-limit state is kept per recent address only.
+        let pruned = Arc::downgrade(&state);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                every.tick().await;
+                match pruned.upgrade() {
+                    Some(state) => state.ip_rate.prune(),
+                    None => return,
+                }
+            }
         });
         let database_lost = Arc::new(AtomicBool::new(false));
         let lock_keeper = topology

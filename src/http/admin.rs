@@ -10,6 +10,8 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::extract::{JsonObject, optional_json_object, with_state};
+use super::rate::within_rate;
+use super::server::ClientAddr;
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::domain::UserId;
@@ -68,22 +70,30 @@ pub fn routes(
         .unify()
 }
 
-/// Passes with the state when `X-Admin-Key` matches the configured key.
+/// Passes with the state when `X-Admin-Key` matches the configured key. Guesses at the key
+/// are rate limited per client address, and each wrong key is logged with that address.
 fn admin(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Arc<AppState>,), Error = Rejection> + Clone {
-    warp::header::optional::<String>("x-admin-key")
+    within_rate(state.clone())
+        .and(warp::header::optional::<String>("x-admin-key"))
+        .and(warp::ext::optional::<ClientAddr>())
         .and(with_state(state))
-        .and_then(|key: Option<String>, state: Arc<AppState>| async move {
-            let Some(expected) = &state.admin_key else {
-                return Err(warp::reject::custom(ApiError::NotFound));
-            };
-            match key {
-                None => Err(warp::reject::custom(ApiError::AdminKeyRequired)),
-                Some(key) if expected.matches(&key) => Ok(state),
-                Some(_) => Err(warp::reject::custom(ApiError::InvalidAdminKey)),
-            }
-        })
+        .and_then(
+            |key: Option<String>, peer: Option<ClientAddr>, state: Arc<AppState>| async move {
+                let Some(expected) = &state.admin_key else {
+                    return Err(warp::reject::custom(ApiError::NotFound));
+                };
+                match key {
+                    None => Err(warp::reject::custom(ApiError::AdminKeyRequired)),
+                    Some(key) if expected.matches(&key) => Ok(state),
+                    Some(_) => {
+                        tracing::warn!(peer = ?peer.map(|p| p.0.ip()), "wrong admin key presented");
+                        Err(warp::reject::custom(ApiError::InvalidAdminKey))
+                    }
+                }
+            },
+        )
 }
 
 async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response, ApiError> {

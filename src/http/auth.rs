@@ -12,6 +12,7 @@ use warp::{Filter, Rejection, Reply};
 use super::extract::{
     JsonObject, authenticated, device, json_object, optional_json_object, with_state,
 };
+use super::rate::within_rate;
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::domain::{Device, SessionId, UserId, UserProfile};
@@ -28,6 +29,7 @@ pub fn routes(
         .and(warp::path("login"))
         .and(warp::path::end())
         .and(warp::post())
+        .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
         .and(json_object(limit))
         .and(device())
@@ -38,6 +40,7 @@ pub fn routes(
         .and(warp::path("verify-mfa"))
         .and(warp::path::end())
         .and(warp::post())
+        .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
         .and(json_object(limit))
         .and(device())

@@ -7,6 +7,7 @@ mod admin;
 mod auth;
 pub mod extract;
 mod health;
+pub mod rate;
 pub mod server;
 mod sessions;
 pub mod views;
@@ -31,6 +32,8 @@ pub struct AppState {
     pub idle_timeout: chrono::Duration,
     /// `None` turns the admin API off.
     pub admin_key: Option<AdminKey>,
+    /// The per-client-IP limit on endpoints that take credentials.
+    pub ip_rate: rate::IpRateLimit,
 }
 
 /// The operators' API key, kept as a SHA-256 digest: comparing digests in constant time

@@ -9,6 +9,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use super::extract::{JsonObject, authenticated, json_object, optional_json_object, with_state};
+use super::rate::within_rate;
 use super::views::SessionView;
 use super::{AppState, respond};
 use crate::error::ApiError;
@@ -53,6 +54,7 @@ pub fn routes(
         .and(warp::path("change-password"))
         .and(warp::path::end())
         .and(warp::post())
+        .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
         .and(authenticated(state))
         .and(json_object(limit))

@@ -229,7 +229,8 @@ async fn seed_refuses_production_unless_told_the_demo_accounts_are_public() {
             .env("FINSEC_ENV", "production")
             .env("FINSEC__DATABASE__URL", &app.db.url)
             .env("FINSEC__JWT__SECRET", JWT_SECRET)
-            .env("FINSEC__PASSWORD__LOG_N", "4");
+            // The lowest cost production accepts, to keep the seven hashes quick.
+            .env("FINSEC__PASSWORD__LOG_N", "15");
         command
     };
     let demo_users = "SELECT COUNT(*) FROM users WHERE email = 'john.doe@example.com'";

@@ -314,3 +314,49 @@ async fn a_flood_of_logins_is_told_to_come_back_later() {
     }
     assert!(ok >= 1 && busy >= 1, "ok {ok}, busy {busy}");
 }
+
+#[tokio::test]
+async fn a_client_sending_too_fast_is_told_to_slow_down() {
+    let app = spawn_app_with(|f| {
+        f.merge(("security.ip_rate", 1))
+            .merge(("security.ip_burst", 3))
+    })
+    .await;
+    let guess = json!({"email": "nobody@example.com", "password": "not-it-at-all-1"});
+    for _ in 0..3 {
+        assert_eq!(app.login(&guess).await.status(), StatusCode::UNAUTHORIZED);
+    }
+    let fourth = app.login(&guess).await;
+    assert!(fourth.headers().contains_key("retry-after"));
+    assert_error(fourth, StatusCode::TOO_MANY_REQUESTS, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
+    let app = spawn_app_with(|f| {
+        f.merge(("security.ip_rate", 1))
+            .merge(("security.ip_burst", 1))
+            .merge(("http.trusted_proxies", vec!["127.0.0.1"]))
+    })
+    .await;
+    let guess = json!({"email": "nobody@example.com", "password": "not-it-at-all-1"});
+    let from = |client: &'static str| {
+        app.client
+            .post(app.url("/api/auth/login"))
+            .header("x-forwarded-for", client)
+            .json(&guess)
+            .send()
+    };
+    assert_eq!(
+        from("198.51.100.1").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        from("198.51.100.1").await.unwrap().status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(
+        from("198.51.100.2").await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
