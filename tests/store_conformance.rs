@@ -665,6 +665,27 @@ async fn password_hashes_can_be_replaced(subject: Subject) {
     );
 }
 
+async fn a_rehash_replaces_only_the_hash_it_read(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let original = user.password_hash.clone();
+    assert!(
+        store
+            .replace_password_hash(user.id, &original, "$scrypt$stronger")
+            .await
+            .unwrap()
+    );
+    // The password changed meanwhile: a rehash of the old one must not undo it.
+    assert!(
+        !store
+            .replace_password_hash(user.id, &original, "$scrypt$stale")
+            .await
+            .unwrap()
+    );
+    let stored = store.user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(stored.password_hash, "$scrypt$stronger");
+}
+
 async fn duplicate_session_ids_conflict(subject: Subject) {
     let store = subject.store;
     let user = ada(&store).await;
@@ -781,4 +802,5 @@ conformance!(
     idle_ends_only_when_the_stored_activity_agrees,
     mfa_challenges_count_failures_and_are_answered_once,
     failures_lock_an_account_key_and_clear_on_success,
+    a_rehash_replaces_only_the_hash_it_read,
 );

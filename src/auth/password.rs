@@ -27,6 +27,8 @@ use crate::config::PasswordSettings;
 #[derive(Clone)]
 pub struct PasswordHasher {
     scrypt: Scrypt,
+    /// The cost new hashes get.
+    params: Params,
     permits: Arc<Semaphore>,
     /// Hashes admitted (waiting for a permit or running), and the most that may be.
     admitted: Arc<AtomicUsize>,
@@ -44,6 +46,7 @@ impl PasswordHasher {
             .map_err(|e| AuthError::Hashing(e.to_string()))?;
         let mut hasher = Self {
             scrypt: Scrypt::new_with_params(params),
+            params,
             permits: Arc::new(Semaphore::new(settings.max_concurrent_hashes)),
             admitted: Arc::new(AtomicUsize::new(0)),
             max_admitted: settings.max_concurrent_hashes + settings.max_queued_hashes,
@@ -87,6 +90,23 @@ impl PasswordHasher {
             })
             .await?;
         Ok(is_real && matches)
+    }
+
+    /// True when `stored` was made at a lower cost than new hashes get (or cannot be read):
+    /// the next successful login should hash the password again.
+    pub fn is_weaker_than_configured(&self, stored: &str) -> bool {
+        let wanted = &self.params;
+        match PasswordHash::new(stored)
+            .ok()
+            .and_then(|hash| Params::try_from(&hash).ok())
+        {
+            Some(params) => {
+                params.log_n() < wanted.log_n()
+                    || params.r() < wanted.r()
+                    || params.p() < wanted.p()
+            }
+            None => false,
+        }
     }
 
     /// Hashes running on the blocking pool right now (for tests and diagnostics).

@@ -475,14 +475,41 @@ impl Sessions {
             audit("password", None, device.ip.as_deref(), Some(&locked));
             return Err(locked);
         }
+        let password = credentials.password.clone();
         let checked = self.check_password(credentials, device).await;
-        if matches!(
-            checked,
-            Err(SessionError::Auth(AuthError::InvalidCredentials))
-        ) {
-            throttle.fail(self.store.as_ref(), &account, now).await;
+        match &checked {
+            Err(SessionError::Auth(AuthError::InvalidCredentials)) => {
+                throttle.fail(self.store.as_ref(), &account, now).await;
+            }
+            Ok(user) if self.hasher.is_weaker_than_configured(&user.password_hash) => {
+                self.rehash_in_background(user.id, user.password_hash.clone(), password);
+            }
+            _ => {}
         }
         checked
+    }
+
+    /// The stored hash predates a raise of the scrypt cost: hash the (just verified) password
+    /// again at the configured cost, after answering, and store it unless the password was
+    /// changed meanwhile. Only a login can do this: nobody else ever has the password.
+    fn rehash_in_background(&self, user: UserId, old: String, password: SecretString) {
+        let (hasher, store) = (self.hasher.clone(), self.store.clone());
+        tokio::spawn(async move {
+            let rehashed = match hasher.hash(password).await {
+                Ok(new) => store.replace_password_hash(user, &old, &new).await,
+                Err(err) => {
+                    tracing::debug!(user_id = %user, error = %err, "rehash skipped");
+                    return;
+                }
+            };
+            match rehashed {
+                Ok(true) => {
+                    tracing::info!(user_id = %user, "password rehashed at the configured cost")
+                }
+                Ok(false) => {}
+                Err(err) => tracing::warn!(user_id = %user, error = %err, "rehash not stored"),
+            }
+        });
     }
 
     /// Looks the email up and verifies the password; the user's row on success. Every outcome

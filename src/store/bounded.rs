@@ -220,6 +220,16 @@ impl SessionStore for Bounded {
             .await
     }
 
+    async fn replace_password_hash(
+        &self,
+        user: UserId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        self.within(self.inner.replace_password_hash(user, old, new))
+            .await
+    }
+
     async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
         self.within(self.inner.advance_totp_step(user, step)).await
     }

@@ -424,6 +424,23 @@ impl SessionStore for MemoryStore {
         Ok(())
     }
 
+    async fn replace_password_hash(
+        &self,
+        user: UserId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.tables();
+        match tables.users.get_mut(&user) {
+            Some(account) if account.password_hash == old => {
+                account.password_hash = new.to_owned();
+                account.updated_at = Utc::now();
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
     async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
         let mut tables = self.tables();
         let Some(user) = tables.users.get_mut(&user) else {

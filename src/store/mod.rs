@@ -211,6 +211,15 @@ pub trait SessionStore: Send + Sync + 'static {
 
     async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError>;
 
+    /// Replaces the hash only if it is still `old` (a rehash at a higher cost must not undo a
+    /// password change that happened meanwhile). True when it replaced it.
+    async fn replace_password_hash(
+        &self,
+        user: UserId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError>;
+
     /// Records `step` as the user's newest accepted TOTP step, only if it is newer than the
     /// stored one. Returns false when it is not (the code was already used), so that even two
     /// service instances racing on one code accept it once.

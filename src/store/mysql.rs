@@ -809,6 +809,23 @@ impl SessionStore for MySqlStore {
         }
     }
 
+    async fn replace_password_hash(
+        &self,
+        user: UserId,
+        old: &str,
+        new: &str,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop(
+            "UPDATE users SET password_hash = ?, updated_at = ? \
+             WHERE id = ? AND password_hash = ?",
+            (new, to_db(Utc::now()), user.get(), old),
+        )
+        .await
+        .map_err(unavailable)?;
+        Ok(conn.affected_rows() == 1)
+    }
+
     async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         // One conditional UPDATE: the database decides atomically whether the step is new.

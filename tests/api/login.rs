@@ -360,3 +360,51 @@ async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_budget() {
         StatusCode::UNAUTHORIZED
     );
 }
+
+#[tokio::test]
+async fn a_hash_made_at_a_lower_cost_is_redone_at_the_next_login() {
+    use finsec::auth::PasswordHasher;
+    use finsec::config::PasswordSettings;
+
+    let app = spawn_app_with(|f| f.merge(("password.log_n", 5))).await;
+    let john = app.user().await;
+    // As if stored before the cost was raised: a hash at log_n 4.
+    let cheaper = PasswordHasher::new(&PasswordSettings {
+        log_n: 4,
+        r: 8,
+        p: 1,
+        max_concurrent_hashes: 1,
+        max_queued_hashes: 1,
+        min_length: 12,
+    })
+    .await
+    .unwrap();
+    let old = cheaper.hash(john.password.clone().into()).await.unwrap();
+    app.db
+        .execute(&format!(
+            "UPDATE users SET password_hash = '{old}' WHERE id = {}",
+            john.id
+        ))
+        .await;
+
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
+    );
+    let sql = format!("SELECT password_hash FROM users WHERE id = {}", john.id);
+    let rehashed = crate::helpers::eventually(|| async {
+        app.db
+            .query_one(&sql)
+            .await
+            .filter(|hash| hash.starts_with("$scrypt$ln=5,"))
+    })
+    .await;
+    assert!(
+        rehashed.is_some(),
+        "the stored hash now has the configured cost"
+    );
+    assert_eq!(
+        app.login(&john.credentials()).await.status(),
+        StatusCode::OK
+    );
+}
