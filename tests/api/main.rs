@@ -11,6 +11,7 @@ mod login;
 mod logout;
 mod mfa;
 mod password;
+mod random_input;
 mod restart;
 mod secrets;
 mod sessions;
