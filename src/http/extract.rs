@@ -124,10 +124,16 @@ where
             chunk.advance(n);
         }
     }
+    parse_object(&bytes, optional)
+}
+
+/// A request body as a JSON object (`optional`: an empty body reads as `{}`). Public for the
+/// fuzz target (`fuzz/`), which feeds it arbitrary bytes.
+pub fn parse_object(bytes: &[u8], optional: bool) -> Result<JsonObject, ApiError> {
     if optional && bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(JsonObject(Map::new()));
     }
-    match serde_json::from_slice::<Value>(&bytes) {
+    match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(JsonObject(map)),
         Ok(_) => Err(ApiError::InvalidRequest(
             "Request body must be a JSON object".into(),
