@@ -49,7 +49,11 @@ impl MySqlStore {
             .pool_opts(
                 PoolOpts::default()
                     .with_constraints(constraints)
-                    .with_inactive_connection_ttl(std::time::Duration::from_secs(60)),
+                    .with_inactive_connection_ttl(std::time::Duration::from_secs(60))
+                    // No session state outlives a call here (transactions end, the named lock
+                    // has its own connection), so the reset on return, which MariaDB answers
+                    // like a new login and which empties the statement cache, buys nothing.
+                    .with_reset_connection(false),
             )
             .into();
         let store = Self {
