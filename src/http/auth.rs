@@ -32,7 +32,7 @@ pub fn routes(
         .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
         .and(json_object(limit))
-        .and(device())
+        .and(device(state.clone()))
         .then(login)
         .map(respond);
 
@@ -43,7 +43,7 @@ pub fn routes(
         .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
         .and(json_object(limit))
-        .and(device())
+        .and(device(state.clone()))
         .then(verify_mfa)
         .map(respond);
 

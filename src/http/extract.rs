@@ -56,14 +56,26 @@ fn bearer_token(header: Option<&str>) -> Result<&str, ApiError> {
     Ok(token.trim())
 }
 
-/// Where the request came from: user agent and peer address. Informational only.
-pub fn device() -> impl Filter<Extract = (Device,), Error = Rejection> + Clone {
+/// Where the request came from: user agent and client address (the socket peer, or behind a
+/// trusted proxy the address it forwarded; see `http::rate`). Informational only: shown in
+/// session lists and logged, never used for authorisation.
+pub fn device(state: Arc<AppState>) -> impl Filter<Extract = (Device,), Error = Rejection> + Clone {
     warp::header::optional::<String>("user-agent")
         .and(warp::ext::optional::<super::server::ClientAddr>())
+        .and(warp::header::optional::<String>("x-forwarded-for"))
+        .and(with_state(state))
         .map(
-            |agent: Option<String>, addr: Option<super::server::ClientAddr>| Device {
+            |agent: Option<String>,
+             addr: Option<super::server::ClientAddr>,
+             forwarded: Option<String>,
+             state: Arc<AppState>| Device {
                 user_agent: agent.map(|a| a.chars().take(MAX_USER_AGENT).collect()),
-                ip: addr.map(|a| a.0.ip().to_string()),
+                ip: addr.map(|a| {
+                    state
+                        .ip_rate
+                        .client_ip(a.0.ip(), forwarded.as_deref())
+                        .to_string()
+                }),
             },
         )
 }
