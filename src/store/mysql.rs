@@ -381,16 +381,9 @@ impl SessionStore for MySqlStore {
         let mut tx = self.transaction().await?;
         let result = async {
             // The user's row is the lock that serialises logins of one user across nodes.
-            let user: Option<u64> = tx
-                .exec_first(
-                    "SELECT id FROM users WHERE id = ? FOR UPDATE",
-                    (session.user_id.get(),),
-                )
-                .await
-                .map_err(unavailable)?;
-            if user.is_none() {
-                return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
-            }
+            lock_user(&mut tx, session.user_id)
+                .await?
+                .ok_or_else(|| StoreError::Conflict(format!("no user {}", session.user_id)))?;
             let live =
                 lock_live_sessions(&mut tx, session.user_id, None, session.created_at).await?;
             let excess = (live.len() + 1).saturating_sub(max_live.max(1));
@@ -471,14 +464,7 @@ impl SessionStore for MySqlStore {
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
-            let found: Option<u64> = tx
-                .exec_first(
-                    "SELECT id FROM users WHERE id = ? FOR UPDATE",
-                    (user.get(),),
-                )
-                .await
-                .map_err(unavailable)?;
-            if found.is_none() {
+            if lock_user(&mut tx, user).await?.is_none() {
                 return Ok(None);
             }
             tx.exec_drop(
