@@ -37,6 +37,11 @@ pub enum Command {
         #[arg(long)]
         i_know_demo: bool,
     },
+    /// Encryption keys for secrets at rest (`security.encryption_key`).
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -70,6 +75,16 @@ pub enum SessionsAction {
         #[arg(long)]
         reason: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysAction {
+    /// Print a new random key (32 bytes, base64) for security.encryption_key.
+    GenerateEncryptionKey,
+    /// Re-encrypt every TOTP secret under security.encryption_key, opening each with the key
+    /// that sealed it (keep the old ones in security.previous_encryption_keys until this has
+    /// run). Safe while the service runs, and safe to run again.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,7 +6,7 @@ use crate::auth::PasswordHasher;
 use crate::config::Settings;
 use crate::operator::{self, OperatorError};
 use crate::seed;
-use crate::startup::{Application, StartupError, shutdown_signal};
+use crate::startup::{Application, StartupError, open_keyring, shutdown_signal};
 use crate::store::{self, MySqlStore, SessionStore};
 
 pub async fn serve(settings: &Settings) -> Result<(), StartupError> {
@@ -32,8 +32,10 @@ pub async fn migrate(settings: &Settings) -> Result<(), StartupError> {
     )
     .await?;
     store.migrate().await?;
+    // V6's second half: SQL cannot encrypt under a key the database never sees.
+    let sealed = store.reseal_secrets(&open_keyring(settings)?, true).await?;
     store.close().await?;
-    println!("migrations applied");
+    println!("migrations applied; {sealed} TOTP secret(s) found in clear encrypted");
     Ok(())
 }
 
@@ -55,7 +57,8 @@ pub async fn seed(settings: &Settings, i_know_demo: bool) -> Result<(), StartupE
     )
     .await?;
     let hasher = PasswordHasher::new(&settings.password).await?;
-    for line in seed::ensure_demo_users(store.as_ref(), &hasher).await? {
+    let keyring = open_keyring(settings)?;
+    for line in seed::ensure_demo_users(store.as_ref(), &hasher, &keyring).await? {
         println!("{line}");
     }
     store.close().await?;
@@ -110,6 +113,40 @@ pub async fn sessions_revoke_all(
     println!(
         "revoked {} session(s) of {email} {}",
         outcome.value, outcome.via
+    );
+    Ok(())
+}
+
+/// `finsec keys generate-encryption-key`.
+pub fn generate_encryption_key() -> Result<(), StartupError> {
+    let key = crate::crypto::generate_key().map_err(|e| StartupError::Config {
+        key: "security.encryption_key",
+        reason: e.to_string(),
+    })?;
+    println!("{key}");
+    Ok(())
+}
+
+/// `finsec keys rotate`: every secret sealed under an older key is re-sealed under the
+/// current one.
+pub async fn rotate_keys(settings: &Settings) -> Result<(), StartupError> {
+    if settings.database.is_memory() {
+        println!("database.url is \"memory\": nothing is at rest to re-encrypt");
+        return Ok(());
+    }
+    let keyring = open_keyring(settings)?;
+    let store = store::connect(
+        settings.database.url.expose_secret(),
+        settings.database.max_connections,
+    )
+    .await?;
+    let resealed = store.reseal_secrets(&keyring, false).await;
+    store.close().await?;
+    let resealed = resealed?;
+    println!(
+        "{resealed} secret(s) re-encrypted under key {}; keys listed in \
+         security.previous_encryption_keys may now be removed",
+        keyring.current_id()
     );
     Ok(())
 }

@@ -13,6 +13,8 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::crypto::Keyring;
+
 /// The JWT secret shipped in `config/default.toml` for local runs. Production refuses it.
 pub const DEMO_JWT_SECRET: &str = "demo-only-jwt-secret-do-not-use-in-production";
 /// HS256 keys shorter than this are guessable offline from any token; production refuses them.
@@ -33,7 +35,14 @@ pub struct Settings {
     pub actors: ActorSettings,
     pub cluster: ClusterSettings,
     pub security: SecuritySettings,
+    pub audit: AuditSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuditSettings {
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +57,8 @@ pub struct SecuritySettings {
     /// Requests per second per client IP on the endpoints that take credentials (0: off).
     pub ip_rate: u32,
     pub ip_burst: u32,
+    pub encryption_key: SecretString,
+    pub previous_encryption_keys: Vec<SecretString>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,6 +141,7 @@ pub struct AuthSettings {
     #[serde(with = "humantime_serde")]
     pub mfa_challenge_ttl: Duration,
     pub mfa_max_attempts: u32,
+    pub totp_skew_steps: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -236,6 +248,34 @@ impl Settings {
 
     pub fn is_production(&self) -> bool {
         self.environment == "production"
+    }
+
+    /// The keys that seal second-factor secrets: `security.encryption_key` and the previous
+    /// ones, or (outside production, with no key set) the public demo key.
+    pub fn keyring(&self) -> Result<Keyring, ConfigError> {
+        let current = self.security.encryption_key.expose_secret();
+        let previous: Vec<String> = self
+            .security
+            .previous_encryption_keys
+            .iter()
+            .map(|k| k.expose_secret().to_owned())
+            .collect();
+        if current.is_empty() {
+            if self.is_production() {
+                return Err(ConfigError::Invalid {
+                    key: "security.encryption_key",
+                    reason: "is required in production (32 random bytes, base64; \
+                             `finsec keys generate-encryption-key`); set \
+                             FINSEC__SECURITY__ENCRYPTION_KEY"
+                        .into(),
+                });
+            }
+            return Ok(Keyring::demo());
+        }
+        Keyring::new(current, &previous).map_err(|e| ConfigError::Invalid {
+            key: "security.encryption_key",
+            reason: e.to_string(),
+        })
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -358,6 +398,16 @@ impl Settings {
                 "failure_window and max_lockout must be longer than zero",
             );
         }
+        self.keyring()?;
+        if self.auth.totp_skew_steps > 3 {
+            return invalid(
+                "auth.totp_skew_steps",
+                "must be 0 to 3 (each step is 30 s either side)",
+            );
+        }
+        if self.audit.retention.is_zero() {
+            return invalid("audit.retention", "must be longer than zero");
+        }
         if self.cluster.user_refresh.is_zero() {
             return invalid("cluster.user_refresh", "must be longer than zero");
         }
@@ -410,7 +460,21 @@ mod tests {
         let err = Settings::from_figment(short).unwrap_err().to_string();
         assert!(err.contains("at least 32 bytes"), "{err}");
 
-        let good = production().merge(("jwt.secret", "x".repeat(32)));
+        let no_key = production().merge(("jwt.secret", "x".repeat(32)));
+        let err = Settings::from_figment(no_key.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("security.encryption_key:"), "{err}");
+        let bad_key = no_key
+            .clone()
+            .merge(("security.encryption_key", "c2hvcnQ="));
+        let err = Settings::from_figment(bad_key).unwrap_err().to_string();
+        assert!(err.contains("not base64 for 32 bytes"), "{err}");
+
+        let good = no_key.merge((
+            "security.encryption_key",
+            crate::crypto::generate_key().unwrap(),
+        ));
         let settings = Settings::from_figment(good.clone()).unwrap();
         assert!(settings.is_production());
         assert_eq!(settings.password.log_n, 17);

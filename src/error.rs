@@ -39,6 +39,12 @@ pub enum ApiError {
     Forbidden(&'static str),
     #[error("Weak password: {0}")]
     WeakPassword(String),
+    /// The second factor is not in the state the request needs; `code` says which.
+    #[error("{message}")]
+    MfaState {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("Missing X-Admin-Key header")]
     AdminKeyRequired,
     #[error("Invalid admin key")]
@@ -90,6 +96,7 @@ impl ApiError {
             Self::SessionEnded => (StatusCode::UNAUTHORIZED, "session_ended"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
+            Self::MfaState { code, .. } => (StatusCode::CONFLICT, code),
             Self::AdminKeyRequired | Self::InvalidAdminKey => {
                 (StatusCode::UNAUTHORIZED, "invalid_admin_key")
             }
@@ -175,6 +182,7 @@ impl From<SessionError> for ApiError {
             SessionError::UnknownUser => Self::UserNotFound,
             SessionError::Forbidden(why) => Self::Forbidden(why),
             SessionError::WeakPassword(why) => Self::WeakPassword(why),
+            SessionError::MfaState { code, message } => Self::MfaState { code, message },
             SessionError::Store(store) => store.into(),
             SessionError::Cluster(cluster) => Self::Unavailable(cluster.to_string()),
             // Whole seconds, rounded up: never tell a client to come back before the lock ends.

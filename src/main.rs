@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use finsec::cli::{Cli, Command, ConfigAction, SessionsAction};
+use finsec::cli::{Cli, Command, ConfigAction, KeysAction, SessionsAction};
 use finsec::config::Settings;
 use finsec::{commands, telemetry};
 
@@ -46,6 +46,12 @@ async fn run(cli: Cli, settings: Settings) -> ExitCode {
         Command::Seed { i_know_demo } => commands::seed(&settings, i_know_demo)
             .await
             .map_err(Into::into),
+        Command::Keys { action } => match action {
+            KeysAction::GenerateEncryptionKey => {
+                commands::generate_encryption_key().map_err(Into::into)
+            }
+            KeysAction::Rotate => commands::rotate_keys(&settings).await.map_err(Into::into),
+        },
         Command::Config {
             action: ConfigAction::Check,
         } => commands::check_config(&settings).map_err(Into::into),

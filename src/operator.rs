@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::Settings;
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
-use crate::domain::{Email, Revocation, RevokeReason, Session, UserId};
+use crate::domain::{Email, Origin, Revocation, RevokeReason, Session, UserId};
 use crate::store::{CLUSTER_PRESENCE, MySqlStore, SessionStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -97,11 +97,13 @@ pub async fn revoke_all(
     }
     let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
-    let revocation = Revocation {
-        at: Utc::now(),
-        reason: RevokeReason::Admin,
-        note: reason.clone(),
+    let origin = Origin {
+        node: Some("cli".to_owned()),
+        ..Origin::default()
     };
+    let revocation = Revocation::new(Utc::now(), RevokeReason::Admin)
+        .with_note(reason.clone())
+        .by(origin);
     let outcome = match settings.cluster.bus_url() {
         Some(bus_url) => revoke_on_cluster(settings, bus_url, &store, user, &revocation).await,
         None => revoke_alone(settings, url, &store, user, &revocation).await,

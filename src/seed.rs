@@ -7,6 +7,7 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 use crate::auth::{AuthError, PasswordHasher};
+use crate::crypto::{Keyring, Purpose};
 use crate::domain::{Email, NewUser};
 use crate::store::{SessionStore, StoreError};
 
@@ -67,6 +68,7 @@ pub fn demo_users() -> Result<Vec<DemoUser>, SeedError> {
 pub async fn ensure_demo_users(
     store: &dyn SessionStore,
     hasher: &PasswordHasher,
+    keyring: &Keyring,
 ) -> Result<Vec<Seeded>, SeedError> {
     let mut seeded = Vec::new();
     for demo in demo_users()? {
@@ -83,7 +85,12 @@ pub async fn ensure_demo_users(
                     phone_number: demo.phone_number,
                     is_active: true,
                     mfa_enabled: demo.totp_secret.is_some(),
-                    totp_secret: demo.totp_secret.clone(),
+                    totp_secret: demo
+                        .totp_secret
+                        .as_ref()
+                        .map(|secret| keyring.seal(Purpose::Totp, secret.as_bytes()))
+                        .transpose()
+                        .map_err(|e| SeedError::Data(e.to_string()))?,
                 };
                 match store.insert_user(new).await {
                     Ok(_) => true,

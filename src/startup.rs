@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
 use crate::config::Settings;
+use crate::crypto::Keyring;
 use crate::domain::FailureRule;
 use crate::http::{self, AdminKey, AppState};
 use crate::seed::{self, SeedError};
@@ -224,13 +225,23 @@ impl Application {
 
     async fn build_on(settings: &Settings, topology: Topology) -> Result<Self, StartupError> {
         let hasher = PasswordHasher::new(&settings.password).await?;
+        let keyring = Arc::new(open_keyring(settings)?);
         let store = topology.store;
+        // The second half of migration V6: secrets still in clear are sealed (SQL cannot).
+        let sealed = store.reseal_secrets(&keyring, true).await?;
+        if sealed > 0 {
+            tracing::info!(sealed, "TOTP secrets found in clear were encrypted");
+        }
         if settings.database.is_memory() {
             // The embedded store starts empty every time; give it the demo users.
-            for line in seed::ensure_demo_users(store.as_ref(), &hasher).await? {
+            for line in seed::ensure_demo_users(store.as_ref(), &hasher, &keyring).await? {
                 tracing::info!(email = %line.email, "demo user ready");
             }
         }
+        let node_id = topology
+            .cluster
+            .node_id()
+            .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
         let session = &settings.session;
         let policy = SessionPolicy {
             max_lifetime: chrono_duration(session.max_lifetime, "session.max_lifetime")?,
@@ -265,6 +276,10 @@ impl Application {
                     )?,
                 },
             )),
+            keyring,
+            totp_skew: settings.auth.totp_skew_steps,
+            audit_retention: chrono_duration(settings.audit.retention, "audit.retention")?,
+            node_id,
         };
         let idle_timeout = policy.idle_timeout;
         let sessions = Sessions::start(
@@ -414,4 +429,22 @@ pub async fn shutdown_signal() {
         () = ctrl_c => {},
         () = terminate => {},
     }
+}
+
+/// The encryption keys, saying loudly when they are the public demo key.
+pub fn open_keyring(settings: &Settings) -> Result<Keyring, StartupError> {
+    let keyring = settings.keyring().map_err(|e| match e {
+        crate::config::ConfigError::Invalid { key, reason } => StartupError::Config { key, reason },
+        other => StartupError::Config {
+            key: "security.encryption_key",
+            reason: other.to_string(),
+        },
+    })?;
+    if keyring.is_demo() {
+        tracing::warn!(
+            "security.encryption_key is not set: TOTP secrets are sealed under the public demo \
+             key (development only; production refuses to start without a key)"
+        );
+    }
+    Ok(keyring)
 }

@@ -4,7 +4,8 @@
 
 use chrono::{Duration, DurationRound, Utc};
 use finsec::domain::{
-    Device, Email, FailureRule, NewUser, Revocation, RevokeReason, Session, SessionId, UserId,
+    AuthEvent, Device, Email, EventKind, FailureRule, NewUser, Origin, Revocation, RevokeReason,
+    SealedSecret, Session, SessionId, UserId,
 };
 use finsec::store::{DynStore, MemoryStore, MySqlStore, StoreError, StoredChallenge};
 
@@ -46,8 +47,32 @@ fn new_user(email: &str) -> NewUser {
         phone_number: Some("+44 20 0000 0000".into()),
         is_active: true,
         mfa_enabled: true,
-        totp_secret: Some("JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PXP".into()),
+        totp_secret: Some(sealed(1)),
     }
+}
+
+/// A sealed secret as the store sees it: opaque bytes (the stores never open one).
+fn sealed(n: u8) -> SealedSecret {
+    SealedSecret {
+        key_id: format!("key{n}"),
+        nonce: vec![n; 12],
+        ciphertext: vec![n; 36],
+    }
+}
+
+/// The event a login records with the session it opens.
+fn login_event(session: &Session) -> AuthEvent {
+    AuthEvent::new(
+        session.created_at,
+        EventKind::LoginSucceeded,
+        Some(session.user_id),
+        Origin::default(),
+    )
+    .session(session.id)
+}
+
+fn event(user: UserId, kind: EventKind, at: chrono::DateTime<Utc>) -> AuthEvent {
+    AuthEvent::new(at, kind, Some(user), Origin::default())
 }
 
 /// Ada, the user most tests need.
@@ -178,11 +203,8 @@ async fn revoking_is_idempotent_and_keeps_the_first_reason(subject: Subject) {
     store.insert_session(&a).await.unwrap();
     store.insert_session(&b).await.unwrap();
 
-    let first = Revocation {
-        at: t,
-        reason: RevokeReason::Admin,
-        note: Some("card reported stolen".into()),
-    };
+    let first =
+        Revocation::new(t, RevokeReason::Admin).with_note(Some("card reported stolen".into()));
     store.revoke_sessions(&[a.id], &first).await.unwrap();
     // Again, with another reason, and together with a live one and an unknown id: the first
     // revocation of `a` stands, `b` ends, the unknown id is ignored.
@@ -238,7 +260,10 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
     for i in 0..3 {
         let s = session(user.id, t + Duration::seconds(i), Duration::hours(1));
         assert_eq!(
-            store.open_session_within_limit(&s, 3).await.unwrap(),
+            store
+                .open_session_within_limit(&s, 3, &login_event(&s))
+                .await
+                .unwrap(),
             vec![]
         );
         opened.push(s);
@@ -249,7 +274,10 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
         .await
         .unwrap();
     let fourth = session(user.id, t + Duration::minutes(6), Duration::hours(1));
-    let ended = store.open_session_within_limit(&fourth, 3).await.unwrap();
+    let ended = store
+        .open_session_within_limit(&fourth, 3, &login_event(&fourth))
+        .await
+        .unwrap();
     assert_eq!(ended, vec![opened[1].id]);
     let evicted = store.session_by_id(opened[1].id).await.unwrap().unwrap();
     assert_eq!(evicted.revoke_reason, Some(RevokeReason::SessionLimit));
@@ -264,7 +292,9 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
     );
     let nobody = session(UserId::new(424_242), t, Duration::hours(1));
     assert!(matches!(
-        store.open_session_within_limit(&nobody, 3).await,
+        store
+            .open_session_within_limit(&nobody, 3, &login_event(&nobody))
+            .await,
         Err(StoreError::Conflict(_))
     ));
 }
@@ -293,11 +323,8 @@ async fn revoking_a_users_sessions_returns_what_it_ended(subject: Subject) {
         .put_mfa_challenge(user.id, &challenge, 3)
         .await
         .unwrap();
-    let revocation = Revocation {
-        at: t + Duration::minutes(1),
-        reason: RevokeReason::Admin,
-        note: Some("card stolen".into()),
-    };
+    let revocation = Revocation::new(t + Duration::minutes(1), RevokeReason::Admin)
+        .with_note(Some("card stolen".into()));
     let mut ended = store
         .revoke_user_sessions(user.id, Some(keep.id), &revocation)
         .await
@@ -349,7 +376,13 @@ async fn changing_the_password_ends_the_other_sessions_together(subject: Subject
         .unwrap();
     let revocation = Revocation::new(t + Duration::minutes(1), RevokeReason::PasswordChanged);
     let ended = store
-        .change_password(user.id, "$scrypt$new", keep.id, &revocation)
+        .change_password(
+            user.id,
+            "$scrypt$new",
+            keep.id,
+            &revocation,
+            &event(user.id, EventKind::PasswordChanged, revocation.at),
+        )
         .await
         .unwrap();
     assert_eq!(ended, Some(vec![other.id]));
@@ -378,7 +411,13 @@ async fn changing_the_password_ends_the_other_sessions_together(subject: Subject
         .unwrap();
     assert_eq!(
         store
-            .change_password(user.id, "$scrypt$newer", keep.id, &revocation)
+            .change_password(
+                user.id,
+                "$scrypt$newer",
+                keep.id,
+                &revocation,
+                &event(user.id, EventKind::PasswordChanged, revocation.at)
+            )
             .await
             .unwrap(),
         None
@@ -386,7 +425,17 @@ async fn changing_the_password_ends_the_other_sessions_together(subject: Subject
     assert_eq!(hash(&store).await, "$scrypt$new");
     assert!(matches!(
         store
-            .change_password(UserId::new(424_242), "$scrypt$x", keep.id, &revocation)
+            .change_password(
+                UserId::new(424_242),
+                "$scrypt$x",
+                keep.id,
+                &revocation,
+                &event(
+                    UserId::new(424_242),
+                    EventKind::PasswordChanged,
+                    revocation.at
+                )
+            )
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -400,7 +449,12 @@ async fn deactivation_ends_every_session(subject: Subject) {
     store.insert_session(&s).await.unwrap();
     let revocation = Revocation::new(t, RevokeReason::AccountDisabled);
     let ended = store
-        .set_user_active(user.id, false, &revocation)
+        .set_user_active(
+            user.id,
+            false,
+            &revocation,
+            &event(user.id, EventKind::AccountDeactivated, revocation.at),
+        )
         .await
         .unwrap();
     assert_eq!(ended, Some(vec![s.id]));
@@ -416,7 +470,12 @@ async fn deactivation_ends_every_session(subject: Subject) {
     );
     assert_eq!(
         store
-            .set_user_active(user.id, true, &revocation)
+            .set_user_active(
+                user.id,
+                true,
+                &revocation,
+                &event(user.id, EventKind::AccountDeactivated, revocation.at)
+            )
             .await
             .unwrap(),
         Some(vec![])
@@ -424,7 +483,16 @@ async fn deactivation_ends_every_session(subject: Subject) {
     assert!(store.user_by_id(user.id).await.unwrap().unwrap().is_active);
     assert_eq!(
         store
-            .set_user_active(UserId::new(424_242), false, &revocation)
+            .set_user_active(
+                UserId::new(424_242),
+                false,
+                &revocation,
+                &event(
+                    UserId::new(424_242),
+                    EventKind::AccountDeactivated,
+                    revocation.at
+                )
+            )
             .await
             .unwrap(),
         None
@@ -445,7 +513,11 @@ async fn idle_ends_only_when_the_stored_activity_agrees(subject: Subject) {
     let at = t + Duration::minutes(20);
     assert!(
         !store
-            .end_if_idle(s.id, t + Duration::minutes(5), at)
+            .end_if_idle(
+                s.id,
+                t + Duration::minutes(5),
+                &Revocation::new(at, RevokeReason::IdleTimeout)
+            )
             .await
             .unwrap()
     );
@@ -460,13 +532,23 @@ async fn idle_ends_only_when_the_stored_activity_agrees(subject: Subject) {
     );
     assert!(
         store
-            .end_if_idle(s.id, t + Duration::minutes(10), at)
+            .end_if_idle(
+                s.id,
+                t + Duration::minutes(10),
+                &Revocation::new(at, RevokeReason::IdleTimeout)
+            )
             .await
             .unwrap()
     );
     let ended = store.session_by_id(s.id).await.unwrap().unwrap();
     assert_eq!(ended.revoke_reason, Some(RevokeReason::IdleTimeout));
-    assert!(!store.end_if_idle(s.id, at, at).await.unwrap(), "once");
+    assert!(
+        !store
+            .end_if_idle(s.id, at, &Revocation::new(at, RevokeReason::IdleTimeout))
+            .await
+            .unwrap(),
+        "once"
+    );
 }
 
 async fn mfa_challenges_count_failures_and_are_answered_once(subject: Subject) {
@@ -562,7 +644,7 @@ async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Su
         store.insert_session(s).await.unwrap();
     }
     let ended = store
-        .expire_sessions(t, t - Duration::minutes(15))
+        .expire_sessions(t, t - Duration::minutes(15), &Origin::default())
         .await
         .unwrap();
     assert_eq!(ended, 2);
@@ -582,7 +664,7 @@ async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Su
     assert_eq!(reason(old.id).await, Some(RevokeReason::MaxLifetime));
     assert_eq!(
         store
-            .expire_sessions(t, t - Duration::minutes(15))
+            .expire_sessions(t, t - Duration::minutes(15), &Origin::default())
             .await
             .unwrap(),
         0,
@@ -704,21 +786,37 @@ async fn a_session_needs_an_existing_user(subject: Subject) {
 async fn totp_steps_only_move_forward(subject: Subject) {
     let store = subject.store;
     let user = ada(&store).await;
-    assert!(store.advance_totp_step(user.id, 100).await.unwrap());
     assert!(
-        !store.advance_totp_step(user.id, 100).await.unwrap(),
+        store
+            .advance_totp_step(user.id, &sealed(1), 100)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .advance_totp_step(user.id, &sealed(1), 100)
+            .await
+            .unwrap(),
         "same step twice"
     );
     assert!(
-        !store.advance_totp_step(user.id, 99).await.unwrap(),
+        !store
+            .advance_totp_step(user.id, &sealed(1), 99)
+            .await
+            .unwrap(),
         "older step"
     );
-    assert!(store.advance_totp_step(user.id, 101).await.unwrap());
+    assert!(
+        store
+            .advance_totp_step(user.id, &sealed(1), 101)
+            .await
+            .unwrap()
+    );
     let stored = store.user_by_id(user.id).await.unwrap().unwrap();
     assert_eq!(stored.totp_last_step, Some(101));
     assert!(
         !store
-            .advance_totp_step(UserId::new(424_242), 1)
+            .advance_totp_step(UserId::new(424_242), &sealed(1), 1)
             .await
             .unwrap(),
         "no such user"

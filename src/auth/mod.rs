@@ -3,6 +3,7 @@
 
 pub mod password;
 pub mod policy;
+pub mod recovery;
 pub mod token;
 pub mod totp;
 

@@ -6,7 +6,7 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{SessionId, UserId};
+use super::{Origin, SessionId, UserId};
 
 /// Where a session was opened from, as the client told us. Informational only: never trusted
 /// for authorisation.
@@ -40,6 +40,8 @@ pub struct Revocation {
     pub at: DateTime<Utc>,
     pub reason: RevokeReason,
     pub note: Option<String>,
+    /// Who ended it, for the audit trail (one `session_ended` event per session it ends).
+    pub origin: Origin,
 }
 
 impl Revocation {
@@ -48,7 +50,18 @@ impl Revocation {
             at,
             reason,
             note: None,
+            origin: Origin::default(),
         }
+    }
+
+    pub fn by(mut self, origin: Origin) -> Self {
+        self.origin = origin;
+        self
+    }
+
+    pub fn with_note(mut self, note: Option<String>) -> Self {
+        self.note = note;
+        self
     }
 }
 
@@ -113,6 +126,8 @@ pub enum RevokeReason {
     SessionLimit,
     /// The account was deactivated (ASVS 5.0 7.4.2: disabling an account ends its sessions).
     AccountDisabled,
+    /// The second factor was enabled, disabled or its recovery codes replaced (ASVS 5.0 7.4.3).
+    MfaChanged,
 }
 
 impl RevokeReason {
@@ -126,6 +141,7 @@ impl RevokeReason {
             Self::MaxLifetime => "max_lifetime",
             Self::SessionLimit => "session_limit",
             Self::AccountDisabled => "account_disabled",
+            Self::MfaChanged => "mfa_changed",
         }
     }
 }
@@ -153,6 +169,7 @@ impl FromStr for RevokeReason {
             Self::MaxLifetime,
             Self::SessionLimit,
             Self::AccountDisabled,
+            Self::MfaChanged,
         ]
         .into_iter()
         .find(|reason| reason.as_str() == s)

@@ -6,7 +6,7 @@ use std::fmt;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::{Email, UserId};
+use super::{Email, SealedSecret, UserId};
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct User {
@@ -21,8 +21,10 @@ pub struct User {
     pub address: Option<String>,
     pub is_active: bool,
     pub mfa_enabled: bool,
-    /// Base32 TOTP secret; present when MFA has been set up.
-    pub totp_secret: Option<String>,
+    /// The TOTP secret in force (sealed); present when MFA has been enabled.
+    pub totp_secret: Option<SealedSecret>,
+    /// A secret issued by `mfa/setup` and not yet confirmed with a code (sealed).
+    pub totp_pending: Option<SealedSecret>,
     /// The newest TOTP time step ever accepted for this user: no code at or before it is
     /// accepted again.
     pub totp_last_step: Option<u64>,
@@ -39,10 +41,8 @@ impl fmt::Debug for User {
             .field("password_hash", &"[redacted]")
             .field("is_active", &self.is_active)
             .field("mfa_enabled", &self.mfa_enabled)
-            .field(
-                "totp_secret",
-                &self.totp_secret.as_ref().map(|_| "[redacted]"),
-            )
+            .field("totp_secret", &self.totp_secret)
+            .field("totp_pending", &self.totp_pending)
             .field("totp_last_step", &self.totp_last_step)
             .finish_non_exhaustive()
     }
@@ -58,7 +58,7 @@ pub struct NewUser {
     pub phone_number: Option<String>,
     pub is_active: bool,
     pub mfa_enabled: bool,
-    pub totp_secret: Option<String>,
+    pub totp_secret: Option<SealedSecret>,
 }
 
 impl fmt::Debug for NewUser {

@@ -9,13 +9,13 @@ use serde_json::json;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use super::extract::{JsonObject, optional_json_object, with_state};
+use super::extract::{JsonObject, device, optional_json_object, with_state};
 use super::rate::within_rate;
 use super::server::ClientAddr;
 use super::views::SessionView;
 use super::{AppState, respond};
-use crate::domain::UserId;
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
+use crate::domain::{Device, UserId};
 use crate::error::ApiError;
 
 pub fn routes(
@@ -35,12 +35,24 @@ pub fn routes(
         .then(list)
         .map(respond);
 
+    let events = user
+        .and(warp::path("events"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(admin(state.clone()))
+        .and(warp::query::<std::collections::HashMap<String, String>>())
+        .then(|user_id: u64, state: Arc<AppState>, query| async move {
+            super::events::page(&state, UserId::new(user_id), &query).await
+        })
+        .map(respond);
+
     let logout_all = user
         .and(warp::path("logout-all"))
         .and(warp::path::end())
         .and(warp::post())
         .and(admin(state.clone()))
         .and(optional_json_object(limit))
+        .and(device(state.clone()))
         .then(logout_all)
         .map(respond);
 
@@ -50,19 +62,23 @@ pub fn routes(
         .and(warp::post())
         .and(admin(state.clone()))
         .and(optional_json_object(limit))
-        .then(|user_id, state, body| set_active(user_id, state, body, false))
+        .and(device(state.clone()))
+        .then(|user_id, state, body, operator| set_active(user_id, state, body, operator, false))
         .map(respond);
 
     let activate = user
         .and(warp::path("activate"))
         .and(warp::path::end())
         .and(warp::post())
-        .and(admin(state))
+        .and(admin(state.clone()))
         .and(optional_json_object(limit))
-        .then(|user_id, state, body| set_active(user_id, state, body, true))
+        .and(device(state))
+        .then(|user_id, state, body, operator| set_active(user_id, state, body, operator, true))
         .map(respond);
 
-    list.or(logout_all)
+    list.or(events)
+        .unify()
+        .or(logout_all)
         .unify()
         .or(deactivate)
         .unify()
@@ -124,13 +140,14 @@ async fn set_active(
     user_id: u64,
     state: Arc<AppState>,
     body: JsonObject,
+    operator: Device,
     active: bool,
 ) -> Result<Response, ApiError> {
     let reason = reason(&body)?;
     let user_id = UserId::new(user_id);
     let revoked = state
         .sessions
-        .admin_set_active(user_id, active, reason)
+        .admin_set_active(user_id, active, reason, &operator)
         .await?;
     let message = if active {
         "Account activated"
@@ -147,11 +164,12 @@ async fn logout_all(
     user_id: u64,
     state: Arc<AppState>,
     body: JsonObject,
+    operator: Device,
 ) -> Result<Response, ApiError> {
     let reason = reason(&body)?;
     let revoked = state
         .sessions
-        .admin_logout_all(UserId::new(user_id), reason)
+        .admin_logout_all(UserId::new(user_id), reason, &operator)
         .await?;
     Ok(
         warp::reply::json(&json!({ "message": "Logged out of all devices", "revoked": revoked }))

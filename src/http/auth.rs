@@ -80,6 +80,9 @@ struct SessionOpened {
     access_token: String,
     session_id: SessionId,
     user: UserProfile,
+    /// After a recovery code: how many unused ones are left (camelCase, as the MFA API).
+    #[serde(rename = "recoveryCodesLeft", skip_serializing_if = "Option::is_none")]
+    recovery_codes_left: Option<usize>,
 }
 
 impl SessionOpened {
@@ -89,6 +92,7 @@ impl SessionOpened {
             access_token: issued.access_token,
             session_id: issued.session.id,
             user: issued.user,
+            recovery_codes_left: issued.recovery_codes_left,
         }
     }
 }
@@ -140,7 +144,7 @@ async fn verify_mfa(
     device: Device,
 ) -> Result<Response, ApiError> {
     let user_id = body.user_id("userId")?;
-    let code = body.string("otpCode")?;
+    let factor = body.second_factor()?;
     let mfa_token = body.optional_string("mfaToken")?;
     // The original clients' form: email and password resent with the code. Both or neither.
     let has_email = body.optional_string("email")?.is_some();
@@ -156,7 +160,7 @@ async fn verify_mfa(
     };
     let issued = state
         .sessions
-        .verify_mfa(user_id, code, mfa_token, credentials, device)
+        .verify_mfa(user_id, factor, mfa_token, credentials, device)
         .await?;
     Ok(
         warp::reply::json(&SessionOpened::new("MFA verification successful", issued))

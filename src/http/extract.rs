@@ -16,7 +16,7 @@ use warp::{Filter, Rejection};
 use super::AppState;
 use crate::domain::{Device, Email, SessionId, UserId};
 use crate::error::ApiError;
-use crate::sessions::Authenticated;
+use crate::sessions::{Authenticated, SecondFactor};
 
 /// Longest user agent we keep (the column's width); the rest is noise.
 const MAX_USER_AGENT: usize = 512;
@@ -33,15 +33,18 @@ pub fn authenticated(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Authenticated,), Error = Rejection> + Clone {
     warp::header::optional::<String>("authorization")
+        .and(device(state.clone()))
         .and(with_state(state))
-        .and_then(|header: Option<String>, state: Arc<AppState>| async move {
-            let token = bearer_token(header.as_deref()).map_err(warp::reject::custom)?;
-            state
-                .sessions
-                .authenticate(token)
-                .await
-                .map_err(|e| warp::reject::custom(ApiError::from(e)))
-        })
+        .and_then(
+            |header: Option<String>, device: Device, state: Arc<AppState>| async move {
+                let token = bearer_token(header.as_deref()).map_err(warp::reject::custom)?;
+                state
+                    .sessions
+                    .authenticate(token, device)
+                    .await
+                    .map_err(|e| warp::reject::custom(ApiError::from(e)))
+            },
+        )
 }
 
 fn bearer_token(header: Option<&str>) -> Result<&str, ApiError> {
@@ -228,6 +231,23 @@ impl JsonObject {
             Some(_) => Err(ApiError::InvalidRequest(format!(
                 "`{field}` must be true or false"
             ))),
+        }
+    }
+
+    /// The second factor: `otpCode` or `recoveryCode`, exactly one of them.
+    pub fn second_factor(&self) -> Result<SecondFactor, ApiError> {
+        match (
+            self.optional_string("otpCode")?,
+            self.optional_string("recoveryCode")?,
+        ) {
+            (Some(code), None) => Ok(SecondFactor::Totp(code)),
+            (None, Some(code)) => Ok(SecondFactor::Recovery(code)),
+            (None, None) => Err(ApiError::InvalidRequest(
+                "`otpCode` or `recoveryCode` is required".into(),
+            )),
+            (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
+                "send `otpCode` or `recoveryCode`, not both".into(),
+            )),
         }
     }
 

@@ -5,8 +5,10 @@
 
 mod admin;
 mod auth;
+mod events;
 pub mod extract;
 mod health;
+mod mfa;
 pub mod rate;
 pub mod server;
 mod sessions;
@@ -58,6 +60,10 @@ pub fn routes(
         .or(auth::routes(state.clone()))
         .unify()
         .or(sessions::routes(state.clone()))
+        .unify()
+        .or(mfa::routes(state.clone()))
+        .unify()
+        .or(events::routes(state.clone()))
         .unify()
         .or(admin::routes(state))
         .unify()

@@ -4,7 +4,9 @@
 use ractor::RpcReplyPort;
 
 use super::SessionError;
-use crate::domain::{Device, RevokeReason, Session, SessionId, User, UserProfile};
+use crate::domain::{
+    Device, HashedCode, Origin, RevokeReason, SealedSecret, Session, SessionId, User, UserProfile,
+};
 
 /// What a successful login, MFA check or token validation hands back: the session and the
 /// profile of the user who owns it.
@@ -20,6 +22,48 @@ pub struct SessionGrant {
 pub struct Opened {
     pub grant: SessionGrant,
     pub ended: Vec<SessionId>,
+    /// When a recovery code opened it: how many unused codes the user has left.
+    pub recovery_codes_left: Option<usize>,
+}
+
+/// A second factor as a client presents it: a TOTP code or one of the recovery codes.
+#[derive(Clone)]
+pub enum SecondFactor {
+    Totp(String),
+    Recovery(String),
+}
+
+/// Never the code itself in a log line.
+impl std::fmt::Debug for SecondFactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Totp(_) => "Totp([redacted])",
+            Self::Recovery(_) => "Recovery([redacted])",
+        })
+    }
+}
+
+/// A change of the caller's own second factor, after their password has been checked.
+#[derive(Debug, Clone)]
+pub enum FactorRequest {
+    /// Issue `secret` as the pending one.
+    Setup { secret: SealedSecret },
+    /// Turn the pending secret on, proven by a code of it; `codes` become the recovery codes.
+    Enable {
+        code: String,
+        codes: Vec<HashedCode>,
+        end_others: bool,
+    },
+    /// Turn two-factor off, proven by the current factor.
+    Disable {
+        proof: SecondFactor,
+        end_others: bool,
+    },
+    /// Replace the recovery codes, proven by the current factor.
+    NewRecoveryCodes {
+        proof: SecondFactor,
+        codes: Vec<HashedCode>,
+    },
 }
 
 /// What the password step leads to: a session, or (MFA users) a challenge to answer.
@@ -32,7 +76,7 @@ pub enum LoginStep {
 /// A second-factor attempt, as received by `verify-mfa`.
 #[derive(Debug, Clone)]
 pub struct MfaAttempt {
-    pub code: String,
+    pub factor: SecondFactor,
     /// The challenge token from the password step, if the client sent it.
     pub mfa_token: Option<String>,
     /// The user's row, read when this very request carried a verified email and password
@@ -68,6 +112,7 @@ pub enum UserMsg {
     Revoke {
         session_id: SessionId,
         reason: RevokeReason,
+        origin: Origin,
         reply: Reply<()>,
     },
     /// End every session but `except` (wherever it was opened); replies with the ids ended.
@@ -75,6 +120,7 @@ pub enum UserMsg {
         except: Option<SessionId>,
         reason: RevokeReason,
         note: Option<String>,
+        origin: Origin,
         reply: Reply<Vec<SessionId>>,
     },
     /// Store a new password hash (already computed off the actor) and end every session but
@@ -82,6 +128,15 @@ pub enum UserMsg {
     ChangePassword {
         password_hash: String,
         keep: SessionId,
+        origin: Origin,
+        reply: Reply<Vec<SessionId>>,
+    },
+    /// Set up, enable or disable the second factor, or replace the recovery codes, for the
+    /// caller on session `keep`; replies with the sessions that ended with it.
+    ChangeFactor {
+        request: FactorRequest,
+        keep: SessionId,
+        origin: Origin,
         reply: Reply<Vec<SessionId>>,
     },
     /// Operators: (de)activate the account; deactivation ends every session
@@ -89,6 +144,7 @@ pub enum UserMsg {
     SetActive {
         active: bool,
         note: Option<String>,
+        origin: Origin,
         reply: Reply<Vec<SessionId>>,
     },
     /// From another node, through the bus: these sessions ended there.
@@ -124,6 +180,7 @@ impl UserMsg {
             Self::Revoke { reply, .. } => reply.is_closed(),
             Self::RevokeAll { reply, .. } => reply.is_closed(),
             Self::ChangePassword { reply, .. } => reply.is_closed(),
+            Self::ChangeFactor { reply, .. } => reply.is_closed(),
             Self::SetActive { reply, .. } => reply.is_closed(),
             _ => false,
         }

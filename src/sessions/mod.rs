@@ -17,12 +17,15 @@ pub mod user_actor;
 use crate::auth::AuthError;
 use crate::cluster::ClusterError;
 use crate::store::StoreError;
-pub use messages::{LoginStep, MfaAttempt, Opened, SessionGrant, SupervisorMsg, UserMsg};
+pub use messages::{
+    FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, SupervisorMsg,
+    UserMsg,
+};
 pub use registry::{Registry, Residents};
 pub use remote::RemoteChanges;
 pub use service::{
-    Authenticated, Credentials, IssuedSession, LoginOutcome, PasswordChange, Sessions,
-    SessionsConfig,
+    Authenticated, Credentials, IssuedSession, LoginOutcome, MAX_EVENTS_PAGE, MfaSetup,
+    PasswordChange, Sessions, SessionsConfig,
 };
 pub use supervisor::{SessionSupervisor, SupervisorArgs};
 pub use throttle::Throttle;
@@ -44,6 +47,13 @@ pub enum SessionError {
     /// The caller may not act on that user's sessions.
     #[error("forbidden: {0}")]
     Forbidden(&'static str),
+    /// The second factor is not in the state the request needs (`mfa_not_enabled`,
+    /// `mfa_already_enabled`, `mfa_setup_required`); the message says what to do.
+    #[error("{message}")]
+    MfaState {
+        code: &'static str,
+        message: &'static str,
+    },
     /// A new password that the policy refuses; the message says why.
     #[error("weak password: {0}")]
     WeakPassword(String),

@@ -9,35 +9,60 @@ use ractor::{Actor, ActorRef};
 use secrecy::SecretString;
 
 use super::SessionError;
-use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, SupervisorMsg, UserMsg};
+use super::messages::{
+    FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, SupervisorMsg,
+    UserMsg,
+};
 use super::registry::{Registry, Residents};
 use super::supervisor::{SessionSupervisor, SupervisorArgs};
 use super::user_actor::SessionPolicy;
+use crate::auth::recovery::RecoveryCodes;
+use crate::auth::totp::{self, Enrolment};
 use crate::auth::{AuthError, PasswordHasher, PasswordPolicy, TokenIssuer};
 use crate::cluster::{Cluster, ClusterEvent};
-use crate::domain::{Device, Email, RevokeReason, Session, SessionId, User, UserId, UserProfile};
+use crate::crypto::Purpose;
+use crate::domain::{
+    AuthEvent, Device, Email, EventKind, RecordedEvent, RevokeReason, Session, SessionId, User,
+    UserId, UserProfile,
+};
 use crate::store::DynStore;
 
 /// One line per authentication step, for operators and their alerting: the step, the account
 /// (when the credentials named one), the client's address, and the outcome with a stable
-/// reason. Never an email typed, a password, a code or a token.
+/// reason. Never an email typed, a password, a code or a token. (The audit trail in the store
+/// records the same steps per account; this line is for log pipelines.)
 fn audit(step: &'static str, user: Option<UserId>, ip: Option<&str>, error: Option<&SessionError>) {
     let user = user.map(UserId::get);
     match error {
         None => tracing::info!(step, user_id = ?user, ip, outcome = "success", "authentication"),
         Some(err) => {
-            let reason = match err {
-                SessionError::Auth(AuthError::InvalidCredentials) => "invalid_credentials",
-                SessionError::Auth(AuthError::AccountInactive) => "account_inactive",
-                SessionError::Auth(AuthError::InvalidMfaCode) => "invalid_mfa_code",
-                SessionError::Auth(AuthError::Busy) => "busy",
-                SessionError::Throttled(_) => "throttled",
-                _ => "unavailable",
-            };
+            let reason = refusal_reason(err);
             tracing::info!(step, user_id = ?user, ip, outcome = "refused", reason, "authentication");
         }
     }
 }
+
+/// The stable code of a refusal, for log lines and audit events.
+fn refusal_reason(err: &SessionError) -> &'static str {
+    match err {
+        SessionError::Auth(AuthError::InvalidCredentials) => "invalid_credentials",
+        SessionError::Auth(AuthError::AccountInactive) => "account_inactive",
+        SessionError::Auth(AuthError::InvalidMfaCode) => "invalid_mfa_code",
+        SessionError::Auth(AuthError::Busy) => "busy",
+        SessionError::Throttled(_) => "throttled",
+        _ => "unavailable",
+    }
+}
+
+/// What `mfa/setup` hands out, once: the new pending secret and how to enrol it.
+pub struct MfaSetup {
+    pub secret: String,
+    pub otpauth_url: String,
+    pub qr_svg: String,
+}
+
+/// Most events one page of `GET /api/auth/events` returns.
+pub const MAX_EVENTS_PAGE: usize = 100;
 
 /// A fresh session and the token that carries it.
 #[derive(Debug, Clone)]
@@ -45,6 +70,8 @@ pub struct IssuedSession {
     pub access_token: String,
     pub session: Session,
     pub user: UserProfile,
+    /// When a recovery code opened it: how many are left.
+    pub recovery_codes_left: Option<usize>,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +88,8 @@ pub struct Authenticated {
     pub session_id: SessionId,
     pub session: Session,
     pub user: UserProfile,
+    /// Where this request came from (the session's own device is where it was opened).
+    pub device: Device,
 }
 
 /// A password change: the current one to prove it is the user, and the new one.
@@ -206,7 +235,7 @@ impl Sessions {
     pub async fn verify_mfa(
         &self,
         user_id: UserId,
-        code: String,
+        factor: SecondFactor,
         mfa_token: Option<String>,
         credentials: Option<Credentials>,
         device: Device,
@@ -229,7 +258,7 @@ impl Sessions {
             }
         };
         let attempt = MfaAttempt {
-            code,
+            factor,
             mfa_token,
             password_verified,
             device,
@@ -257,7 +286,11 @@ impl Sessions {
     }
 
     /// Verifies a bearer token and asks the user's actor whether its session is live.
-    pub async fn authenticate(&self, token: &str) -> Result<Authenticated, SessionError> {
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        device: Device,
+    ) -> Result<Authenticated, SessionError> {
         let subject = self.tokens.verify(token)?;
         let grant = self
             .registry
@@ -275,6 +308,7 @@ impl Sessions {
             session_id: subject.session_id,
             session: grant.session,
             user: grant.user,
+            device,
         })
     }
 
@@ -295,6 +329,7 @@ impl Sessions {
             .ask(caller.user_id, |reply| UserMsg::Revoke {
                 session_id,
                 reason: RevokeReason::Logout,
+                origin: self.policy.origin(&caller.device),
                 reply,
             })
             .await?;
@@ -332,6 +367,7 @@ impl Sessions {
                 except,
                 reason: RevokeReason::LogoutAll,
                 note: None,
+                origin: self.policy.origin(&caller.device),
                 reply,
             })
             .await?;
@@ -362,6 +398,40 @@ impl Sessions {
                 &personal,
             )
             .map_err(SessionError::WeakPassword)?;
+        self.reauthenticate(caller, change.current).await?;
+        let password_hash = self.hasher.hash(change.new).await?;
+        let ended = self
+            .registry
+            .ask(caller.user_id, |reply| UserMsg::ChangePassword {
+                password_hash: password_hash.clone(),
+                keep: caller.session_id,
+                origin: self.policy.origin(&caller.device),
+                reply,
+            })
+            .await?;
+        self.confirm_ended(caller.user_id, ended).await
+    }
+
+    /// The caller proves it is the user again (ASVS 5.0 7.5.1: before changing a factor or
+    /// the password): the current password, on the blocking pool, behind the same per-account
+    /// throttle as a login, and a wrong one counts like a wrong login.
+    async fn reauthenticate(
+        &self,
+        caller: &Authenticated,
+        password: SecretString,
+    ) -> Result<(), SessionError> {
+        let throttle = &self.policy.throttle;
+        let email = Email::parse(&caller.user.email)
+            .map_err(|_| SessionError::Unavailable("stored email does not parse".into()))?;
+        let account = throttle.account(&email);
+        let now = Utc::now();
+        let origin = self.policy.origin(&caller.device);
+        let event = |kind| AuthEvent::new(now, kind, Some(caller.user_id), origin.clone());
+        if let Err(locked) = throttle.check(self.store.as_ref(), &account, now).await {
+            self.record(event(EventKind::LoginThrottled).reason("reauthentication"))
+                .await;
+            return Err(locked);
+        }
         let user = self
             .store
             .user_by_id(caller.user_id)
@@ -369,21 +439,141 @@ impl Sessions {
             .ok_or(SessionError::Ended)?;
         if !self
             .hasher
-            .verify(change.current, Some(&user.password_hash))
+            .verify(password, Some(&user.password_hash))
             .await?
         {
+            throttle.fail(self.store.as_ref(), &account, now).await;
+            self.record(event(EventKind::LoginFailed).reason("reauthentication"))
+                .await;
             return Err(AuthError::InvalidCredentials.into());
         }
-        let password_hash = self.hasher.hash(change.new).await?;
+        Ok(())
+    }
+
+    /// `mfa/setup`: after the password, a new pending secret (replacing any pending one),
+    /// sealed before it leaves this function; the clear secret is returned this once.
+    pub async fn mfa_setup(
+        &self,
+        caller: &Authenticated,
+        password: SecretString,
+    ) -> Result<MfaSetup, SessionError> {
+        self.reauthenticate(caller, password).await?;
+        let secret = totp::new_secret()
+            .map_err(|e| SessionError::Unavailable(format!("no randomness: {e}")))?;
+        let enrolment = Enrolment::new(&secret, &caller.user.email)
+            .ok_or_else(|| SessionError::Unavailable("enrolment URI could not be built".into()))?;
+        let sealed = self
+            .policy
+            .keyring
+            .seal(Purpose::Totp, secret.as_bytes())
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
+        self.change_factor(caller, FactorRequest::Setup { secret: sealed })
+            .await?;
+        Ok(MfaSetup {
+            secret,
+            otpauth_url: enrolment.otpauth_url,
+            qr_svg: enrolment.qr_svg,
+        })
+    }
+
+    /// `mfa/enable`: a code of the pending secret turns it on; returns the recovery codes
+    /// (shown this once) and how many other sessions ended.
+    pub async fn mfa_enable(
+        &self,
+        caller: &Authenticated,
+        code: String,
+        keep_other_sessions: bool,
+    ) -> Result<(Vec<String>, usize), SessionError> {
+        let codes = new_recovery_codes()?;
+        let request = FactorRequest::Enable {
+            code,
+            codes: codes.stored,
+            end_others: !keep_other_sessions,
+        };
+        let ended = self.change_factor(caller, request).await?;
+        Ok((codes.shown, ended))
+    }
+
+    /// `mfa/disable`: the password and the factor (a code or a recovery code); returns how
+    /// many other sessions ended.
+    pub async fn mfa_disable(
+        &self,
+        caller: &Authenticated,
+        password: SecretString,
+        proof: SecondFactor,
+        keep_other_sessions: bool,
+    ) -> Result<usize, SessionError> {
+        self.reauthenticate(caller, password).await?;
+        let request = FactorRequest::Disable {
+            proof,
+            end_others: !keep_other_sessions,
+        };
+        self.change_factor(caller, request).await
+    }
+
+    /// `mfa/recovery-codes`: the password and the factor; a new set (the old one is void).
+    pub async fn mfa_new_recovery_codes(
+        &self,
+        caller: &Authenticated,
+        password: SecretString,
+        proof: SecondFactor,
+    ) -> Result<Vec<String>, SessionError> {
+        self.reauthenticate(caller, password).await?;
+        let codes = new_recovery_codes()?;
+        let request = FactorRequest::NewRecoveryCodes {
+            proof,
+            codes: codes.stored,
+        };
+        self.change_factor(caller, request).await?;
+        Ok(codes.shown)
+    }
+
+    /// The user's actor makes the change; then every node has it before the caller hears
+    /// 200: the sessions it ended are confirmed gone, and every node rereads the user's row
+    /// (the factor in force) before it answers for this user again.
+    async fn change_factor(
+        &self,
+        caller: &Authenticated,
+        request: FactorRequest,
+    ) -> Result<usize, SessionError> {
+        let changes_factor = !matches!(request, FactorRequest::Setup { .. });
         let ended = self
             .registry
-            .ask(caller.user_id, |reply| UserMsg::ChangePassword {
-                password_hash: password_hash.clone(),
+            .ask(caller.user_id, |reply| UserMsg::ChangeFactor {
+                request: request.clone(),
                 keep: caller.session_id,
+                origin: self.policy.origin(&caller.device),
                 reply,
             })
             .await?;
-        self.confirm_ended(caller.user_id, ended).await
+        let count = self.confirm_ended(caller.user_id, ended).await?;
+        if changes_factor {
+            self.cluster
+                .confirm(ClusterEvent::UserChanged {
+                    user: caller.user_id,
+                })
+                .await?;
+        }
+        Ok(count)
+    }
+
+    /// A page of the user's audit events, newest first (ids below `before`).
+    pub async fn events_of(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, SessionError> {
+        let limit = limit.clamp(1, MAX_EVENTS_PAGE);
+        Ok(self.store.events_of(user, before, limit).await?)
+    }
+
+    /// Records an event that goes with no other write; a failed write is logged only (the
+    /// request it describes was refused either way).
+    async fn record(&self, event: AuthEvent) {
+        if let Err(err) = self.store.record_event(&event).await {
+            tracing::warn!(kind = %event.kind, error = %err, "audit event not recorded");
+        }
     }
 
     /// Operators: any user's live sessions.
@@ -398,6 +588,7 @@ impl Sessions {
         &self,
         user_id: UserId,
         note: Option<String>,
+        operator: &Device,
     ) -> Result<usize, SessionError> {
         let ended = self
             .registry
@@ -405,6 +596,7 @@ impl Sessions {
                 except: None,
                 reason: RevokeReason::Admin,
                 note: note.clone(),
+                origin: self.policy.origin(operator),
                 reply,
             })
             .await?;
@@ -418,12 +610,14 @@ impl Sessions {
         user_id: UserId,
         active: bool,
         note: Option<String>,
+        operator: &Device,
     ) -> Result<usize, SessionError> {
         let ended = self
             .registry
             .ask(user_id, |reply| UserMsg::SetActive {
                 active,
                 note: note.clone(),
+                origin: self.policy.origin(operator),
                 reply,
             })
             .await?;
@@ -458,7 +652,9 @@ impl Sessions {
         self.cluster
             .announce(ClusterEvent::SessionOpened(opened.grant.session.clone()))
             .await;
-        self.issue(opened.grant)
+        let mut issued = self.issue(opened.grant)?;
+        issued.recovery_codes_left = opened.recovery_codes_left;
+        Ok(issued)
     }
 
     /// The password check behind the brute-force throttle: a locked account is refused before
@@ -473,6 +669,24 @@ impl Sessions {
         let now = Utc::now();
         if let Err(locked) = throttle.check(self.store.as_ref(), &account, now).await {
             audit("password", None, device.ip.as_deref(), Some(&locked));
+            // The account is named by its id when it exists; by the throttle's keyed hash
+            // otherwise (the same key either way for the same email).
+            let user = self
+                .store
+                .user_by_email(&credentials.email)
+                .await
+                .ok()
+                .flatten();
+            let mut event = AuthEvent::new(
+                now,
+                EventKind::LoginThrottled,
+                user.map(|u| u.id),
+                self.policy.origin(device),
+            );
+            if event.user_id.is_none() {
+                event.account_hash = Some(account);
+            }
+            self.record(event).await;
             return Err(locked);
         }
         let password = credentials.password.clone();
@@ -519,7 +733,8 @@ impl Sessions {
         credentials: Credentials,
         device: &Device,
     ) -> Result<User, SessionError> {
-        let user = self.store.user_by_email(&credentials.email).await?;
+        let email = credentials.email;
+        let user = self.store.user_by_email(&email).await?;
         let stored = user.as_ref().map(|u| u.password_hash.as_str());
         let verified = self.hasher.verify(credentials.password, stored).await;
         let user_id = user.as_ref().map(|u| u.id);
@@ -535,6 +750,20 @@ impl Sessions {
             device.ip.as_deref(),
             outcome.as_ref().err(),
         );
+        // Successes are recorded by the user's actor with what they led to; a refusal here.
+        if let Err(err @ SessionError::Auth(_)) = &outcome {
+            let mut event = AuthEvent::new(
+                Utc::now(),
+                EventKind::LoginFailed,
+                user_id,
+                self.policy.origin(device),
+            )
+            .reason(refusal_reason(err));
+            if user_id.is_none() {
+                event.account_hash = Some(self.policy.throttle.account(&email));
+            }
+            self.record(event).await;
+        }
         outcome
     }
 
@@ -544,6 +773,11 @@ impl Sessions {
             access_token,
             session: grant.session,
             user: grant.user,
+            recovery_codes_left: None,
         })
     }
+}
+
+fn new_recovery_codes() -> Result<RecoveryCodes, SessionError> {
+    RecoveryCodes::generate().map_err(|e| SessionError::Unavailable(format!("no randomness: {e}")))
 }

@@ -96,7 +96,13 @@ async fn sweep(state: &SupervisorArgs) {
     // A slow or unreachable database must not stall supervision for long: bound the wait.
     let limit = policy.sweep_interval;
     let idle_cutoff = now - policy.idle_timeout - policy.touch_interval;
-    match tokio::time::timeout(limit, state.store.expire_sessions(now, idle_cutoff)).await {
+    let origin = policy.node_origin();
+    match tokio::time::timeout(
+        limit,
+        state.store.expire_sessions(now, idle_cutoff, &origin),
+    )
+    .await
+    {
         Ok(Ok(0)) => {}
         Ok(Ok(ended)) => tracing::info!(ended, "sweep ended expired sessions"),
         Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not expire sessions"),
@@ -114,6 +120,17 @@ async fn sweep(state: &SupervisorArgs) {
         Ok(Ok(_)) => {}
         Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune failure records"),
         Err(_) => tracing::warn!("sweep timed out pruning failure records"),
+    }
+    match tokio::time::timeout(
+        limit,
+        state.store.prune_events(now - policy.audit_retention),
+    )
+    .await
+    {
+        Ok(Ok(0)) => {}
+        Ok(Ok(pruned)) => tracing::info!(pruned, "sweep pruned audit events past retention"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune audit events"),
+        Err(_) => tracing::warn!("sweep timed out pruning audit events"),
     }
     // Other nodes' news is needed only while an actor that was loading could have missed it.
     state.residents.prune_recent(RECENT_NEWS);

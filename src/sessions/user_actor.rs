@@ -24,16 +24,20 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::{Digest, Sha256};
 
 use super::SessionError;
-use super::messages::{LoginStep, MfaAttempt, Opened, SessionGrant, UserMsg};
+use super::messages::{
+    FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, UserMsg,
+};
 use super::registry::Residents;
 use super::throttle::Throttle;
-use crate::auth::AuthError;
 use crate::auth::totp::TotpCode;
+use crate::auth::{AuthError, recovery};
 use crate::cluster::Cluster;
+use crate::crypto::{Keyring, Purpose};
 use crate::domain::{
-    Device, Revocation, RevokeReason, Session, SessionId, User, UserId, UserProfile,
+    AuthEvent, Device, EventKind, Origin, Revocation, RevokeReason, SealedSecret, Session,
+    SessionId, User, UserId, UserProfile,
 };
-use crate::store::{DynStore, StoredChallenge};
+use crate::store::{DynStore, FactorChange, FactorOutcome, StoredChallenge};
 
 /// The rules the session actors apply, from config; shared by all of them.
 #[derive(Debug, Clone)]
@@ -53,6 +57,33 @@ pub struct SessionPolicy {
     pub user_refresh: chrono::Duration,
     /// Brute force: failures per account, lockouts.
     pub throttle: Arc<Throttle>,
+    /// Seals and opens second-factor secrets.
+    pub keyring: Arc<Keyring>,
+    /// TOTP steps accepted either side of the current one (`auth.totp_skew_steps`).
+    pub totp_skew: u8,
+    /// Audit events older than this are pruned by the sweep (`audit.retention`).
+    pub audit_retention: chrono::Duration,
+    /// This node, as the audit trail names it.
+    pub node_id: String,
+}
+
+impl SessionPolicy {
+    /// A change this node makes on its own (expiry).
+    pub fn node_origin(&self) -> Origin {
+        Origin {
+            node: Some(self.node_id.clone()),
+            ..Origin::default()
+        }
+    }
+
+    /// A change a client asked for from `device`, made on this node.
+    pub fn origin(&self, device: &Device) -> Origin {
+        Origin {
+            node: Some(self.node_id.clone()),
+            ip: device.ip.clone(),
+            user_agent: device.user_agent.clone(),
+        }
+    }
 }
 
 /// Pending MFA challenges kept per user (one per password step: a login on the phone and one
@@ -238,31 +269,52 @@ impl Actor for UserActor {
             UserMsg::Revoke {
                 session_id,
                 reason,
+                origin,
                 reply,
             } => {
-                let _ = reply.send(state.revoke(session_id, reason, now).await);
+                let revocation = Revocation::new(now, reason).by(origin);
+                let _ = reply.send(state.revoke(session_id, revocation, now).await);
             }
             UserMsg::RevokeAll {
                 except,
                 reason,
                 note,
+                origin,
                 reply,
             } => {
-                let _ = reply.send(state.revoke_all(except, reason, note, now).await);
+                let revocation = Revocation::new(now, reason).with_note(note).by(origin);
+                let _ = reply.send(state.revoke_all(except, revocation).await);
             }
             UserMsg::ChangePassword {
                 password_hash,
                 keep,
+                origin,
                 reply,
             } => {
-                let _ = reply.send(state.change_password(password_hash, keep, now).await);
+                let _ = reply.send(
+                    state
+                        .change_password(password_hash, keep, origin, now)
+                        .await,
+                );
+            }
+            UserMsg::ChangeFactor {
+                request,
+                keep,
+                origin,
+                reply,
+            } => {
+                let _ = reply.send(state.change_factor(request, keep, origin, now).await);
             }
             UserMsg::SetActive {
                 active,
                 note,
+                origin,
                 reply,
             } => {
-                let _ = reply.send(state.set_active(active, note, now).await);
+                let revocation = Revocation::new(now, RevokeReason::AccountDisabled)
+                    .with_note(note)
+                    .by(origin);
+                let _ = reply.send(state.set_active(active, revocation).await);
             }
             UserMsg::Forget { ids } => state.forget(&ids),
             UserMsg::Adopt { session } => state.adopt(*session, now),
@@ -430,11 +482,18 @@ impl UserState {
             return Err(AuthError::AccountInactive.into());
         }
         if self.user.mfa_enabled {
-            return Ok(LoginStep::MfaRequired {
-                mfa_token: self.begin_mfa(now).await?,
-            });
+            let mfa_token = self.begin_mfa(now).await?;
+            self.record(self.event(
+                EventKind::PasswordVerified,
+                self.policy.origin(&device),
+                now,
+            ))
+            .await;
+            return Ok(LoginStep::MfaRequired { mfa_token });
         }
-        let opened = self.open_session(device, now).await?;
+        let opened = self
+            .open_session(device, EventKind::LoginSucceeded, now)
+            .await?;
         Ok(LoginStep::SessionOpened(Box::new(opened)))
     }
 
@@ -444,16 +503,22 @@ impl UserState {
     async fn open_session(
         &mut self,
         device: Device,
+        kind: EventKind,
         now: DateTime<Utc>,
     ) -> Result<Opened, SessionError> {
         if self.sessions.len() >= self.policy.max_per_user {
             // The store picks the least recently used; give it the activity only we know of.
             self.flush_touches().await;
         }
+        let event = self.event(kind, self.policy.origin(&device), now);
         let session = Session::open(self.user.id, device, now, self.policy.max_lifetime);
         let ended = self
             .store
-            .open_session_within_limit(&session, self.policy.max_per_user)
+            .open_session_within_limit(
+                &session,
+                self.policy.max_per_user,
+                &event.session(session.id),
+            )
             .await?;
         self.forget(&ended);
         for id in &ended {
@@ -472,7 +537,34 @@ impl UserState {
         Ok(Opened {
             grant: self.grant(session),
             ended,
+            recovery_codes_left: None,
         })
+    }
+
+    fn event(&self, kind: EventKind, origin: Origin, now: DateTime<Utc>) -> AuthEvent {
+        AuthEvent::new(now, kind, Some(self.user.id), origin)
+    }
+
+    /// Records an event that goes with no other write (a failure): a failed write is logged,
+    /// and does not change the answer (the attempt was refused either way).
+    async fn record(&self, event: AuthEvent) {
+        if let Err(err) = self.store.record_event(&event).await {
+            tracing::warn!(user_id = %self.user.id, kind = %event.kind, error = %err,
+                "audit event not recorded");
+        }
+    }
+
+    /// The TOTP generator of a sealed secret.
+    fn totp(&self, secret: &SealedSecret) -> Result<TotpCode, SessionError> {
+        let opened = self
+            .policy
+            .keyring
+            .open(Purpose::Totp, secret)
+            .map_err(|e| SessionError::Unavailable(format!("TOTP secret: {e}")))?;
+        let base32 = std::str::from_utf8(&opened)
+            .map_err(|_| SessionError::Unavailable("TOTP secret is not text".into()))?;
+        TotpCode::with_skew(base32, self.policy.totp_skew)
+            .ok_or_else(|| SessionError::Unavailable("TOTP secret is not base32".into()))
     }
 
     /// Opens an MFA challenge in the store (any node may receive the code), beside at most a
@@ -515,18 +607,19 @@ impl UserState {
                 invalid()
             });
         }
-        let totp = match (&self.user.totp_secret, self.user.mfa_enabled) {
-            (Some(secret), true) => TotpCode::from_base32(secret),
-            _ => None,
-        };
-        let Some(totp) = totp else {
+        let Some(secret) = self
+            .user
+            .totp_secret
+            .clone()
+            .filter(|_| self.user.mfa_enabled)
+        else {
             return Err(invalid());
         };
+        let origin = self.policy.origin(&attempt.device);
         // Wrong codes count against the account like wrong passwords, in both forms, and a
         // new password step resets nothing: MFA cannot be brute-forced one challenge at a time.
         let account = self.policy.throttle.account(&self.user.email);
-        let throttle = self.policy.throttle.clone();
-        throttle.check(self.store.as_ref(), &account, now).await?;
+        self.throttle_check(&account, &origin, now).await?;
 
         // Without the password in this request, the challenge of the password step stands in
         // for it: it lives in the store, so the step may have run on another node.
@@ -553,19 +646,16 @@ impl UserState {
             None
         };
 
-        let unix_now = u64::try_from(now.timestamp()).unwrap_or_default();
-        let Some(step) = totp.verify(&attempt.code, unix_now, self.user.totp_last_step) else {
-            self.code_refused(challenge.as_ref(), &account, now).await;
-            return Err(invalid());
-        };
-
-        // Spend the step first, in the database: if two requests (or two nodes) race with one
-        // code, the conditional update lets exactly one through.
-        if !self.store.advance_totp_step(self.user.id, step).await? {
-            self.code_refused(challenge.as_ref(), &account, now).await;
-            return Err(invalid());
-        }
-        self.user.totp_last_step = Some(step);
+        let spent = self
+            .spend_factor(
+                attempt.factor,
+                &secret,
+                challenge.as_ref(),
+                &account,
+                &origin,
+                now,
+            )
+            .await?;
         // The challenge is answered once, whichever node got the code.
         if let Some(challenge) = &challenge
             && !self
@@ -575,7 +665,247 @@ impl UserState {
         {
             return Err(invalid());
         }
-        self.open_session(attempt.device, now).await
+        let (kind, left) = match spent {
+            Spent::Totp => (EventKind::MfaSucceeded, None),
+            Spent::RecoveryCode { left } => (EventKind::RecoveryCodeUsed, Some(left)),
+        };
+        let mut opened = self.open_session(attempt.device, kind, now).await?;
+        opened.recovery_codes_left = left;
+        Ok(opened)
+    }
+
+    /// Refuses at once while the account is locked, and records that it did.
+    async fn throttle_check(
+        &self,
+        account: &[u8; 32],
+        origin: &Origin,
+        now: DateTime<Utc>,
+    ) -> Result<(), SessionError> {
+        let checked = self
+            .policy
+            .throttle
+            .check(self.store.as_ref(), account, now)
+            .await;
+        if checked.is_err() {
+            let event = self.event(EventKind::LoginThrottled, origin.clone(), now);
+            self.record(event.reason("second_factor")).await;
+        }
+        checked
+    }
+
+    /// Checks a second factor against the secret in force (`secret`) and spends it: a TOTP
+    /// code's step (in the store, so that two nodes racing on one code accept it once) or a
+    /// recovery code. A refusal counts against `challenge` and the account, and is recorded
+    /// with why (a reused TOTP code as `code_reused`).
+    async fn spend_factor(
+        &mut self,
+        factor: SecondFactor,
+        secret: &SealedSecret,
+        challenge: Option<&StoredChallenge>,
+        account: &[u8; 32],
+        origin: &Origin,
+        now: DateTime<Utc>,
+    ) -> Result<Spent, SessionError> {
+        let refused = match factor {
+            SecondFactor::Totp(code) => {
+                let totp = self.totp(secret)?;
+                let unix_now = u64::try_from(now.timestamp()).unwrap_or_default();
+                match totp.verify(&code, unix_now, self.user.totp_last_step) {
+                    Some(step)
+                        if self
+                            .store
+                            .advance_totp_step(self.user.id, secret, step)
+                            .await? =>
+                    {
+                        self.user.totp_last_step = Some(step);
+                        return Ok(Spent::Totp);
+                    }
+                    // Right code, but its step is spent (here or on another node).
+                    Some(_) => "code_reused",
+                    None if totp.step_of(&code, unix_now).is_some() => "code_reused",
+                    None => "invalid_code",
+                }
+            }
+            SecondFactor::Recovery(code) => {
+                let unused = self.store.unused_recovery_codes(self.user.id).await?;
+                let found = recovery::find(&code, &unused)
+                    .and_then(|id| unused.iter().find(|c| c.id == id));
+                match found {
+                    Some(hashed)
+                        if self
+                            .store
+                            .spend_recovery_code(self.user.id, hashed, now)
+                            .await? =>
+                    {
+                        tracing::info!(user_id = %self.user.id, left = unused.len() - 1,
+                            "recovery code used");
+                        return Ok(Spent::RecoveryCode {
+                            left: unused.len() - 1,
+                        });
+                    }
+                    _ => "invalid_recovery_code",
+                }
+            }
+        };
+        self.code_refused(challenge, account, now).await;
+        let event = self.event(EventKind::MfaFailed, origin.clone(), now);
+        self.record(event.reason(refused)).await;
+        Err(AuthError::InvalidMfaCode.into())
+    }
+
+    /// Sets up, enables or disables the caller's second factor, or replaces the recovery
+    /// codes. The caller's password was checked by `Sessions`; enabling also needs a code of
+    /// the pending secret, and disabling or new codes a proof of the factor in force. The
+    /// change, the end of the other sessions and the event commit in one transaction.
+    async fn change_factor(
+        &mut self,
+        request: FactorRequest,
+        keep: SessionId,
+        origin: Origin,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, SessionError> {
+        if !self.sessions.contains_key(&keep) {
+            return Err(SessionError::Ended);
+        }
+        // The factor's state must be current: another node may have changed it.
+        self.reload_user(now).await?;
+        let account = self.policy.throttle.account(&self.user.email);
+        let (change, end_others, kind) = match request {
+            FactorRequest::Setup { secret } => {
+                self.require_mfa(false)?;
+                let event = self.event(EventKind::MfaSetupStarted, origin, now);
+                if !self
+                    .store
+                    .set_pending_totp(self.user.id, &secret, &event.session(keep))
+                    .await?
+                {
+                    return Err(SessionError::UnknownUser);
+                }
+                self.user.totp_pending = Some(secret);
+                return Ok(Vec::new());
+            }
+            FactorRequest::Enable {
+                code,
+                codes,
+                end_others,
+            } => {
+                self.require_mfa(false)?;
+                let Some(pending) = self.user.totp_pending.clone() else {
+                    return Err(SessionError::MfaState {
+                        code: "mfa_setup_required",
+                        message: "No two-factor setup is pending: call mfa/setup first",
+                    });
+                };
+                self.throttle_check(&account, &origin, now).await?;
+                let unix_now = u64::try_from(now.timestamp()).unwrap_or_default();
+                let Some(step) =
+                    self.totp(&pending)?
+                        .verify(&code, unix_now, self.user.totp_last_step)
+                else {
+                    self.code_refused(None, &account, now).await;
+                    let event = self.event(EventKind::MfaFailed, origin, now);
+                    self.record(event.reason("invalid_code")).await;
+                    return Err(AuthError::InvalidMfaCode.into());
+                };
+                (
+                    FactorChange::Enable {
+                        pending,
+                        step,
+                        codes,
+                    },
+                    end_others,
+                    EventKind::MfaEnabled,
+                )
+            }
+            FactorRequest::Disable { proof, end_others } => {
+                self.prove_factor(proof, &account, &origin, now).await?;
+                (FactorChange::Disable, end_others, EventKind::MfaDisabled)
+            }
+            FactorRequest::NewRecoveryCodes { proof, codes } => {
+                self.prove_factor(proof, &account, &origin, now).await?;
+                (
+                    FactorChange::NewRecoveryCodes(codes),
+                    false,
+                    EventKind::RecoveryCodesRegenerated,
+                )
+            }
+        };
+        let revocation = Revocation::new(now, RevokeReason::MfaChanged).by(origin.clone());
+        let event = self.event(kind, origin, now).session(keep);
+        let outcome = self
+            .store
+            .change_factor(
+                self.user.id,
+                &change,
+                keep,
+                end_others.then_some(&revocation),
+                &event,
+            )
+            .await?;
+        match outcome {
+            FactorOutcome::Changed(ended) => {
+                if end_others {
+                    let others: Vec<SessionId> = self
+                        .sessions
+                        .keys()
+                        .copied()
+                        .filter(|id| *id != keep)
+                        .collect();
+                    self.forget(&others);
+                }
+                self.forget(&ended);
+                tracing::info!(user_id = %self.user.id, change = %kind, revoked = ended.len(),
+                    "second factor changed");
+                if let Err(err) = self.reload_user(now).await {
+                    // Memory keeps the old row; the next request that needs it reloads.
+                    tracing::warn!(user_id = %self.user.id, error = %err, "user row not reloaded");
+                    self.user_read_at = now - self.policy.user_refresh;
+                }
+                Ok(ended)
+            }
+            FactorOutcome::CallerEnded => {
+                self.forget(&[keep]);
+                Err(SessionError::Ended)
+            }
+            // Another request changed the factor in between: this code was for a state
+            // that no longer holds.
+            FactorOutcome::Stale => Err(AuthError::InvalidMfaCode.into()),
+        }
+    }
+
+    /// The factor change needs two-factor on (`enabled`) or off.
+    fn require_mfa(&self, enabled: bool) -> Result<(), SessionError> {
+        match (self.user.mfa_enabled, enabled) {
+            (true, false) => Err(SessionError::MfaState {
+                code: "mfa_already_enabled",
+                message: "Two-factor authentication is already on; turn it off first",
+            }),
+            (false, true) => Err(SessionError::MfaState {
+                code: "mfa_not_enabled",
+                message: "Two-factor authentication is not on",
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The caller proves the factor in force (a TOTP code or a recovery code), spending it.
+    async fn prove_factor(
+        &mut self,
+        proof: SecondFactor,
+        account: &[u8; 32],
+        origin: &Origin,
+        now: DateTime<Utc>,
+    ) -> Result<(), SessionError> {
+        self.require_mfa(true)?;
+        let secret = self
+            .user
+            .totp_secret
+            .clone()
+            .ok_or_else(|| SessionError::from(AuthError::InvalidMfaCode))?;
+        self.throttle_check(account, origin, now).await?;
+        self.spend_factor(proof, &secret, None, account, origin, now)
+            .await
+            .map(drop)
     }
 
     /// A wrong (or spent) code: counted against its challenge and against the account.
@@ -656,9 +986,8 @@ impl UserState {
             Some(RevokeReason::IdleTimeout) | None => {}
             Some(reason) => {
                 // The caller is refused whatever the write does; a failed write is retried.
-                let _ = self
-                    .end_sessions(vec![id], Revocation::new(now, reason))
-                    .await;
+                let revocation = Revocation::new(now, reason).by(self.policy.node_origin());
+                let _ = self.end_sessions(vec![id], revocation).await;
                 return Err(SessionError::Ended);
             }
         }
@@ -683,7 +1012,9 @@ impl UserState {
         now: DateTime<Utc>,
     ) -> Result<bool, SessionError> {
         let cutoff = now - self.policy.idle_timeout;
-        if self.store.end_if_idle(id, cutoff, now).await? {
+        let revocation =
+            Revocation::new(now, RevokeReason::IdleTimeout).by(self.policy.node_origin());
+        if self.store.end_if_idle(id, cutoff, &revocation).await? {
             self.forget(&[id]);
             tracing::info!(user_id = %self.user.id, session_id = %id,
                 reason = %RevokeReason::IdleTimeout, "session ended");
@@ -722,7 +1053,7 @@ impl UserState {
     async fn revoke(
         &mut self,
         id: SessionId,
-        reason: RevokeReason,
+        revocation: Revocation,
         now: DateTime<Utc>,
     ) -> Result<(), SessionError> {
         if !self.sessions.contains_key(&id) && !self.is_known_dead(&id) {
@@ -731,8 +1062,7 @@ impl UserState {
         if !self.sessions.contains_key(&id) {
             return Err(SessionError::NotFound);
         }
-        self.end_sessions(vec![id], Revocation::new(now, reason))
-            .await
+        self.end_sessions(vec![id], revocation).await
     }
 
     /// Every session but `except` leaves memory first (fail closed), then one transaction
@@ -740,9 +1070,7 @@ impl UserState {
     async fn revoke_all(
         &mut self,
         except: Option<SessionId>,
-        reason: RevokeReason,
-        note: Option<String>,
-        now: DateTime<Utc>,
+        revocation: Revocation,
     ) -> Result<Vec<SessionId>, SessionError> {
         let in_memory: Vec<SessionId> = self
             .sessions
@@ -751,11 +1079,7 @@ impl UserState {
             .filter(|id| Some(*id) != except)
             .collect();
         self.forget(&in_memory);
-        let revocation = Revocation {
-            at: now,
-            reason,
-            note,
-        };
+        let reason = revocation.reason;
         match self
             .store
             .revoke_user_sessions(self.user.id, except, &revocation)
@@ -783,15 +1107,19 @@ impl UserState {
         &mut self,
         password_hash: String,
         keep: SessionId,
+        origin: Origin,
         now: DateTime<Utc>,
     ) -> Result<Vec<SessionId>, SessionError> {
         if !self.sessions.contains_key(&keep) {
             return Err(SessionError::Ended);
         }
-        let revocation = Revocation::new(now, RevokeReason::PasswordChanged);
+        let revocation = Revocation::new(now, RevokeReason::PasswordChanged).by(origin.clone());
+        let event = self
+            .event(EventKind::PasswordChanged, origin, now)
+            .session(keep);
         let Some(ended) = self
             .store
-            .change_password(self.user.id, &password_hash, keep, &revocation)
+            .change_password(self.user.id, &password_hash, keep, &revocation, &event)
             .await?
         else {
             self.forget(&[keep]);
@@ -813,17 +1141,20 @@ impl UserState {
     async fn set_active(
         &mut self,
         active: bool,
-        note: Option<String>,
-        now: DateTime<Utc>,
+        revocation: Revocation,
     ) -> Result<Vec<SessionId>, SessionError> {
-        let revocation = Revocation {
-            at: now,
-            reason: RevokeReason::AccountDisabled,
-            note,
+        let now = revocation.at;
+        let kind = if active {
+            EventKind::AccountActivated
+        } else {
+            EventKind::AccountDeactivated
         };
+        let event = self
+            .event(kind, revocation.origin.clone(), now)
+            .note(revocation.note.clone());
         let ended = self
             .store
-            .set_user_active(self.user.id, active, &revocation)
+            .set_user_active(self.user.id, active, &revocation, &event)
             .await?
             .ok_or(SessionError::UnknownUser)?;
         self.user.is_active = active;
@@ -947,12 +1278,9 @@ impl UserState {
             }
         }
         // On failure the retry timer owns the write; nothing more to do here.
-        let _ = self
-            .end_sessions(
-                past_lifetime,
-                Revocation::new(now, RevokeReason::MaxLifetime),
-            )
-            .await;
+        let revocation =
+            Revocation::new(now, RevokeReason::MaxLifetime).by(self.policy.node_origin());
+        let _ = self.end_sessions(past_lifetime, revocation).await;
         for id in idle {
             if let Err(err) = self.end_if_idle(id, now).await {
                 tracing::warn!(session_id = %id, error = %err, "idle check failed");
@@ -988,6 +1316,12 @@ impl UserState {
         }
         true
     }
+}
+
+/// What a second factor spent.
+enum Spent {
+    Totp,
+    RecoveryCode { left: usize },
 }
 
 /// The challenge token as stored: its SHA-256 (a leaked table gives nobody a token).

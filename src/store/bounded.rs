@@ -9,9 +9,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{DynStore, SessionStore, StoreError, StoredChallenge};
+use super::{DynStore, FactorChange, FactorOutcome, SessionStore, StoreError, StoredChallenge};
+use crate::crypto::Keyring;
 use crate::domain::{
-    Email, FailureRule, Lockout, NewUser, Revocation, Session, SessionId, User, UserId,
+    AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
+    SealedSecret, Session, SessionId, User, UserId,
 };
 
 pub struct Bounded {
@@ -76,9 +78,13 @@ impl SessionStore for Bounded {
         &self,
         session: &Session,
         max_live: usize,
+        event: &AuthEvent,
     ) -> Result<Vec<SessionId>, StoreError> {
-        self.within(self.inner.open_session_within_limit(session, max_live))
-            .await
+        self.within(
+            self.inner
+                .open_session_within_limit(session, max_live, event),
+        )
+        .await
     }
 
     async fn revoke_user_sessions(
@@ -97,10 +103,11 @@ impl SessionStore for Bounded {
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         self.within(
             self.inner
-                .change_password(user, password_hash, keep, revocation),
+                .change_password(user, password_hash, keep, revocation, event),
         )
         .await
     }
@@ -110,8 +117,9 @@ impl SessionStore for Bounded {
         user: UserId,
         active: bool,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
-        self.within(self.inner.set_user_active(user, active, revocation))
+        self.within(self.inner.set_user_active(user, active, revocation, event))
             .await
     }
 
@@ -119,10 +127,72 @@ impl SessionStore for Bounded {
         &self,
         id: SessionId,
         idle_cutoff: DateTime<Utc>,
+        revocation: &Revocation,
+    ) -> Result<bool, StoreError> {
+        self.within(self.inner.end_if_idle(id, idle_cutoff, revocation))
+            .await
+    }
+
+    async fn set_pending_totp(
+        &self,
+        user: UserId,
+        pending: &SealedSecret,
+        event: &AuthEvent,
+    ) -> Result<bool, StoreError> {
+        self.within(self.inner.set_pending_totp(user, pending, event))
+            .await
+    }
+
+    async fn change_factor(
+        &self,
+        user: UserId,
+        change: &FactorChange,
+        keep: SessionId,
+        end_others: Option<&Revocation>,
+        event: &AuthEvent,
+    ) -> Result<FactorOutcome, StoreError> {
+        self.within(
+            self.inner
+                .change_factor(user, change, keep, end_others, event),
+        )
+        .await
+    }
+
+    async fn unused_recovery_codes(&self, user: UserId) -> Result<Vec<HashedCode>, StoreError> {
+        self.within(self.inner.unused_recovery_codes(user)).await
+    }
+
+    async fn spend_recovery_code(
+        &self,
+        user: UserId,
+        code: &HashedCode,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.end_if_idle(id, idle_cutoff, at))
+        self.within(self.inner.spend_recovery_code(user, code, at))
             .await
+    }
+
+    async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError> {
+        self.within(self.inner.record_event(event)).await
+    }
+
+    async fn events_of(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        self.within(self.inner.events_of(user, before, limit)).await
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        self.within(self.inner.prune_events(before)).await
+    }
+
+    /// Not bounded by `database.timeout`: an operator's batch over every user, run by
+    /// `finsec keys rotate` (each statement is bounded by the driver's own timeouts).
+    async fn reseal_secrets(&self, keyring: &Keyring, clear_only: bool) -> Result<u64, StoreError> {
+        self.inner.reseal_secrets(keyring, clear_only).await
     }
 
     async fn put_mfa_challenge(
@@ -206,8 +276,9 @@ impl SessionStore for Bounded {
         &self,
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<u64, StoreError> {
-        self.within(self.inner.expire_sessions(now, idle_cutoff))
+        self.within(self.inner.expire_sessions(now, idle_cutoff, origin))
             .await
     }
 
@@ -230,7 +301,13 @@ impl SessionStore for Bounded {
             .await
     }
 
-    async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
-        self.within(self.inner.advance_totp_step(user, step)).await
+    async fn advance_totp_step(
+        &self,
+        user: UserId,
+        secret: &SealedSecret,
+        step: u64,
+    ) -> Result<bool, StoreError> {
+        self.within(self.inner.advance_totp_step(user, secret, step))
+            .await
     }
 }

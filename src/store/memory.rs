@@ -11,11 +11,15 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{SessionStore, StoreError, StoredChallenge};
+use super::{FactorChange, FactorOutcome, SessionStore, StoreError, StoredChallenge};
+use crate::crypto::Keyring;
 use crate::domain::{
-    Email, FailureRule, Lockout, NewUser, Revocation, RevokeReason, Session, SessionId, User,
-    UserId,
+    AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
+    RevokeReason, SealedSecret, Session, SessionId, User, UserId,
 };
+
+/// A recovery code and when it was used.
+type RecoveryRow = (HashedCode, Option<DateTime<Utc>>);
 
 #[derive(Default)]
 pub struct MemoryStore {
@@ -29,6 +33,8 @@ struct Tables {
     sessions: HashMap<SessionId, Session>,
     challenges: HashMap<UserId, Vec<StoredChallenge>>,
     failures: HashMap<[u8; 32], (Lockout, DateTime<Utc>)>,
+    recovery: HashMap<UserId, Vec<RecoveryRow>>,
+    events: Vec<RecordedEvent>,
 }
 
 impl Tables {
@@ -48,12 +54,28 @@ impl Tables {
         live.into_iter().map(|s| s.id).collect()
     }
 
+    /// Ends each of `ids` still live, with a `session_ended` event for each it ended.
     fn revoke_all(&mut self, ids: &[SessionId], revocation: &Revocation) {
         for id in ids {
-            if let Some(session) = self.sessions.get_mut(id) {
+            if let Some(session) = self.sessions.get_mut(id)
+                && session.revoked_at.is_none()
+            {
                 revoke(session, revocation);
+                let event = AuthEvent::session_ended(session.user_id, *id, revocation);
+                self.record(event);
             }
         }
+    }
+
+    fn record(&mut self, event: AuthEvent) {
+        let id = self.events.last().map_or(1, |last| last.id + 1);
+        self.events.push(RecordedEvent { id, event });
+    }
+
+    fn caller_live(&self, user: UserId, keep: SessionId, at: DateTime<Utc>) -> bool {
+        self.sessions
+            .get(&keep)
+            .is_some_and(|s| s.user_id == user && s.is_live(at))
     }
 }
 
@@ -112,6 +134,7 @@ impl SessionStore for MemoryStore {
             is_active: new.is_active,
             mfa_enabled: new.mfa_enabled,
             totp_secret: new.totp_secret,
+            totp_pending: None,
             totp_last_step: None,
             created_at: now,
             updated_at: now,
@@ -153,6 +176,7 @@ impl SessionStore for MemoryStore {
         &self,
         session: &Session,
         max_live: usize,
+        event: &AuthEvent,
     ) -> Result<Vec<SessionId>, StoreError> {
         // One lock for the whole step: the same atomicity as MySQL's transaction.
         let mut tables = self.tables();
@@ -170,9 +194,11 @@ impl SessionStore for MemoryStore {
         let evicted = live[..excess].to_vec();
         tables.revoke_all(
             &evicted,
-            &Revocation::new(session.created_at, RevokeReason::SessionLimit),
+            &Revocation::new(session.created_at, RevokeReason::SessionLimit)
+                .by(event.origin.clone()),
         );
         tables.sessions.insert(session.id, session.clone());
+        tables.record(event.clone());
         Ok(evicted)
     }
 
@@ -195,16 +221,13 @@ impl SessionStore for MemoryStore {
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tables = self.tables();
         if !tables.users.contains_key(&user) {
             return Err(StoreError::Conflict(format!("no user {user}")));
         }
-        let caller_live = tables
-            .sessions
-            .get(&keep)
-            .is_some_and(|s| s.user_id == user && s.is_live(revocation.at));
-        if !caller_live {
+        if !tables.caller_live(user, keep, revocation.at) {
             return Ok(None);
         }
         if let Some(account) = tables.users.get_mut(&user) {
@@ -214,6 +237,7 @@ impl SessionStore for MemoryStore {
         let ids = tables.live_ids(user, Some(keep), revocation.at);
         tables.revoke_all(&ids, revocation);
         tables.challenges.remove(&user);
+        tables.record(event.clone());
         Ok(Some(ids))
     }
 
@@ -222,6 +246,7 @@ impl SessionStore for MemoryStore {
         user: UserId,
         active: bool,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tables = self.tables();
         let Some(account) = tables.users.get_mut(&user) else {
@@ -229,12 +254,15 @@ impl SessionStore for MemoryStore {
         };
         account.is_active = active;
         account.updated_at = revocation.at;
-        if active {
-            return Ok(Some(Vec::new()));
-        }
-        let ids = tables.live_ids(user, None, revocation.at);
-        tables.revoke_all(&ids, revocation);
-        tables.challenges.remove(&user);
+        let ids = if active {
+            Vec::new()
+        } else {
+            let ids = tables.live_ids(user, None, revocation.at);
+            tables.revoke_all(&ids, revocation);
+            tables.challenges.remove(&user);
+            ids
+        };
+        tables.record(event.clone());
         Ok(Some(ids))
     }
 
@@ -242,16 +270,186 @@ impl SessionStore for MemoryStore {
         &self,
         id: SessionId,
         idle_cutoff: DateTime<Utc>,
+        revocation: &Revocation,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.tables();
+        let idle = tables
+            .sessions
+            .get(&id)
+            .is_some_and(|s| s.revoked_at.is_none() && s.last_seen_at <= idle_cutoff);
+        if idle {
+            tables.revoke_all(&[id], revocation);
+        }
+        Ok(idle)
+    }
+
+    async fn set_pending_totp(
+        &self,
+        user: UserId,
+        pending: &SealedSecret,
+        event: &AuthEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tables = self.tables();
+        let Some(account) = tables.users.get_mut(&user) else {
+            return Ok(false);
+        };
+        account.totp_pending = Some(pending.clone());
+        account.updated_at = event.at;
+        tables.record(event.clone());
+        Ok(true)
+    }
+
+    async fn change_factor(
+        &self,
+        user: UserId,
+        change: &FactorChange,
+        keep: SessionId,
+        end_others: Option<&Revocation>,
+        event: &AuthEvent,
+    ) -> Result<FactorOutcome, StoreError> {
+        let mut tables = self.tables();
+        if !tables.users.contains_key(&user) {
+            return Ok(FactorOutcome::Stale);
+        }
+        if !tables.caller_live(user, keep, event.at) {
+            return Ok(FactorOutcome::CallerEnded);
+        }
+        let Some(account) = tables.users.get_mut(&user) else {
+            return Ok(FactorOutcome::Stale);
+        };
+        let codes = match change {
+            FactorChange::Enable {
+                pending,
+                step,
+                codes,
+            } => {
+                if account.totp_pending.as_ref() != Some(pending) {
+                    return Ok(FactorOutcome::Stale);
+                }
+                account.mfa_enabled = true;
+                account.totp_secret = account.totp_pending.take();
+                account.totp_last_step = Some(account.totp_last_step.unwrap_or(0).max(*step));
+                codes.clone()
+            }
+            FactorChange::Disable => {
+                if !account.mfa_enabled {
+                    return Ok(FactorOutcome::Stale);
+                }
+                account.mfa_enabled = false;
+                account.totp_secret = None;
+                account.totp_pending = None;
+                Vec::new()
+            }
+            FactorChange::NewRecoveryCodes(codes) => {
+                if !account.mfa_enabled {
+                    return Ok(FactorOutcome::Stale);
+                }
+                codes.clone()
+            }
+        };
+        account.updated_at = event.at;
+        tables
+            .recovery
+            .insert(user, codes.into_iter().map(|c| (c, None)).collect());
+        let ended = match end_others {
+            Some(revocation) => {
+                let ids = tables.live_ids(user, Some(keep), event.at);
+                tables.revoke_all(&ids, revocation);
+                ids
+            }
+            None => Vec::new(),
+        };
+        tables.challenges.remove(&user);
+        tables.record(event.clone());
+        Ok(FactorOutcome::Changed(ended))
+    }
+
+    async fn unused_recovery_codes(&self, user: UserId) -> Result<Vec<HashedCode>, StoreError> {
+        Ok(self
+            .tables()
+            .recovery
+            .get(&user)
+            .map(|codes| {
+                codes
+                    .iter()
+                    .filter(|(_, used)| used.is_none())
+                    .map(|(code, _)| code.clone())
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn spend_recovery_code(
+        &self,
+        user: UserId,
+        code: &HashedCode,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut tables = self.tables();
-        match tables.sessions.get_mut(&id) {
-            Some(s) if s.revoked_at.is_none() && s.last_seen_at <= idle_cutoff => {
-                revoke(s, &Revocation::new(at, RevokeReason::IdleTimeout));
+        let stored = tables
+            .recovery
+            .get_mut(&user)
+            .and_then(|codes| codes.iter_mut().find(|(c, _)| c == code));
+        match stored {
+            Some((_, used @ None)) => {
+                *used = Some(at);
                 Ok(true)
             }
             _ => Ok(false),
         }
+    }
+
+    async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError> {
+        self.tables().record(event.clone());
+        Ok(())
+    }
+
+    async fn events_of(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        Ok(self
+            .tables()
+            .events
+            .iter()
+            .rev()
+            .filter(|e| e.event.user_id == Some(user) && before.is_none_or(|b| e.id < b))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut tables = self.tables();
+        let count = tables.events.len();
+        tables.events.retain(|e| e.event.at >= before);
+        Ok((count - tables.events.len()) as u64)
+    }
+
+    async fn reseal_secrets(&self, keyring: &Keyring, clear_only: bool) -> Result<u64, StoreError> {
+        if clear_only {
+            // Nothing here was ever in clear: secrets arrive sealed.
+            return Ok(0);
+        }
+        let mut tables = self.tables();
+        let mut sealed = 0;
+        for user in tables.users.values_mut() {
+            for secret in [&mut user.totp_secret, &mut user.totp_pending]
+                .into_iter()
+                .flatten()
+            {
+                if let Some(new) = keyring
+                    .reseal(crate::crypto::Purpose::Totp, secret)
+                    .map_err(|e| StoreError::Corrupt(format!("user {}: {e}", user.id)))?
+                {
+                    *secret = new;
+                    sealed += 1;
+                }
+            }
+        }
+        Ok(sealed)
     }
 
     async fn put_mfa_challenge(
@@ -384,23 +582,24 @@ impl SessionStore for MemoryStore {
         &self,
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<u64, StoreError> {
-        let mut ended = 0;
-        for session in self.tables().sessions.values_mut() {
+        let mut tables = self.tables();
+        let mut expired: Vec<(SessionId, RevokeReason)> = Vec::new();
+        for session in tables.sessions.values() {
             if session.revoked_at.is_some() {
                 continue;
             }
-            let reason = if session.expires_at <= now {
-                RevokeReason::MaxLifetime
+            if session.expires_at <= now {
+                expired.push((session.id, RevokeReason::MaxLifetime));
             } else if session.last_seen_at <= idle_cutoff {
-                RevokeReason::IdleTimeout
-            } else {
-                continue;
-            };
-            revoke(session, &Revocation::new(now, reason));
-            ended += 1;
+                expired.push((session.id, RevokeReason::IdleTimeout));
+            }
         }
-        Ok(ended)
+        for (id, reason) in &expired {
+            tables.revoke_all(&[*id], &Revocation::new(now, *reason).by(origin.clone()));
+        }
+        Ok(expired.len() as u64)
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -441,12 +640,22 @@ impl SessionStore for MemoryStore {
         }
     }
 
-    async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
+    async fn advance_totp_step(
+        &self,
+        user: UserId,
+        secret: &SealedSecret,
+        step: u64,
+    ) -> Result<bool, StoreError> {
         let mut tables = self.tables();
         let Some(user) = tables.users.get_mut(&user) else {
             return Ok(false);
         };
-        if user.totp_last_step.is_some_and(|last| last >= step) {
+        let current = user.mfa_enabled
+            && user
+                .totp_secret
+                .as_ref()
+                .is_some_and(|s| s.nonce == secret.nonce);
+        if !current || user.totp_last_step.is_some_and(|last| last >= step) {
             return Ok(false);
         }
         user.totp_last_step = Some(step);

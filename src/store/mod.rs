@@ -11,8 +11,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::crypto::Keyring;
 use crate::domain::{
-    Email, FailureRule, Lockout, NewUser, Revocation, Session, SessionId, User, UserId,
+    AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
+    SealedSecret, Session, SessionId, User, UserId,
 };
 
 pub use bounded::Bounded;
@@ -30,6 +32,34 @@ pub struct StoredChallenge {
     pub created_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub failures: u32,
+}
+
+/// A change of a user's second factor, made by [`SessionStore::change_factor`].
+#[derive(Debug, Clone)]
+pub enum FactorChange {
+    /// The pending secret (which must still be `pending`: a newer setup voids this one)
+    /// becomes the one in force, `step` is spent, and `codes` replace any recovery codes.
+    Enable {
+        pending: SealedSecret,
+        step: u64,
+        codes: Vec<HashedCode>,
+    },
+    /// No second factor any more: secret, pending secret and recovery codes go.
+    Disable,
+    /// A new set of recovery codes; the old set is void.
+    NewRecoveryCodes(Vec<HashedCode>),
+}
+
+/// What [`SessionStore::change_factor`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FactorOutcome {
+    /// Done; these sessions ended with it.
+    Changed(Vec<SessionId>),
+    /// Nothing changed: the caller's own session is no longer live.
+    CallerEnded,
+    /// Nothing changed: the state it assumed moved on (another setup replaced the pending
+    /// secret, MFA was turned off or on meanwhile, or the step was already spent).
+    Stale,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,15 +111,21 @@ pub trait SessionStore: Send + Sync + 'static {
     /// transaction that locks the user's row, the least recently used live sessions beyond
     /// the limit are revoked (`session_limit`, at the new session's creation time). Returns
     /// the ids it revoked. Concurrent logins on several nodes therefore never exceed the limit.
+    /// `event` (the login's success) is recorded in the same transaction, and each session
+    /// the limit ends gets its `session_ended` event (by `event.origin`).
     async fn open_session_within_limit(
         &self,
         session: &Session,
         max_live: usize,
+        event: &AuthEvent,
     ) -> Result<Vec<SessionId>, StoreError>;
 
     /// Revokes every live session of `user` but `except`, and voids any pending MFA challenge
     /// (a login half done by whoever is being logged out), in one transaction; returns the ids
     /// it revoked (whichever node opened them).
+    ///
+    /// Every method that ends sessions records one `session_ended` event per session it
+    /// actually ended (see [`AuthEvent::session_ended`]), in the same transaction.
     async fn revoke_user_sessions(
         &self,
         user: UserId,
@@ -108,6 +144,7 @@ pub trait SessionStore: Send + Sync + 'static {
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError>;
 
     /// Activates or deactivates an account; deactivation revokes every live session with
@@ -118,16 +155,69 @@ pub trait SessionStore: Send + Sync + 'static {
         user: UserId,
         active: bool,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError>;
 
-    /// Ends a session as idle only if its stored `last_seen_at` is at or before `idle_cutoff`
-    /// (another node may have seen it since). True when this call ended it.
+    /// Ends a session as idle (`revocation`) only if its stored `last_seen_at` is at or
+    /// before `idle_cutoff` (another node may have seen it since). True when this call ended it.
     async fn end_if_idle(
         &self,
         id: SessionId,
         idle_cutoff: DateTime<Utc>,
+        revocation: &Revocation,
+    ) -> Result<bool, StoreError>;
+
+    /// Issues a pending TOTP secret (replacing any pending one) and records `event`. False
+    /// when there is no such user.
+    async fn set_pending_totp(
+        &self,
+        user: UserId,
+        pending: &SealedSecret,
+        event: &AuthEvent,
+    ) -> Result<bool, StoreError>;
+
+    /// Changes the second factor in one transaction that locks the user's row: only while
+    /// `keep` (the caller's session) is live; voids pending MFA challenges; ends every other
+    /// live session with `end_others` when given; records `event`.
+    async fn change_factor(
+        &self,
+        user: UserId,
+        change: &FactorChange,
+        keep: SessionId,
+        end_others: Option<&Revocation>,
+        event: &AuthEvent,
+    ) -> Result<FactorOutcome, StoreError>;
+
+    /// The user's recovery codes not yet used.
+    async fn unused_recovery_codes(&self, user: UserId) -> Result<Vec<HashedCode>, StoreError>;
+
+    /// Marks `code` used if it is still unused and still the same code (a regeneration in
+    /// between voids it). True for exactly one of several racing callers.
+    async fn spend_recovery_code(
+        &self,
+        user: UserId,
+        code: &HashedCode,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError>;
+
+    /// Appends one event on its own (attempts that change nothing else: failures, throttling).
+    async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError>;
+
+    /// The user's events, newest first: at most `limit`, with ids below `before` when given.
+    async fn events_of(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Deletes events older than `before` (audit retention); returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Seals every TOTP secret (active and pending) under the keyring's current key: a secret
+    /// still in clear (from before secrets were sealed) when `clear_only`, every secret under
+    /// an older key as well otherwise (`finsec keys rotate`). Returns how many it sealed.
+    async fn reseal_secrets(&self, keyring: &Keyring, clear_only: bool) -> Result<u64, StoreError>;
 
     /// Adds a pending MFA challenge for the user, keeping only the newest `keep` (older
     /// password steps' challenges beyond them are dropped).
@@ -204,6 +294,7 @@ pub trait SessionStore: Send + Sync + 'static {
         &self,
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<u64, StoreError>;
 
     /// Deletes session rows that ended before `ended_before` (retention). Returns the count.
@@ -221,9 +312,15 @@ pub trait SessionStore: Send + Sync + 'static {
     ) -> Result<bool, StoreError>;
 
     /// Records `step` as the user's newest accepted TOTP step, only if it is newer than the
-    /// stored one. Returns false when it is not (the code was already used), so that even two
-    /// service instances racing on one code accept it once.
-    async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError>;
+    /// stored one and the secret in force is still `secret` (a code for a secret just
+    /// replaced or removed must not pass). Returns false otherwise (the code was already
+    /// used), so that even two service instances racing on one code accept it once.
+    async fn advance_totp_step(
+        &self,
+        user: UserId,
+        secret: &SealedSecret,
+        step: u64,
+    ) -> Result<bool, StoreError>;
 }
 
 pub type DynStore = Arc<dyn SessionStore>;

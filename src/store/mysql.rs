@@ -9,10 +9,11 @@ use mysql_async::{
     Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, Transaction, TxOpts, params,
 };
 
-use super::{SessionStore, StoreError, StoredChallenge};
+use super::{FactorChange, FactorOutcome, SessionStore, StoreError, StoredChallenge};
+use crate::crypto::{Keyring, Purpose};
 use crate::domain::{
-    Device, Email, FailureRule, Lockout, NewUser, Revocation, RevokeReason, Session, SessionId,
-    User, UserId,
+    AuthEvent, Device, Email, EventKind, FailureRule, HashedCode, Lockout, NewUser, Origin,
+    RecordedEvent, Revocation, RevokeReason, SealedSecret, Session, SessionId, User, UserId,
 };
 
 mod embedded {
@@ -23,7 +24,11 @@ mod embedded {
 const ER_DUP_ENTRY: u16 = 1062;
 
 const USER_COLUMNS: &str = "id, email, password_hash, first_name, last_name, preferred_name, \
-     phone_number, address, is_active, mfa_enabled, totp_secret, totp_last_step, created_at, updated_at";
+     phone_number, address, is_active, mfa_enabled, totp_key_id, totp_nonce, totp_ciphertext, \
+     pending_key_id, pending_nonce, pending_ciphertext, totp_last_step, created_at, updated_at";
+
+const EVENT_COLUMNS: &str = "at, kind, outcome, user_id, account_hash, session_id, reason, note, \
+     node_id, ip, user_agent";
 
 const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at, revoked_at, \
      revoke_reason, revoke_note, user_agent, ip";
@@ -125,6 +130,25 @@ async fn lock_user(tx: &mut Transaction<'_>, user: UserId) -> Result<Option<u64>
     .map_err(unavailable)
 }
 
+/// Inside a transaction: locks the caller's session `keep` of `user`; false when it is not
+/// live at `at` (ended on another node, say, while the request was being worked on).
+async fn lock_caller_session(
+    tx: &mut Transaction<'_>,
+    user: UserId,
+    keep: SessionId,
+    at: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let caller: Option<String> = tx
+        .exec_first(
+            "SELECT id FROM sessions WHERE id = ? AND user_id = ? \
+             AND revoked_at IS NULL AND expires_at > ? FOR UPDATE",
+            (keep.to_string(), user.get(), to_db(at)),
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok(caller.is_some())
+}
+
 /// Inside a transaction: voids the user's pending MFA challenges.
 async fn void_challenges(tx: &mut Transaction<'_>, user: UserId) -> Result<(), StoreError> {
     tx.exec_drop(
@@ -135,9 +159,11 @@ async fn void_challenges(tx: &mut Transaction<'_>, user: UserId) -> Result<(), S
     .map_err(unavailable)
 }
 
-/// Inside a transaction: marks `ids` revoked (first revocation wins).
+/// Inside a transaction: marks `ids` (live sessions of `user`, locked by the caller) revoked
+/// and records a `session_ended` event for each.
 async fn revoke_in(
     tx: &mut Transaction<'_>,
+    user: UserId,
     ids: &[SessionId],
     revocation: &Revocation,
 ) -> Result<(), StoreError> {
@@ -145,7 +171,137 @@ async fn revoke_in(
         return Ok(());
     }
     let (sql, params) = revoke_statement(ids, revocation);
-    tx.exec_drop(sql, params).await.map_err(unavailable)
+    tx.exec_drop(sql, params).await.map_err(unavailable)?;
+    let events: Vec<AuthEvent> = ids
+        .iter()
+        .map(|id| AuthEvent::session_ended(user, *id, revocation))
+        .collect();
+    insert_events(tx, &events).await
+}
+
+/// Appends events on a connection or inside a transaction.
+async fn insert_events<Q: Queryable>(conn: &mut Q, events: &[AuthEvent]) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let placeholders = ["?"; 11].join(", ");
+    conn.exec_batch(
+        format!("INSERT INTO auth_events ({EVENT_COLUMNS}) VALUES ({placeholders})"),
+        events.iter().map(event_params),
+    )
+    .await
+    .map_err(unavailable)
+}
+
+fn event_params(e: &AuthEvent) -> Vec<mysql_async::Value> {
+    vec![
+        to_db(e.at).into(),
+        e.kind.as_str().into(),
+        e.kind.outcome().into(),
+        e.user_id.map(UserId::get).into(),
+        e.account_hash.map(|h| h.to_vec()).into(),
+        e.session_id.map(|id| id.to_string()).into(),
+        e.reason.clone().into(),
+        e.note.clone().into(),
+        e.origin.node.clone().into(),
+        e.origin.ip.clone().into(),
+        e.origin.user_agent.clone().into(),
+    ]
+}
+
+fn event_from_row(mut row: Row) -> Result<RecordedEvent, StoreError> {
+    let kind: String = take(&mut row, "kind")?;
+    let hash: Option<Vec<u8>> = take(&mut row, "account_hash")?;
+    let session: Option<String> = take(&mut row, "session_id")?;
+    Ok(RecordedEvent {
+        id: take(&mut row, "id")?,
+        event: AuthEvent {
+            at: from_db(take(&mut row, "at")?),
+            kind: kind
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("auth_events.kind: {e}")))?,
+            user_id: take::<Option<u64>>(&mut row, "user_id")?.map(UserId::new),
+            account_hash: hash.and_then(|h| h.try_into().ok()),
+            session_id: session
+                .map(|id| id.parse())
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("auth_events.session_id: {e}")))?,
+            reason: take(&mut row, "reason")?,
+            note: take(&mut row, "note")?,
+            origin: Origin {
+                node: take(&mut row, "node_id")?,
+                ip: take(&mut row, "ip")?,
+                user_agent: take(&mut row, "user_agent")?,
+            },
+        },
+    })
+}
+
+/// A sealed secret from its three columns (`<prefix>_key_id`, `_nonce`, `_ciphertext`).
+fn sealed_from_row(row: &mut Row, prefix: &str) -> Result<Option<SealedSecret>, StoreError> {
+    let key_id: Option<String> = take(row, &format!("{prefix}_key_id"))?;
+    let nonce: Option<Vec<u8>> = take(row, &format!("{prefix}_nonce"))?;
+    let ciphertext: Option<Vec<u8>> = take(row, &format!("{prefix}_ciphertext"))?;
+    match (key_id, nonce, ciphertext) {
+        (Some(key_id), Some(nonce), Some(ciphertext)) => Ok(Some(SealedSecret {
+            key_id,
+            nonce,
+            ciphertext,
+        })),
+        (None, None, None) => Ok(None),
+        _ => Err(StoreError::Corrupt(format!(
+            "users.{prefix}_*: a sealed secret is missing a part"
+        ))),
+    }
+}
+
+/// A sealed secret as the three column values (all NULL for none).
+fn sealed_params(secret: Option<&SealedSecret>) -> [mysql_async::Value; 3] {
+    match secret {
+        Some(s) => [
+            s.key_id.clone().into(),
+            s.nonce.clone().into(),
+            s.ciphertext.clone().into(),
+        ],
+        None => [
+            mysql_async::Value::NULL,
+            mysql_async::Value::NULL,
+            mysql_async::Value::NULL,
+        ],
+    }
+}
+
+/// Inside a transaction: replaces the user's recovery codes with `codes`.
+async fn replace_recovery_codes(
+    tx: &mut Transaction<'_>,
+    user: UserId,
+    codes: &[HashedCode],
+    at: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    tx.exec_drop(
+        "DELETE FROM recovery_codes WHERE user_id = ?",
+        (user.get(),),
+    )
+    .await
+    .map_err(unavailable)?;
+    if codes.is_empty() {
+        return Ok(());
+    }
+    tx.exec_batch(
+        "INSERT INTO recovery_codes (user_id, code_id, salt, code_hash, created_at) \
+         VALUES (?, ?, ?, ?, ?)",
+        codes.iter().map(|c| {
+            (
+                user.get(),
+                c.id,
+                c.salt.to_vec(),
+                c.hash.to_vec(),
+                to_db(at),
+            )
+        }),
+    )
+    .await
+    .map_err(unavailable)
 }
 
 fn revoke_statement(
@@ -244,7 +400,8 @@ fn user_from_row(mut row: Row) -> Result<User, StoreError> {
         address: take(&mut row, "address")?,
         is_active: take(&mut row, "is_active")?,
         mfa_enabled: take(&mut row, "mfa_enabled")?,
-        totp_secret: take(&mut row, "totp_secret")?,
+        totp_secret: sealed_from_row(&mut row, "totp")?,
+        totp_pending: sealed_from_row(&mut row, "pending")?,
         totp_last_step: take(&mut row, "totp_last_step")?,
         created_at: from_db(take(&mut row, "created_at")?),
         updated_at: from_db(take(&mut row, "updated_at")?),
@@ -313,10 +470,12 @@ impl SessionStore for MySqlStore {
     async fn insert_user(&self, new: NewUser) -> Result<User, StoreError> {
         let mut conn = self.conn().await?;
         let now = to_db(Utc::now());
+        let [key_id, nonce, ciphertext] = sealed_params(new.totp_secret.as_ref());
         let inserted =
             "INSERT INTO users (email, password_hash, first_name, last_name, phone_number, \
-             is_active, mfa_enabled, totp_secret, created_at, updated_at) \
-             VALUES (:email, :hash, :first, :last, :phone, :active, :mfa, :secret, :now, :now)"
+             is_active, mfa_enabled, totp_key_id, totp_nonce, totp_ciphertext, created_at, \
+             updated_at) VALUES (:email, :hash, :first, :last, :phone, :active, :mfa, :key_id, \
+             :nonce, :ciphertext, :now, :now)"
                 .with(params! {
                     "email" => new.email.as_str(),
                     "hash" => &new.password_hash,
@@ -325,7 +484,9 @@ impl SessionStore for MySqlStore {
                     "phone" => &new.phone_number,
                     "active" => new.is_active,
                     "mfa" => new.mfa_enabled,
-                    "secret" => &new.totp_secret,
+                    "key_id" => key_id,
+                    "nonce" => nonce,
+                    "ciphertext" => ciphertext,
                     "now" => now,
                 })
                 .ignore(&mut conn)
@@ -377,6 +538,7 @@ impl SessionStore for MySqlStore {
         &self,
         session: &Session,
         max_live: usize,
+        event: &AuthEvent,
     ) -> Result<Vec<SessionId>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
@@ -390,11 +552,14 @@ impl SessionStore for MySqlStore {
             let evicted = live[..excess].to_vec();
             revoke_in(
                 &mut tx,
+                session.user_id,
                 &evicted,
-                &Revocation::new(session.created_at, RevokeReason::SessionLimit),
+                &Revocation::new(session.created_at, RevokeReason::SessionLimit)
+                    .by(event.origin.clone()),
             )
             .await?;
             insert_session_on(&mut tx, session).await?;
+            insert_events(&mut tx, std::slice::from_ref(event)).await?;
             Ok(evicted)
         }
         .await;
@@ -410,7 +575,7 @@ impl SessionStore for MySqlStore {
         let mut tx = self.transaction().await?;
         let result = async {
             let ids = lock_live_sessions(&mut tx, user, except, revocation.at).await?;
-            revoke_in(&mut tx, &ids, revocation).await?;
+            revoke_in(&mut tx, user, &ids, revocation).await?;
             void_challenges(&mut tx, user).await?;
             Ok(ids)
         }
@@ -424,21 +589,14 @@ impl SessionStore for MySqlStore {
         password_hash: &str,
         keep: SessionId,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
             lock_user(&mut tx, user)
                 .await?
                 .ok_or_else(|| StoreError::Conflict(format!("no user {user}")))?;
-            let caller: Option<String> = tx
-                .exec_first(
-                    "SELECT id FROM sessions WHERE id = ? AND user_id = ? \
-                     AND revoked_at IS NULL AND expires_at > ? FOR UPDATE",
-                    (keep.to_string(), user.get(), to_db(revocation.at)),
-                )
-                .await
-                .map_err(unavailable)?;
-            if caller.is_none() {
+            if !lock_caller_session(&mut tx, user, keep, revocation.at).await? {
                 return Ok(None);
             }
             tx.exec_drop(
@@ -448,8 +606,9 @@ impl SessionStore for MySqlStore {
             .await
             .map_err(unavailable)?;
             let ids = lock_live_sessions(&mut tx, user, Some(keep), revocation.at).await?;
-            revoke_in(&mut tx, &ids, revocation).await?;
+            revoke_in(&mut tx, user, &ids, revocation).await?;
             void_challenges(&mut tx, user).await?;
+            insert_events(&mut tx, std::slice::from_ref(event)).await?;
             Ok(Some(ids))
         }
         .await;
@@ -461,6 +620,7 @@ impl SessionStore for MySqlStore {
         user: UserId,
         active: bool,
         revocation: &Revocation,
+        event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
@@ -477,10 +637,11 @@ impl SessionStore for MySqlStore {
                 Vec::new()
             } else {
                 let ids = lock_live_sessions(&mut tx, user, None, revocation.at).await?;
-                revoke_in(&mut tx, &ids, revocation).await?;
+                revoke_in(&mut tx, user, &ids, revocation).await?;
                 void_challenges(&mut tx, user).await?;
                 ids
             };
+            insert_events(&mut tx, std::slice::from_ref(event)).await?;
             Ok(Some(ids))
         }
         .await;
@@ -491,17 +652,286 @@ impl SessionStore for MySqlStore {
         &self,
         id: SessionId,
         idle_cutoff: DateTime<Utc>,
+        revocation: &Revocation,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.transaction().await?;
+        let result = async {
+            let user: Option<u64> = tx
+                .exec_first(
+                    "SELECT user_id FROM sessions \
+                     WHERE id = ? AND revoked_at IS NULL AND last_seen_at <= ? FOR UPDATE",
+                    (id.to_string(), to_db(idle_cutoff)),
+                )
+                .await
+                .map_err(unavailable)?;
+            let Some(user) = user else {
+                return Ok(false);
+            };
+            revoke_in(&mut tx, UserId::new(user), &[id], revocation).await?;
+            Ok(true)
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn set_pending_totp(
+        &self,
+        user: UserId,
+        pending: &SealedSecret,
+        event: &AuthEvent,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.transaction().await?;
+        let result = async {
+            let [key_id, nonce, ciphertext] = sealed_params(Some(pending));
+            tx.exec_drop(
+                "UPDATE users SET pending_key_id = ?, pending_nonce = ?, pending_ciphertext = ?, \
+                 pending_at = ?, updated_at = ? WHERE id = ?",
+                (
+                    key_id,
+                    nonce,
+                    ciphertext,
+                    to_db(event.at),
+                    to_db(event.at),
+                    user.get(),
+                ),
+            )
+            .await
+            .map_err(unavailable)?;
+            if tx.affected_rows() != 1 {
+                return Ok(false);
+            }
+            insert_events(&mut tx, std::slice::from_ref(event)).await?;
+            Ok(true)
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn change_factor(
+        &self,
+        user: UserId,
+        change: &FactorChange,
+        keep: SessionId,
+        end_others: Option<&Revocation>,
+        event: &AuthEvent,
+    ) -> Result<FactorOutcome, StoreError> {
+        let mut tx = self.transaction().await?;
+        let result = async {
+            let row: Option<Row> = tx
+                .exec_first(
+                    format!("SELECT {USER_COLUMNS} FROM users WHERE id = ? FOR UPDATE"),
+                    (user.get(),),
+                )
+                .await
+                .map_err(unavailable)?;
+            let Some(current) = row.map(user_from_row).transpose()? else {
+                return Ok(FactorOutcome::Stale);
+            };
+            if !lock_caller_session(&mut tx, user, keep, event.at).await? {
+                return Ok(FactorOutcome::CallerEnded);
+            }
+            let at = to_db(event.at);
+            match change {
+                FactorChange::Enable {
+                    pending,
+                    step,
+                    codes,
+                } => {
+                    if current.totp_pending.as_ref() != Some(pending) {
+                        return Ok(FactorOutcome::Stale);
+                    }
+                    let [key_id, nonce, ciphertext] = sealed_params(Some(pending));
+                    tx.exec_drop(
+                        "UPDATE users SET mfa_enabled = TRUE, totp_key_id = ?, totp_nonce = ?, \
+                         totp_ciphertext = ?, totp_last_step = GREATEST(COALESCE(totp_last_step, 0), ?), \
+                         pending_key_id = NULL, pending_nonce = NULL, pending_ciphertext = NULL, \
+                         pending_at = NULL, updated_at = ? WHERE id = ?",
+                        (key_id, nonce, ciphertext, *step, at, user.get()),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                    replace_recovery_codes(&mut tx, user, codes, event.at).await?;
+                }
+                FactorChange::Disable => {
+                    if !current.mfa_enabled {
+                        return Ok(FactorOutcome::Stale);
+                    }
+                    tx.exec_drop(
+                        "UPDATE users SET mfa_enabled = FALSE, totp_key_id = NULL, \
+                         totp_nonce = NULL, totp_ciphertext = NULL, pending_key_id = NULL, \
+                         pending_nonce = NULL, pending_ciphertext = NULL, pending_at = NULL, \
+                         updated_at = ? WHERE id = ?",
+                        (at, user.get()),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                    replace_recovery_codes(&mut tx, user, &[], event.at).await?;
+                }
+                FactorChange::NewRecoveryCodes(codes) => {
+                    if !current.mfa_enabled {
+                        return Ok(FactorOutcome::Stale);
+                    }
+                    replace_recovery_codes(&mut tx, user, codes, event.at).await?;
+                }
+            }
+            let ended = match end_others {
+                Some(revocation) => {
+                    let ids = lock_live_sessions(&mut tx, user, Some(keep), event.at).await?;
+                    revoke_in(&mut tx, user, &ids, revocation).await?;
+                    ids
+                }
+                None => Vec::new(),
+            };
+            void_challenges(&mut tx, user).await?;
+            insert_events(&mut tx, std::slice::from_ref(event)).await?;
+            Ok(FactorOutcome::Changed(ended))
+        }
+        .await;
+        finish(tx, result).await
+    }
+
+    async fn unused_recovery_codes(&self, user: UserId) -> Result<Vec<HashedCode>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<(u8, Vec<u8>, Vec<u8>)> = conn
+            .exec(
+                "SELECT code_id, salt, code_hash FROM recovery_codes \
+                 WHERE user_id = ? AND used_at IS NULL ORDER BY code_id",
+                (user.get(),),
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter()
+            .map(|(id, salt, hash)| {
+                Ok(HashedCode {
+                    id,
+                    salt: salt.try_into().map_err(|_| {
+                        StoreError::Corrupt("recovery_codes.salt: not 16 bytes".into())
+                    })?,
+                    hash: hash.try_into().map_err(|_| {
+                        StoreError::Corrupt("recovery_codes.code_hash: not 32 bytes".into())
+                    })?,
+                })
+            })
+            .collect()
+    }
+
+    async fn spend_recovery_code(
+        &self,
+        user: UserId,
+        code: &HashedCode,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_drop(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = 'idle_timeout' \
-             WHERE id = ? AND revoked_at IS NULL AND last_seen_at <= ?",
-            (to_db(at), id.to_string(), to_db(idle_cutoff)),
+            "UPDATE recovery_codes SET used_at = ? \
+             WHERE user_id = ? AND code_id = ? AND code_hash = ? AND used_at IS NULL",
+            (to_db(at), user.get(), code.id, code.hash.to_vec()),
         )
         .await
         .map_err(unavailable)?;
         Ok(conn.affected_rows() == 1)
+    }
+
+    async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        insert_events(&mut conn, std::slice::from_ref(event)).await
+    }
+
+    async fn events_of(
+        &self,
+        user: UserId,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = conn
+            .exec(
+                format!(
+                    "SELECT id, {EVENT_COLUMNS} FROM auth_events WHERE user_id = ? AND id < ? \
+                     ORDER BY id DESC LIMIT ?"
+                ),
+                (user.get(), before.unwrap_or(u64::MAX), limit as u64),
+            )
+            .await
+            .map_err(unavailable)?;
+        rows.into_iter().map(event_from_row).collect()
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        conn.exec_drop("DELETE FROM auth_events WHERE at < ?", (to_db(before),))
+            .await
+            .map_err(unavailable)?;
+        Ok(conn.affected_rows())
+    }
+
+    async fn reseal_secrets(&self, keyring: &Keyring, clear_only: bool) -> Result<u64, StoreError> {
+        let mut sealed = 0;
+        // Secrets still in clear (rows from before V6): sealed, and the clear column emptied.
+        let mut conn = self.conn().await?;
+        let clear: Vec<(u64, String)> = conn
+            .exec(
+                "SELECT id, totp_secret FROM users WHERE totp_secret IS NOT NULL",
+                (),
+            )
+            .await
+            .map_err(unavailable)?;
+        for (id, secret) in clear {
+            let [key_id, nonce, ciphertext] = sealed_params(Some(
+                &keyring
+                    .seal(Purpose::Totp, secret.as_bytes())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            ));
+            conn.exec_drop(
+                "UPDATE users SET totp_key_id = ?, totp_nonce = ?, totp_ciphertext = ?, \
+                 totp_secret = NULL WHERE id = ? AND totp_secret = ?",
+                (key_id, nonce, ciphertext, id, secret),
+            )
+            .await
+            .map_err(unavailable)?;
+            sealed += conn.affected_rows();
+        }
+        if clear_only {
+            return Ok(sealed);
+        }
+        for prefix in ["totp", "pending"] {
+            let rows: Vec<Row> = conn
+                .exec(
+                    format!(
+                        "SELECT id, {prefix}_key_id, {prefix}_nonce, {prefix}_ciphertext \
+                         FROM users WHERE {prefix}_key_id IS NOT NULL AND {prefix}_key_id <> ?"
+                    ),
+                    (keyring.current_id(),),
+                )
+                .await
+                .map_err(unavailable)?;
+            for mut row in rows {
+                let id: u64 = take(&mut row, "id")?;
+                let Some(old) = sealed_from_row(&mut row, prefix)? else {
+                    continue;
+                };
+                let Some(new) = keyring
+                    .reseal(Purpose::Totp, &old)
+                    .map_err(|e| StoreError::Corrupt(format!("user {id}: {e}")))?
+                else {
+                    continue;
+                };
+                let [key_id, nonce, ciphertext] = sealed_params(Some(&new));
+                // Only if it is still the secret we opened (a concurrent setup or enable wins).
+                conn.exec_drop(
+                    format!(
+                        "UPDATE users SET {prefix}_key_id = ?, {prefix}_nonce = ?, \
+                         {prefix}_ciphertext = ? WHERE id = ? AND {prefix}_key_id = ? \
+                         AND {prefix}_nonce = ?"
+                    ),
+                    (key_id, nonce, ciphertext, id, old.key_id, old.nonce),
+                )
+                .await
+                .map_err(unavailable)?;
+                sealed += conn.affected_rows();
+            }
+        }
+        Ok(sealed)
     }
 
     async fn put_mfa_challenge(
@@ -742,35 +1172,80 @@ impl SessionStore for MySqlStore {
         if ids.is_empty() {
             return Ok(());
         }
-        let (sql, params) = revoke_statement(ids, revocation);
-        let mut conn = self.conn().await?;
-        conn.exec_drop(sql, params).await.map_err(unavailable)
+        let mut tx = self.transaction().await?;
+        let result = async {
+            // Only the ones still live end here (and get an event); the rest keep their end.
+            let placeholders = vec!["?"; ids.len()].join(", ");
+            let live: Vec<(String, u64)> = tx
+                .exec(
+                    format!(
+                        "SELECT id, user_id FROM sessions \
+                         WHERE revoked_at IS NULL AND id IN ({placeholders}) FOR UPDATE"
+                    ),
+                    ids.iter().map(|id| id.to_string()).collect::<Vec<_>>(),
+                )
+                .await
+                .map_err(unavailable)?;
+            for (id, user) in live {
+                let id: SessionId = id
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("sessions.id: {e}")))?;
+                revoke_in(&mut tx, UserId::new(user), &[id], revocation).await?;
+            }
+            Ok(())
+        }
+        .await;
+        finish(tx, result).await
     }
 
     async fn expire_sessions(
         &self,
         now: DateTime<Utc>,
         idle_cutoff: DateTime<Utc>,
+        origin: &Origin,
     ) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
-        // Absolute lifetime first, so a session past both limits is recorded as max_lifetime.
-        conn.exec_drop(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = 'max_lifetime' \
-             WHERE revoked_at IS NULL AND expires_at <= ?",
-            (to_db(now), to_db(now)),
-        )
-        .await
-        .map_err(unavailable)?;
-        let mut ended = conn.affected_rows();
-        conn.exec_drop(
-            "UPDATE sessions SET revoked_at = ?, revoke_reason = 'idle_timeout' \
-             WHERE revoked_at IS NULL AND last_seen_at <= ?",
-            (to_db(now), to_db(idle_cutoff)),
-        )
-        .await
-        .map_err(unavailable)?;
-        ended += conn.affected_rows();
-        Ok(ended)
+        let mut tx = self.transaction().await?;
+        let result = async {
+            let mut ended = 0;
+            // Absolute lifetime first, so a session past both limits is recorded as
+            // max_lifetime. INSERT … SELECT locks the rows it reads until the commit, so the
+            // events name exactly the sessions the UPDATE ends.
+            for (reason, condition, limit) in [
+                (RevokeReason::MaxLifetime, "expires_at <= ?", now),
+                (RevokeReason::IdleTimeout, "last_seen_at <= ?", idle_cutoff),
+            ] {
+                tx.exec_drop(
+                    format!(
+                        "INSERT INTO auth_events ({EVENT_COLUMNS}) \
+                         SELECT ?, ?, ?, user_id, NULL, id, ?, NULL, ?, NULL, NULL \
+                         FROM sessions WHERE revoked_at IS NULL AND {condition}"
+                    ),
+                    (
+                        to_db(now),
+                        EventKind::SessionEnded.as_str(),
+                        EventKind::SessionEnded.outcome(),
+                        reason.as_str(),
+                        origin.node.clone(),
+                        to_db(limit),
+                    ),
+                )
+                .await
+                .map_err(unavailable)?;
+                tx.exec_drop(
+                    format!(
+                        "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
+                         WHERE revoked_at IS NULL AND {condition}"
+                    ),
+                    (to_db(now), reason.as_str(), to_db(limit)),
+                )
+                .await
+                .map_err(unavailable)?;
+                ended += tx.affected_rows();
+            }
+            Ok(ended)
+        }
+        .await;
+        finish(tx, result).await
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -816,13 +1291,26 @@ impl SessionStore for MySqlStore {
         Ok(conn.affected_rows() == 1)
     }
 
-    async fn advance_totp_step(&self, user: UserId, step: u64) -> Result<bool, StoreError> {
+    async fn advance_totp_step(
+        &self,
+        user: UserId,
+        secret: &SealedSecret,
+        step: u64,
+    ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
-        // One conditional UPDATE: the database decides atomically whether the step is new.
+        // One conditional UPDATE: the database decides atomically whether the step is new
+        // and the secret still the one the code was checked against.
         conn.exec_drop(
             "UPDATE users SET totp_last_step = ?, updated_at = ? \
-             WHERE id = ? AND (totp_last_step IS NULL OR totp_last_step < ?)",
-            (step, to_db(Utc::now()), user.get(), step),
+             WHERE id = ? AND mfa_enabled AND totp_nonce = ? \
+             AND (totp_last_step IS NULL OR totp_last_step < ?)",
+            (
+                step,
+                to_db(Utc::now()),
+                user.get(),
+                secret.nonce.clone(),
+                step,
+            ),
         )
         .await
         .map_err(unavailable)?;

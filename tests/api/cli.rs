@@ -6,7 +6,7 @@ use std::process::Output;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{ADMIN_KEY, JWT_SECRET, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, ENCRYPTION_KEY, JWT_SECRET, TestApp, spawn_app, spawn_app_with};
 
 async fn finsec(app: &TestApp, admin_key: Option<&str>, args: &[&str]) -> Output {
     let port = app.address.rsplit(':').next().unwrap().to_owned();
@@ -17,6 +17,7 @@ async fn finsec(app: &TestApp, admin_key: Option<&str>, args: &[&str]) -> Output
         .args(args)
         .env("FINSEC__DATABASE__URL", &app.db.url)
         .env("FINSEC__JWT__SECRET", JWT_SECRET)
+        .env("FINSEC__SECURITY__ENCRYPTION_KEY", ENCRYPTION_KEY)
         .env("FINSEC__HTTP__PORT", port)
         .env("FINSEC__PASSWORD__LOG_N", "4")
         .env("FINSEC__ADMIN__API_KEY", admin_key.unwrap_or(""));
@@ -229,6 +230,7 @@ async fn seed_refuses_production_unless_told_the_demo_accounts_are_public() {
             .env("FINSEC_ENV", "production")
             .env("FINSEC__DATABASE__URL", &app.db.url)
             .env("FINSEC__JWT__SECRET", JWT_SECRET)
+            .env("FINSEC__SECURITY__ENCRYPTION_KEY", ENCRYPTION_KEY)
             // The lowest cost production accepts, to keep the seven hashes quick.
             .env("FINSEC__PASSWORD__LOG_N", "15");
         command

@@ -8,6 +8,7 @@ use figment::Figment;
 use finsec::auth::PasswordHasher;
 use finsec::auth::totp::TotpCode;
 use finsec::config::Settings;
+use finsec::crypto::Purpose;
 use finsec::domain::{Email, NewUser, UserId};
 use finsec::http::AppState;
 use finsec::startup::Application;
@@ -28,6 +29,9 @@ pub use nats::NatsServer;
 pub use proxy::Partition;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough-0123456789";
+/// The suite's encryption key for secrets at rest (32 bytes, base64): not the demo key, so the
+/// suite runs the way production does.
+pub const ENCRYPTION_KEY: &str = "Zmluc2VjIHRlc3Qgc3VpdGUga2V5OiAzMiBieXRlcyE=";
 pub const ISSUER: &str = "finsec-sessions";
 pub const AUDIENCE: &str = "finsec-banking-api";
 
@@ -164,6 +168,7 @@ fn test_settings(url: &str, configure: impl FnOnce(Figment) -> Figment) -> Setti
         .merge(("database.url", url))
         .merge(("database.max_connections", 4))
         .merge(("jwt.secret", JWT_SECRET))
+        .merge(("security.encryption_key", ENCRYPTION_KEY))
         // Cheap hashing keeps the suite fast; one test runs at the production cost.
         .merge(("password.log_n", 4))
         // Tests that make many wrong attempts on purpose are about other rules; the throttle's
@@ -270,7 +275,13 @@ impl TestApp {
                 phone_number: Some("+1-555-0100".into()),
                 is_active: !spec.inactive,
                 mfa_enabled: spec.mfa,
-                totp_secret: totp_secret.clone(),
+                totp_secret: totp_secret.as_ref().map(|secret| {
+                    self.settings
+                        .keyring()
+                        .expect("test keyring")
+                        .seal(Purpose::Totp, secret.as_bytes())
+                        .expect("sealed")
+                }),
             })
             .await
             .expect("fixture user is created");
