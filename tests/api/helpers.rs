@@ -232,7 +232,14 @@ impl TestApp {
     /// Stops this server and starts a new one with the same settings on the same database:
     /// all the new one knows is what the first wrote to MySQL.
     pub async fn restart(&mut self) {
+        self.restart_with(|figment| figment).await;
+    }
+
+    /// Like [`restart`](Self::restart), with the settings adjusted by `configure` (a rotated
+    /// key, say).
+    pub async fn restart_with(&mut self, configure: impl FnOnce(Figment) -> Figment) {
         self.stop().await;
+        self.settings = test_settings(&self.db.url, configure);
         let server = Server::launch(&self.settings).await;
         self.address = server.address.clone();
         self.state = server.state.clone();

@@ -10,6 +10,7 @@ mod health;
 mod login;
 mod logout;
 mod mfa;
+mod mfa_lifecycle;
 mod password;
 mod random_input;
 mod restart;
