@@ -3,11 +3,15 @@
 //! production does.
 
 use chrono::{Duration, DurationRound, Utc};
+use finsec::crypto::{Keyring, Purpose};
+use finsec::domain::HashedCode;
 use finsec::domain::{
     AuthEvent, Device, Email, EventKind, FailureRule, NewUser, Origin, Revocation, RevokeReason,
     SealedSecret, Session, SessionId, UserId,
 };
-use finsec::store::{DynStore, MemoryStore, MySqlStore, StoreError, StoredChallenge};
+use finsec::store::{
+    DynStore, FactorChange, FactorOutcome, MemoryStore, MySqlStore, StoreError, StoredChallenge,
+};
 
 #[path = "support/database.rs"]
 #[allow(dead_code)] // this binary uses only part of the support module
@@ -869,6 +873,373 @@ async fn failures_lock_an_account_key_and_clear_on_success(subject: Subject) {
     assert_eq!(store.failure_record(&key).await.unwrap(), None);
 }
 
+fn codes(seed: u8) -> Vec<HashedCode> {
+    (0..10)
+        .map(|id| HashedCode {
+            id,
+            salt: [seed; 16],
+            hash: [seed.wrapping_add(id); 32],
+        })
+        .collect()
+}
+
+async fn kinds_of(store: &DynStore, user: UserId) -> Vec<(EventKind, Option<String>)> {
+    let mut events = store.events_of(user, None, 100).await.unwrap();
+    events.reverse();
+    events
+        .into_iter()
+        .map(|e| (e.event.kind, e.event.reason))
+        .collect()
+}
+
+async fn factor_changes_commit_with_their_sessions_and_event(subject: Subject) {
+    let store = subject.store;
+    let mut fresh = new_user("grace@example.com");
+    fresh.mfa_enabled = false;
+    fresh.totp_secret = None;
+    let user = store.insert_user(fresh).await.unwrap();
+    let t = now();
+    let caller = session(user.id, t, Duration::hours(1));
+    let other = session(user.id, t, Duration::hours(1));
+    store.insert_session(&caller).await.unwrap();
+    store.insert_session(&other).await.unwrap();
+    let challenge = StoredChallenge {
+        token_hash: [3; 32],
+        created_at: t,
+        expires_at: t + Duration::minutes(5),
+        failures: 0,
+    };
+    store
+        .put_mfa_challenge(user.id, &challenge, 3)
+        .await
+        .unwrap();
+
+    let setup = event(user.id, EventKind::MfaSetupStarted, t);
+    assert!(
+        store
+            .set_pending_totp(user.id, &sealed(7), &setup)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .set_pending_totp(UserId::new(424_242), &sealed(7), &setup)
+            .await
+            .unwrap()
+    );
+    let row = store.user_by_id(user.id).await.unwrap().unwrap();
+    assert_eq!(row.totp_pending, Some(sealed(7)));
+    assert!(!row.mfa_enabled && row.totp_secret.is_none());
+
+    let ended_by = Revocation::new(t, RevokeReason::MfaChanged);
+    let enabled = event(user.id, EventKind::MfaEnabled, t);
+    let stale = FactorChange::Enable {
+        pending: sealed(8),
+        step: 50,
+        codes: codes(1),
+    };
+    assert_eq!(
+        store
+            .change_factor(user.id, &stale, caller.id, Some(&ended_by), &enabled)
+            .await
+            .unwrap(),
+        FactorOutcome::Stale,
+        "a pending secret replaced since"
+    );
+    let enable = FactorChange::Enable {
+        pending: sealed(7),
+        step: 50,
+        codes: codes(1),
+    };
+    assert_eq!(
+        store
+            .change_factor(user.id, &enable, other.id, Some(&ended_by), &enabled)
+            .await
+            .map(|o| matches!(o, FactorOutcome::Changed(_)))
+            .unwrap(),
+        true
+    );
+    // That ended `caller` (it was the other one); now `other` is the caller's own.
+    let row = store.user_by_id(user.id).await.unwrap().unwrap();
+    assert!(row.mfa_enabled);
+    assert_eq!(row.totp_secret, Some(sealed(7)));
+    assert_eq!(row.totp_pending, None);
+    assert_eq!(row.totp_last_step, Some(50));
+    assert_eq!(
+        store.unused_recovery_codes(user.id).await.unwrap(),
+        codes(1)
+    );
+    assert_eq!(
+        store.mfa_challenge(user.id, None).await.unwrap(),
+        None,
+        "voided"
+    );
+    let ended = store.session_by_id(caller.id).await.unwrap().unwrap();
+    assert_eq!(ended.revoke_reason, Some(RevokeReason::MfaChanged));
+    assert_eq!(
+        store
+            .change_factor(user.id, &FactorChange::Disable, caller.id, None, &enabled)
+            .await
+            .unwrap(),
+        FactorOutcome::CallerEnded
+    );
+
+    let renewed = FactorChange::NewRecoveryCodes(codes(2));
+    let regenerated = event(user.id, EventKind::RecoveryCodesRegenerated, t);
+    assert_eq!(
+        store
+            .change_factor(user.id, &renewed, other.id, None, &regenerated)
+            .await
+            .unwrap(),
+        FactorOutcome::Changed(vec![])
+    );
+    assert_eq!(
+        store.unused_recovery_codes(user.id).await.unwrap(),
+        codes(2)
+    );
+    let disabled = event(user.id, EventKind::MfaDisabled, t);
+    assert_eq!(
+        store
+            .change_factor(user.id, &FactorChange::Disable, other.id, None, &disabled)
+            .await
+            .unwrap(),
+        FactorOutcome::Changed(vec![])
+    );
+    let row = store.user_by_id(user.id).await.unwrap().unwrap();
+    assert!(!row.mfa_enabled && row.totp_secret.is_none());
+    assert!(
+        store
+            .unused_recovery_codes(user.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        store
+            .change_factor(user.id, &FactorChange::Disable, other.id, None, &disabled)
+            .await
+            .unwrap(),
+        FactorOutcome::Stale,
+        "already off"
+    );
+    assert_eq!(
+        kinds_of(&store, user.id).await,
+        vec![
+            (EventKind::MfaSetupStarted, None),
+            (EventKind::SessionEnded, Some("mfa_changed".into())),
+            (EventKind::MfaEnabled, None),
+            (EventKind::RecoveryCodesRegenerated, None),
+            (EventKind::MfaDisabled, None),
+        ]
+    );
+}
+
+async fn recovery_codes_are_spent_once(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let caller = session(user.id, t, Duration::hours(1));
+    store.insert_session(&caller).await.unwrap();
+    let change = FactorChange::NewRecoveryCodes(codes(4));
+    let regenerated = event(user.id, EventKind::RecoveryCodesRegenerated, t);
+    store
+        .change_factor(user.id, &change, caller.id, None, &regenerated)
+        .await
+        .unwrap();
+    let set = codes(4);
+    assert!(
+        store
+            .spend_recovery_code(user.id, &set[2], t)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_recovery_code(user.id, &set[2], t)
+            .await
+            .unwrap(),
+        "once"
+    );
+    let mut forged = set[3].clone();
+    forged.hash = [0; 32];
+    assert!(
+        !store
+            .spend_recovery_code(user.id, &forged, t)
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .spend_recovery_code(UserId::new(424_242), &set[3], t)
+            .await
+            .unwrap()
+    );
+    let unused = store.unused_recovery_codes(user.id).await.unwrap();
+    assert_eq!(unused.len(), 9);
+    assert!(!unused.contains(&set[2]));
+    // A code of a replaced set no longer spends.
+    store
+        .change_factor(
+            user.id,
+            &FactorChange::NewRecoveryCodes(codes(5)),
+            caller.id,
+            None,
+            &regenerated,
+        )
+        .await
+        .unwrap();
+    assert!(
+        !store
+            .spend_recovery_code(user.id, &set[3], t)
+            .await
+            .unwrap()
+    );
+}
+
+async fn events_page_newest_first_and_are_pruned(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    for minutes in 0..5 {
+        let mut e = event(
+            user.id,
+            EventKind::LoginFailed,
+            t + Duration::minutes(minutes),
+        );
+        e.reason = Some(format!("attempt {minutes}"));
+        e.origin = Origin {
+            node: Some("node-a".into()),
+            ip: Some("192.0.2.7".into()),
+            user_agent: Some("conformance/1.0".into()),
+        };
+        store.record_event(&e).await.unwrap();
+    }
+    let mut stranger = event(user.id, EventKind::LoginFailed, t);
+    stranger.user_id = None;
+    stranger.account_hash = Some([9; 32]);
+    store.record_event(&stranger).await.unwrap();
+
+    let all = store.events_of(user.id, None, 100).await.unwrap();
+    assert_eq!(all.len(), 5, "only this user's");
+    assert_eq!(all[0].event.reason.as_deref(), Some("attempt 4"));
+    assert_eq!(all[0].event.origin.ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(all[0].event.at, t + Duration::minutes(4));
+    assert!(all.windows(2).all(|w| w[0].id > w[1].id));
+    let page = store.events_of(user.id, None, 2).await.unwrap();
+    assert_eq!(page, all[..2]);
+    let next = store.events_of(user.id, Some(page[1].id), 2).await.unwrap();
+    assert_eq!(next, all[2..4]);
+
+    assert_eq!(
+        store.prune_events(t + Duration::minutes(2)).await.unwrap(),
+        3
+    );
+    assert_eq!(store.events_of(user.id, None, 100).await.unwrap(), all[..3]);
+}
+
+async fn every_ended_session_gets_one_event(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let a = session(user.id, t, Duration::hours(1));
+    let b = session(user.id, t - Duration::hours(2), Duration::hours(1));
+    let c = session(user.id, t - Duration::minutes(30), Duration::hours(1));
+    for s in [&a, &b, &c] {
+        store.insert_session(s).await.unwrap();
+    }
+    let logout = Revocation::new(t, RevokeReason::Logout).by(Origin {
+        node: Some("node-b".into()),
+        ip: Some("192.0.2.8".into()),
+        user_agent: None,
+    });
+    store.revoke_sessions(&[a.id], &logout).await.unwrap();
+    store.revoke_sessions(&[a.id], &logout).await.unwrap();
+    let origin = Origin {
+        node: Some("node-c".into()),
+        ..Origin::default()
+    };
+    assert_eq!(
+        store
+            .expire_sessions(t, t - Duration::minutes(15), &origin)
+            .await
+            .unwrap(),
+        2
+    );
+    let events = store.events_of(user.id, None, 100).await.unwrap();
+    let mut ended: Vec<(Option<SessionId>, Option<String>, Option<String>)> = events
+        .iter()
+        .map(|e| {
+            assert_eq!(e.event.kind, EventKind::SessionEnded);
+            (
+                e.event.session_id,
+                e.event.reason.clone(),
+                e.event.origin.node.clone(),
+            )
+        })
+        .collect();
+    ended.sort_by_key(|(id, _, _)| id.map(|id| id.to_string()));
+    let mut expected = vec![
+        (
+            Some(a.id),
+            Some("logout".to_owned()),
+            Some("node-b".to_owned()),
+        ),
+        (
+            Some(b.id),
+            Some("max_lifetime".to_owned()),
+            Some("node-c".to_owned()),
+        ),
+        (
+            Some(c.id),
+            Some("idle_timeout".to_owned()),
+            Some("node-c".to_owned()),
+        ),
+    ];
+    expected.sort_by_key(|(id, _, _)| id.map(|id| id.to_string()));
+    assert_eq!(ended, expected, "one each, the repeated logout not twice");
+}
+
+async fn reseal_moves_secrets_to_the_current_key(subject: Subject) {
+    let store = subject.store;
+    let old_key = finsec::crypto::generate_key().unwrap();
+    let old = Keyring::new(&old_key, &[]).unwrap();
+    let mut with_secret = new_user("ada@example.com");
+    with_secret.totp_secret = Some(old.seal(Purpose::Totp, b"JBSWY3DPEHPK3PXP").unwrap());
+    let user = store.insert_user(with_secret).await.unwrap();
+    let setup = event(user.id, EventKind::MfaSetupStarted, now());
+    let pending = old.seal(Purpose::Totp, b"KRSXG5CTMVRXEZLU").unwrap();
+    store
+        .set_pending_totp(user.id, &pending, &setup)
+        .await
+        .unwrap();
+
+    let new = Keyring::new(&finsec::crypto::generate_key().unwrap(), &[old_key]).unwrap();
+    assert_eq!(
+        store.reseal_secrets(&new, true).await.unwrap(),
+        0,
+        "none in clear"
+    );
+    assert_eq!(store.reseal_secrets(&new, false).await.unwrap(), 2);
+    assert_eq!(
+        store.reseal_secrets(&new, false).await.unwrap(),
+        0,
+        "done already"
+    );
+    let row = store.user_by_id(user.id).await.unwrap().unwrap();
+    let secret = row.totp_secret.unwrap();
+    let pending = row.totp_pending.unwrap();
+    assert_eq!(secret.key_id, new.current_id());
+    assert_eq!(pending.key_id, new.current_id());
+    assert_eq!(
+        new.open(Purpose::Totp, &secret).unwrap().as_slice(),
+        b"JBSWY3DPEHPK3PXP"
+    );
+    assert_eq!(
+        new.open(Purpose::Totp, &pending).unwrap().as_slice(),
+        b"KRSXG5CTMVRXEZLU"
+    );
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory_store {
@@ -901,4 +1272,9 @@ conformance!(
     mfa_challenges_count_failures_and_are_answered_once,
     failures_lock_an_account_key_and_clear_on_success,
     a_rehash_replaces_only_the_hash_it_read,
+    factor_changes_commit_with_their_sessions_and_event,
+    recovery_codes_are_spent_once,
+    events_page_newest_first_and_are_pruned,
+    every_ended_session_gets_one_event,
+    reseal_moves_secrets_to_the_current_key,
 );

@@ -533,3 +533,67 @@ async fn a_single_node_that_loses_its_database_to_another_instance_stops() {
     );
     drop(thief);
 }
+
+#[tokio::test]
+async fn a_factor_change_on_one_node_ends_the_other_sessions_on_every_node_at_once() {
+    let cluster = spawn_cluster(3).await;
+    let john = cluster.node(0).user().await;
+    let mut sessions = Vec::new();
+    for i in 0..3 {
+        let session = cluster.node(i).logged_in(&john).await;
+        everywhere(&cluster, &session, StatusCode::OK).await;
+        sessions.push(session);
+    }
+    // Enabled through node 1, for the session opened on node 0.
+    let (secret, codes) =
+        crate::mfa_lifecycle::enrol(cluster.node(1), &john, &sessions[0], false).await;
+    everywhere(&cluster, &sessions[0], StatusCode::OK).await;
+    for ended in &sessions[1..] {
+        everywhere(&cluster, ended, StatusCode::UNAUTHORIZED).await;
+    }
+    // Every node now asks for the second factor, and a code spent on one is spent on all.
+    for i in 0..3 {
+        let response = cluster.node(i).login(&john.credentials()).await;
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["requireMfa"], true, "node {i}: {body}");
+    }
+    let code = crate::mfa_lifecycle::code_of(&secret, 1);
+    let step: Value = cluster
+        .node(2)
+        .login(&john.credentials())
+        .await
+        .json()
+        .await
+        .unwrap();
+    let opened = cluster
+        .node(2)
+        .verify_mfa(
+            &json!({"userId": john.id.get(), "mfaToken": step["mfaToken"], "otpCode": code}),
+        )
+        .await;
+    assert_eq!(opened.status(), StatusCode::OK);
+    let phone = LoggedIn::from_body(&opened.json().await.unwrap());
+
+    // Disabled through node 2 with a recovery code: the phone's session ends everywhere.
+    let disabled = cluster
+        .node(2)
+        .post_with_token(
+            "/api/auth/mfa/disable",
+            &sessions[0].token,
+            &json!({"password": john.password, "recoveryCode": codes[0]}),
+        )
+        .await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+    everywhere(&cluster, &phone, StatusCode::UNAUTHORIZED).await;
+    everywhere(&cluster, &sessions[0], StatusCode::OK).await;
+    for i in 0..3 {
+        let body: Value = cluster
+            .node(i)
+            .login(&john.credentials())
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(body["access_token"].is_string(), "node {i}: {body}");
+    }
+}
