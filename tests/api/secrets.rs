@@ -91,3 +91,64 @@ async fn every_authentication_outcome_is_logged_without_the_email_typed() {
         "the unknown account's refusal is logged, without an id"
     );
 }
+
+#[tokio::test]
+async fn the_two_factor_life_cycle_logs_no_secret_or_code() {
+    let app = crate::helpers::spawn_app().await;
+    let user = app.user().await;
+    let session = app.logged_in(&user).await;
+    let (secret, codes) = crate::mfa_lifecycle::enrol(&app, &user, &session, true).await;
+    let step: Value = app.login(&user.credentials()).await.json().await.unwrap();
+    let used = app
+        .verify_mfa(
+            &json!({"userId": user.id.get(), "mfaToken": step["mfaToken"],
+            "recoveryCode": codes[0]}),
+        )
+        .await;
+    assert_eq!(used.status(), StatusCode::OK);
+    let renewed: Value = app
+        .post_with_token(
+            "/api/auth/mfa/recovery-codes",
+            &session.token,
+            &json!({"password": user.password, "recoveryCode": codes[1]}),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    let new_codes: Vec<String> = renewed["recoveryCodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    let disabled = app
+        .post_with_token(
+            "/api/auth/mfa/disable",
+            &session.token,
+            &json!({"password": user.password, "recoveryCode": new_codes[0]}),
+        )
+        .await;
+    assert_eq!(disabled.status(), StatusCode::OK);
+
+    let logs = captured_logs();
+    assert!(
+        logs.contains("second factor changed"),
+        "the flow was logged"
+    );
+    assert!(
+        !logs.contains(&secret),
+        "the TOTP secret appears in the logs"
+    );
+    assert!(
+        !logs.contains(&user.password),
+        "the password appears in the logs"
+    );
+    for code in codes.iter().chain(&new_codes) {
+        assert!(
+            !logs.contains(code.as_str()),
+            "a recovery code appears in the logs"
+        );
+        assert!(!logs.contains(&code.replace('-', "")));
+    }
+}
