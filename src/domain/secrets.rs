@@ -24,7 +24,7 @@ impl fmt::Debug for SealedSecret {
 }
 
 /// One recovery code as stored: SHA-256 over a random per-code salt and the code. Codes carry
-/// 100 random bits, and the salt makes each hash unique (ASVS 5.0 6.6.x, look-up secrets).
+/// 120 random bits, and the salt makes each hash unique (ASVS 5.0 6.5.2, look-up secrets).
 #[derive(Clone, PartialEq, Eq)]
 pub struct HashedCode {
     /// Its place in the set (0..10): the handle a spend names.
