@@ -10,7 +10,8 @@ use finsec::domain::{
     SealedSecret, Session, SessionId, UserId,
 };
 use finsec::store::{
-    DynStore, FactorChange, FactorOutcome, MemoryStore, MySqlStore, StoreError, StoredChallenge,
+    DynStore, FactorChange, FactorOutcome, LoginGate, MemoryStore, MySqlStore, StoreError,
+    StoredChallenge,
 };
 
 #[path = "support/database.rs"]
@@ -73,6 +74,14 @@ fn login_event(session: &Session) -> AuthEvent {
         Origin::default(),
     )
     .session(session.id)
+}
+
+/// Ada has two-factor on: her sessions are opened by a second factor.
+fn mfa_gate() -> LoginGate {
+    LoginGate {
+        mfa_enabled: true,
+        password_hash: None,
+    }
 }
 
 fn event(user: UserId, kind: EventKind, at: chrono::DateTime<Utc>) -> AuthEvent {
@@ -265,10 +274,10 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
         let s = session(user.id, t + Duration::seconds(i), Duration::hours(1));
         assert_eq!(
             store
-                .open_session_within_limit(&s, 3, &login_event(&s))
+                .open_session_within_limit(&s, 3, &mfa_gate(), &login_event(&s))
                 .await
                 .unwrap(),
-            vec![]
+            Some(vec![])
         );
         opened.push(s);
     }
@@ -279,10 +288,10 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
         .unwrap();
     let fourth = session(user.id, t + Duration::minutes(6), Duration::hours(1));
     let ended = store
-        .open_session_within_limit(&fourth, 3, &login_event(&fourth))
+        .open_session_within_limit(&fourth, 3, &mfa_gate(), &login_event(&fourth))
         .await
         .unwrap();
-    assert_eq!(ended, vec![opened[1].id]);
+    assert_eq!(ended, Some(vec![opened[1].id]));
     let evicted = store.session_by_id(opened[1].id).await.unwrap().unwrap();
     assert_eq!(evicted.revoke_reason, Some(RevokeReason::SessionLimit));
     assert_eq!(evicted.revoked_at, Some(fourth.created_at));
@@ -297,7 +306,7 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
     let nobody = session(UserId::new(424_242), t, Duration::hours(1));
     assert!(matches!(
         store
-            .open_session_within_limit(&nobody, 3, &login_event(&nobody))
+            .open_session_within_limit(&nobody, 3, &mfa_gate(), &login_event(&nobody))
             .await,
         Err(StoreError::Conflict(_))
     ));
@@ -1239,6 +1248,53 @@ async fn reseal_moves_secrets_to_the_current_key(subject: Subject) {
     );
 }
 
+async fn a_session_opens_only_if_the_account_is_as_the_login_saw_it(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    let open = |gate: LoginGate| {
+        let store = store.clone();
+        async move {
+            let s = session(user.id, t, Duration::hours(1));
+            store
+                .open_session_within_limit(&s, 10, &gate, &login_event(&s))
+                .await
+                .unwrap()
+                .map(|_| s.id)
+        }
+    };
+    // Two-factor is on: a password-only login (checked before it was turned on) is refused.
+    let password_only = LoginGate {
+        mfa_enabled: false,
+        password_hash: Some(user.password_hash.clone()),
+    };
+    assert_eq!(open(password_only).await, None);
+    let stale_password = LoginGate {
+        mfa_enabled: true,
+        password_hash: Some("$scrypt$an-older-hash".into()),
+    };
+    assert_eq!(open(stale_password).await, None);
+    let opened = open(LoginGate {
+        mfa_enabled: true,
+        password_hash: Some(user.password_hash.clone()),
+    })
+    .await
+    .expect("the account is as the login saw it");
+    assert!(store.session_by_id(opened).await.unwrap().is_some());
+    let off = Revocation::new(t, RevokeReason::AccountDisabled);
+    store
+        .set_user_active(
+            user.id,
+            false,
+            &off,
+            &event(user.id, EventKind::AccountDeactivated, t),
+        )
+        .await
+        .unwrap();
+    assert_eq!(open(mfa_gate()).await, None, "deactivated");
+    assert_eq!(store.live_sessions(user.id, t).await.unwrap(), vec![]);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod memory_store {
@@ -1276,4 +1332,5 @@ conformance!(
     events_page_newest_first_and_are_pruned,
     every_ended_session_gets_one_event,
     reseal_moves_secrets_to_the_current_key,
+    a_session_opens_only_if_the_account_is_as_the_login_saw_it,
 );

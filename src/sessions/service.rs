@@ -204,6 +204,7 @@ impl Sessions {
         credentials: Credentials,
         device: Device,
     ) -> Result<LoginOutcome, SessionError> {
+        let password = credentials.password.clone();
         let user = self.guarded_password_check(credentials, &device).await?;
         let user_id = user.id;
         let step = self
@@ -219,6 +220,8 @@ impl Sessions {
                 SessionError::UnknownUser => AuthError::InvalidCredentials.into(),
                 other => other,
             })?;
+        // Only now: a new hash stored while the login was under way would (rightly) stop it.
+        self.rehash_if_weaker(&user, password);
         Ok(match step {
             LoginStep::SessionOpened(opened) => {
                 LoginOutcome::LoggedIn(Box::new(self.opened(*opened).await?))
@@ -240,14 +243,17 @@ impl Sessions {
         credentials: Option<Credentials>,
         device: Device,
     ) -> Result<IssuedSession, SessionError> {
+        let mut rehash = None;
         let password_verified = match credentials {
             Some(credentials) => {
                 // The email must be this user's: a right password for another account does
                 // not open this one, and says no more than a wrong password would.
+                let password = credentials.password.clone();
                 let user = self.guarded_password_check(credentials, &device).await?;
                 if user.id != user_id {
                     return Err(AuthError::InvalidCredentials.into());
                 }
+                rehash = Some((user.clone(), password));
                 Some(Box::new(user))
             }
             None => {
@@ -282,7 +288,11 @@ impl Sessions {
             ip.as_deref(),
             opened.as_ref().err(),
         );
-        self.opened(opened?).await
+        let opened = opened?;
+        if let Some((user, password)) = rehash {
+            self.rehash_if_weaker(&user, password);
+        }
+        self.opened(opened).await
     }
 
     /// Verifies a bearer token and asks the user's actor whether its session is live.
@@ -427,11 +437,7 @@ impl Sessions {
         let now = Utc::now();
         let origin = self.policy.origin(&caller.device);
         let event = |kind| AuthEvent::new(now, kind, Some(caller.user_id), origin.clone());
-        if let Err(locked) = throttle.check(self.store.as_ref(), &account, now).await {
-            self.record(event(EventKind::LoginThrottled).reason("reauthentication"))
-                .await;
-            return Err(locked);
-        }
+        throttle.check(self.store.as_ref(), &account, now).await?;
         let user = self
             .store
             .user_by_id(caller.user_id)
@@ -442,9 +448,12 @@ impl Sessions {
             .verify(password, Some(&user.password_hash))
             .await?
         {
-            throttle.fail(self.store.as_ref(), &account, now).await;
             self.record(event(EventKind::LoginFailed).reason("reauthentication"))
                 .await;
+            if throttle.fail(self.store.as_ref(), &account, now).await {
+                self.record(event(EventKind::LoginThrottled).reason("account_locked"))
+                    .await;
+            }
             return Err(AuthError::InvalidCredentials.into());
         }
         Ok(())
@@ -668,44 +677,24 @@ impl Sessions {
         let account = throttle.account(&credentials.email);
         let now = Utc::now();
         if let Err(locked) = throttle.check(self.store.as_ref(), &account, now).await {
+            // Not recorded per refusal (a flood of them must not flood the trail, nor cost
+            // more than the check); the lock itself was, when it began.
             audit("password", None, device.ip.as_deref(), Some(&locked));
-            // The account is named by its id when it exists; by the throttle's keyed hash
-            // otherwise (the same key either way for the same email).
-            let user = self
-                .store
-                .user_by_email(&credentials.email)
-                .await
-                .ok()
-                .flatten();
-            let mut event = AuthEvent::new(
-                now,
-                EventKind::LoginThrottled,
-                user.map(|u| u.id),
-                self.policy.origin(device),
-            );
-            if event.user_id.is_none() {
-                event.account_hash = Some(account);
-            }
-            self.record(event).await;
             return Err(locked);
         }
-        let password = credentials.password.clone();
-        let checked = self.check_password(credentials, device).await;
-        match &checked {
-            Err(SessionError::Auth(AuthError::InvalidCredentials)) => {
-                throttle.fail(self.store.as_ref(), &account, now).await;
-            }
-            Ok(user) if self.hasher.is_weaker_than_configured(&user.password_hash) => {
-                self.rehash_in_background(user.id, user.password_hash.clone(), password);
-            }
-            _ => {}
-        }
-        checked
+        self.check_password(credentials, &account, device).await
     }
 
-    /// The stored hash predates a raise of the scrypt cost: hash the (just verified) password
-    /// again at the configured cost, after answering, and store it unless the password was
-    /// changed meanwhile. Only a login can do this: nobody else ever has the password.
+    /// When the stored hash predates a raise of the scrypt cost: hash the (just verified)
+    /// password again at the configured cost, in the background, and store it unless the
+    /// password was changed meanwhile. Only a login can do this: nobody else ever has the
+    /// password. Called once the login is done.
+    fn rehash_if_weaker(&self, user: &User, password: SecretString) {
+        if self.hasher.is_weaker_than_configured(&user.password_hash) {
+            self.rehash_in_background(user.id, user.password_hash.clone(), password);
+        }
+    }
+
     fn rehash_in_background(&self, user: UserId, old: String, password: SecretString) {
         let (hasher, store) = (self.hasher.clone(), self.store.clone());
         tokio::spawn(async move {
@@ -731,6 +720,7 @@ impl Sessions {
     async fn check_password(
         &self,
         credentials: Credentials,
+        account: &[u8; 32],
         device: &Device,
     ) -> Result<User, SessionError> {
         let email = credentials.email;
@@ -750,19 +740,31 @@ impl Sessions {
             device.ip.as_deref(),
             outcome.as_ref().err(),
         );
-        // Successes are recorded by the user's actor with what they led to; a refusal here.
+        // Successes are recorded by the user's actor with what they led to; a refusal here,
+        // named by the account's id, or for an email with no account by the throttle's keyed
+        // hash of it (the same key either way for the same email).
         if let Err(err @ SessionError::Auth(_)) = &outcome {
-            let mut event = AuthEvent::new(
-                Utc::now(),
-                EventKind::LoginFailed,
-                user_id,
-                self.policy.origin(device),
-            )
-            .reason(refusal_reason(err));
-            if user_id.is_none() {
-                event.account_hash = Some(self.policy.throttle.account(&email));
+            let now = Utc::now();
+            let event = |kind| {
+                let mut event = AuthEvent::new(now, kind, user_id, self.policy.origin(device));
+                if user_id.is_none() {
+                    event.account_hash = Some(*account);
+                }
+                event
+            };
+            self.record(event(EventKind::LoginFailed).reason(refusal_reason(err)))
+                .await;
+            let wrong_password = matches!(err, SessionError::Auth(AuthError::InvalidCredentials));
+            if wrong_password
+                && self
+                    .policy
+                    .throttle
+                    .fail(self.store.as_ref(), account, now)
+                    .await
+            {
+                self.record(event(EventKind::LoginThrottled).reason("account_locked"))
+                    .await;
             }
-            self.record(event).await;
         }
         outcome
     }

@@ -67,16 +67,26 @@ impl Throttle {
         }
     }
 
-    /// Counts a wrong password or code. The attempt is refused whatever this does, so a store
-    /// error is logged, not returned.
-    pub async fn fail(&self, store: &dyn SessionStore, account: &[u8; 32], now: DateTime<Utc>) {
+    /// Counts a wrong password or code; true when this failure locked the account (the
+    /// moment the audit trail records, once per lockout). The attempt is refused whatever
+    /// this does, so a store error is logged, not returned.
+    pub async fn fail(
+        &self,
+        store: &dyn SessionStore,
+        account: &[u8; 32],
+        now: DateTime<Utc>,
+    ) -> bool {
         match store.record_failure(account, &self.rule, now).await {
             Ok(record) if record.locked_until.is_some_and(|until| until > now) => {
                 tracing::warn!(lockouts = record.lockouts, until = ?record.locked_until,
                     "account locked after too many failures");
+                true
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "failure not counted"),
+            Ok(_) => false,
+            Err(err) => {
+                tracing::warn!(error = %err, "failure not counted");
+                false
+            }
         }
     }
 

@@ -37,7 +37,7 @@ use crate::domain::{
     AuthEvent, Device, EventKind, Origin, Revocation, RevokeReason, SealedSecret, Session,
     SessionId, User, UserId, UserProfile,
 };
-use crate::store::{DynStore, FactorChange, FactorOutcome, StoredChallenge};
+use crate::store::{DynStore, FactorChange, FactorOutcome, LoginGate, StoredChallenge};
 
 /// The rules the session actors apply, from config; shared by all of them.
 #[derive(Debug, Clone)]
@@ -476,50 +476,80 @@ impl UserState {
         now: DateTime<Utc>,
     ) -> Result<LoginStep, SessionError> {
         // The row the password was just checked against is the freshest we can have.
+        let checked_hash = user.password_hash.clone();
         self.user = user;
         self.user_read_at = now;
-        if !self.user.is_active {
-            return Err(AuthError::AccountInactive.into());
+        // Twice at most: once with that row, once more if the account changed under it.
+        for _ in 0..2 {
+            if self.user.password_hash != checked_hash {
+                // Changed since the password was checked (a password change, or a rehash at a
+                // higher cost by a concurrent login): not proven against the hash in force
+                // now, and only a new check can tell which. The client tries again.
+                return Err(SessionError::Unavailable(
+                    "the password changed during the login".into(),
+                ));
+            }
+            if !self.user.is_active {
+                return Err(AuthError::AccountInactive.into());
+            }
+            if self.user.mfa_enabled {
+                let mfa_token = self.begin_mfa(now).await?;
+                let event = self.event(
+                    EventKind::PasswordVerified,
+                    self.policy.origin(&device),
+                    now,
+                );
+                self.record(event).await;
+                return Ok(LoginStep::MfaRequired { mfa_token });
+            }
+            // The store opens the session only if two-factor is still off and the password
+            // unchanged at commit: a login racing `mfa/enable` must not slip past it.
+            let gate = LoginGate {
+                mfa_enabled: false,
+                password_hash: Some(checked_hash.clone()),
+            };
+            let opened = self
+                .open_session(device.clone(), EventKind::LoginSucceeded, &gate, now)
+                .await?;
+            match opened {
+                Some(opened) => return Ok(LoginStep::SessionOpened(Box::new(opened))),
+                None => self.reload_user(now).await?,
+            }
         }
-        if self.user.mfa_enabled {
-            let mfa_token = self.begin_mfa(now).await?;
-            self.record(self.event(
-                EventKind::PasswordVerified,
-                self.policy.origin(&device),
-                now,
-            ))
-            .await;
-            return Ok(LoginStep::MfaRequired { mfa_token });
-        }
-        let opened = self
-            .open_session(device, EventKind::LoginSucceeded, now)
-            .await?;
-        Ok(LoginStep::SessionOpened(Box::new(opened)))
+        Err(SessionError::Unavailable(
+            "the account kept changing during the login".into(),
+        ))
     }
 
     /// Write-through: the row is inserted first, in a transaction that also ends the least
     /// recently used sessions past `session.max_per_user` (Keycloak's "terminate oldest"),
-    /// wherever they were opened; only then does memory learn of it.
+    /// wherever they were opened; only then does memory learn of it. `None` when the account
+    /// no longer passes `gate` (see [`LoginGate`]).
     async fn open_session(
         &mut self,
         device: Device,
         kind: EventKind,
+        gate: &LoginGate,
         now: DateTime<Utc>,
-    ) -> Result<Opened, SessionError> {
+    ) -> Result<Option<Opened>, SessionError> {
         if self.sessions.len() >= self.policy.max_per_user {
             // The store picks the least recently used; give it the activity only we know of.
             self.flush_touches().await;
         }
         let event = self.event(kind, self.policy.origin(&device), now);
         let session = Session::open(self.user.id, device, now, self.policy.max_lifetime);
-        let ended = self
+        let Some(ended) = self
             .store
             .open_session_within_limit(
                 &session,
                 self.policy.max_per_user,
+                gate,
                 &event.session(session.id),
             )
-            .await?;
+            .await?
+        else {
+            return Ok(None);
+        };
         self.forget(&ended);
         for id in &ended {
             tracing::info!(user_id = %self.user.id, session_id = %id,
@@ -534,11 +564,11 @@ impl UserState {
             .throttle
             .succeed(self.store.as_ref(), &account)
             .await;
-        Ok(Opened {
+        Ok(Some(Opened {
             grant: self.grant(session),
             ended,
             recovery_codes_left: None,
-        })
+        }))
     }
 
     fn event(&self, kind: EventKind, origin: Origin, now: DateTime<Utc>) -> AuthEvent {
@@ -669,28 +699,34 @@ impl UserState {
             Spent::Totp => (EventKind::MfaSucceeded, None),
             Spent::RecoveryCode { left } => (EventKind::RecoveryCodeUsed, Some(left)),
         };
-        let mut opened = self.open_session(attempt.device, kind, now).await?;
+        // Two-factor must still be on when the session commits, and, in the original
+        // clients' form, the password still the one just verified.
+        let gate = LoginGate {
+            mfa_enabled: true,
+            password_hash: password_verified.then(|| self.user.password_hash.clone()),
+        };
+        let mut opened = self
+            .open_session(attempt.device, kind, &gate, now)
+            .await?
+            .ok_or_else(invalid)?;
         opened.recovery_codes_left = left;
         Ok(opened)
     }
 
-    /// Refuses at once while the account is locked, and records that it did.
+    /// Refuses at once while the account is locked.
     async fn throttle_check(
         &self,
         account: &[u8; 32],
         origin: &Origin,
         now: DateTime<Utc>,
     ) -> Result<(), SessionError> {
-        let checked = self
-            .policy
+        // A refusal while locked is not recorded (anyone can send codes for any user id: a
+        // flood of them must not flood the user's trail); the lock itself was.
+        let _ = origin;
+        self.policy
             .throttle
             .check(self.store.as_ref(), account, now)
-            .await;
-        if checked.is_err() {
-            let event = self.event(EventKind::LoginThrottled, origin.clone(), now);
-            self.record(event.reason("second_factor")).await;
-        }
-        checked
+            .await
     }
 
     /// Checks a second factor against the secret in force (`secret`) and spends it: a TOTP
@@ -747,9 +783,8 @@ impl UserState {
                 }
             }
         };
-        self.code_refused(challenge, account, now).await;
-        let event = self.event(EventKind::MfaFailed, origin.clone(), now);
-        self.record(event.reason(refused)).await;
+        self.code_refused(challenge, account, origin, refused, now)
+            .await;
         Err(AuthError::InvalidMfaCode.into())
     }
 
@@ -802,9 +837,8 @@ impl UserState {
                     self.totp(&pending)?
                         .verify(&code, unix_now, self.user.totp_last_step)
                 else {
-                    self.code_refused(None, &account, now).await;
-                    let event = self.event(EventKind::MfaFailed, origin, now);
-                    self.record(event.reason("invalid_code")).await;
+                    self.code_refused(None, &account, &origin, "invalid_code", now)
+                        .await;
                     return Err(AuthError::InvalidMfaCode.into());
                 };
                 (
@@ -908,20 +942,30 @@ impl UserState {
             .map(drop)
     }
 
-    /// A wrong (or spent) code: counted against its challenge and against the account.
+    /// A wrong (or spent) code: counted against its challenge and against the account, and
+    /// recorded with why (and, when it locked the account, that too).
     async fn code_refused(
         &self,
         challenge: Option<&StoredChallenge>,
         account: &[u8; 32],
+        origin: &Origin,
+        reason: &'static str,
         now: DateTime<Utc>,
     ) {
         if let Some(challenge) = challenge {
             self.record_mfa_failure(challenge).await;
         }
-        self.policy
+        let locked = self
+            .policy
             .throttle
             .fail(self.store.as_ref(), account, now)
             .await;
+        let event = self.event(EventKind::MfaFailed, origin.clone(), now);
+        self.record(event.reason(reason)).await;
+        if locked {
+            let event = self.event(EventKind::LoginThrottled, origin.clone(), now);
+            self.record(event.reason("account_locked")).await;
+        }
     }
 
     /// Counts a wrong code in the store, where every node sees the same count.

@@ -9,7 +9,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{DynStore, FactorChange, FactorOutcome, SessionStore, StoreError, StoredChallenge};
+use super::{
+    DynStore, FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge,
+};
 use crate::crypto::Keyring;
 use crate::domain::{
     AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
@@ -78,11 +80,12 @@ impl SessionStore for Bounded {
         &self,
         session: &Session,
         max_live: usize,
+        gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         self.within(
             self.inner
-                .open_session_within_limit(session, max_live, event),
+                .open_session_within_limit(session, max_live, gate, event),
         )
         .await
     }

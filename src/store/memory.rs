@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{FactorChange, FactorOutcome, SessionStore, StoreError, StoredChallenge};
+use super::{FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge};
 use crate::crypto::Keyring;
 use crate::domain::{
     AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
@@ -176,12 +176,22 @@ impl SessionStore for MemoryStore {
         &self,
         session: &Session,
         max_live: usize,
+        gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         // One lock for the whole step: the same atomicity as MySQL's transaction.
         let mut tables = self.tables();
-        if !tables.users.contains_key(&session.user_id) {
+        let Some(account) = tables.users.get(&session.user_id) else {
             return Err(StoreError::Conflict(format!("no user {}", session.user_id)));
+        };
+        if !account.is_active
+            || account.mfa_enabled != gate.mfa_enabled
+            || gate
+                .password_hash
+                .as_ref()
+                .is_some_and(|h| *h != account.password_hash)
+        {
+            return Ok(None);
         }
         if tables.sessions.contains_key(&session.id) {
             return Err(StoreError::Conflict(format!(
@@ -199,7 +209,7 @@ impl SessionStore for MemoryStore {
         );
         tables.sessions.insert(session.id, session.clone());
         tables.record(event.clone());
-        Ok(evicted)
+        Ok(Some(evicted))
     }
 
     async fn revoke_user_sessions(

@@ -34,6 +34,17 @@ pub struct StoredChallenge {
     pub failures: u32,
 }
 
+/// What the step that opens a session checked about the account, required to be still true
+/// when the session commits (under the user's row lock): a login must not race its way past
+/// a factor enabled, a password changed or an account deactivated a moment before.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginGate {
+    /// Two-factor was on (the session is opened by a second factor) or off (by the password).
+    pub mfa_enabled: bool,
+    /// The stored hash the password was verified against, when this request verified one.
+    pub password_hash: Option<String>,
+}
+
 /// A change of a user's second factor, made by [`SessionStore::change_factor`].
 #[derive(Debug, Clone)]
 pub enum FactorChange {
@@ -112,13 +123,15 @@ pub trait SessionStore: Send + Sync + 'static {
     /// the limit are revoked (`session_limit`, at the new session's creation time). Returns
     /// the ids it revoked. Concurrent logins on several nodes therefore never exceed the limit.
     /// `event` (the login's success) is recorded in the same transaction, and each session
-    /// the limit ends gets its `session_ended` event (by `event.origin`).
+    /// the limit ends gets its `session_ended` event (by `event.origin`). `None`, and nothing
+    /// written, when the account no longer passes `gate` (or is inactive).
     async fn open_session_within_limit(
         &self,
         session: &Session,
         max_live: usize,
+        gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Vec<SessionId>, StoreError>;
+    ) -> Result<Option<Vec<SessionId>>, StoreError>;
 
     /// Revokes every live session of `user` but `except`, and voids any pending MFA challenge
     /// (a login half done by whoever is being logged out), in one transaction; returns the ids

@@ -9,7 +9,7 @@ use mysql_async::{
     Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, Transaction, TxOpts, params,
 };
 
-use super::{FactorChange, FactorOutcome, SessionStore, StoreError, StoredChallenge};
+use super::{FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge};
 use crate::crypto::{Keyring, Purpose};
 use crate::domain::{
     AuthEvent, Device, Email, EventKind, FailureRule, HashedCode, Lockout, NewUser, Origin,
@@ -538,14 +538,29 @@ impl SessionStore for MySqlStore {
         &self,
         session: &Session,
         max_live: usize,
+        gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Vec<SessionId>, StoreError> {
+    ) -> Result<Option<Vec<SessionId>>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
-            // The user's row is the lock that serialises logins of one user across nodes.
-            lock_user(&mut tx, session.user_id)
-                .await?
+            // The user's row is the lock that serialises logins of one user across nodes, and
+            // orders this login against factor, password and status changes.
+            let account: Option<(bool, bool, String)> = tx
+                .exec_first(
+                    "SELECT is_active, mfa_enabled, password_hash FROM users WHERE id = ? \
+                     FOR UPDATE",
+                    (session.user_id.get(),),
+                )
+                .await
+                .map_err(unavailable)?;
+            let (active, mfa_enabled, hash) = account
                 .ok_or_else(|| StoreError::Conflict(format!("no user {}", session.user_id)))?;
+            if !active
+                || mfa_enabled != gate.mfa_enabled
+                || gate.password_hash.as_ref().is_some_and(|h| *h != hash)
+            {
+                return Ok(None);
+            }
             let live =
                 lock_live_sessions(&mut tx, session.user_id, None, session.created_at).await?;
             let excess = (live.len() + 1).saturating_sub(max_live.max(1));
@@ -560,7 +575,7 @@ impl SessionStore for MySqlStore {
             .await?;
             insert_session_on(&mut tx, session).await?;
             insert_events(&mut tx, std::slice::from_ref(event)).await?;
-            Ok(evicted)
+            Ok(Some(evicted))
         }
         .await;
         finish(tx, result).await

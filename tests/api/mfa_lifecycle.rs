@@ -561,3 +561,60 @@ async fn keys_rotate_re_seals_every_secret_and_nobody_is_logged_out() {
         .unwrap();
     assert!(String::from_utf8_lossy(&again.stdout).contains("0 secret(s) re-encrypted"));
 }
+
+#[tokio::test]
+async fn a_password_login_racing_the_enabling_of_two_factor_does_not_slip_past_it() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let session = app.logged_in(&user).await;
+    // The login's password step reads the row (two-factor off) and verifies the password;
+    // then it waits in the user's (stalled) actor while two-factor is turned on.
+    let actor = app
+        .state
+        .sessions
+        .registry()
+        .resident(user.id)
+        .expect("the user's actor is resident");
+    actor
+        .cast(finsec::sessions::UserMsg::Stall(
+            std::time::Duration::from_millis(700),
+        ))
+        .unwrap();
+    let login = {
+        let app = &app;
+        let user = &user;
+        async move { app.login(&user.credentials()).await }
+    };
+    let enable = async {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        // Turned on behind the actor's back, as another node would (the login's own actor
+        // is busy): the store alone must stop the login.
+        let secret = totp_rs::Secret::generate();
+        let sealed = app
+            .settings
+            .keyring()
+            .unwrap()
+            .seal(finsec::crypto::Purpose::Totp, secret.to_base32().as_bytes())
+            .unwrap();
+        let hex = |b: &[u8]| hex(b);
+        app.db
+            .execute(&format!(
+                "UPDATE users SET mfa_enabled = TRUE, totp_key_id = '{}', totp_nonce = X'{}', \
+                 totp_ciphertext = X'{}' WHERE id = {}",
+                sealed.key_id,
+                hex(&sealed.nonce),
+                hex(&sealed.ciphertext),
+                user.id
+            ))
+            .await;
+    };
+    let (response, ()) = tokio::join!(login, enable);
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["access_token"].is_null(),
+        "a session slipped past two-factor: {body}"
+    );
+    assert_eq!(body["requireMfa"], true, "{body}");
+    assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+}
