@@ -34,6 +34,10 @@ async fn start(db_url: &str, bus_url: Option<&str>, cluster: &str) -> Node {
         .merge(("log.level", "warn"))
         // Not the demo secret: it is refused with MySQL.
         .merge(("jwt.secret", "bench-jwt-secret-0123456789abcdef0123456789"))
+        .merge((
+            "security.encryption_key",
+            "YmVuY2ggZW5jcnlwdGlvbiBrZXksIDMyIGJ5dGVzISE=",
+        ))
         .merge(("password.log_n", 4))
         .merge(("session.max_per_user", 100_000))
         .merge(("cluster.name", cluster));

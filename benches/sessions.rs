@@ -38,6 +38,10 @@ async fn start(configure: impl FnOnce(Figment) -> Figment) -> Running {
         .merge(("log.level", "warn"))
         // Not the demo secret: it is refused with MySQL.
         .merge(("jwt.secret", "bench-jwt-secret-0123456789abcdef0123456789"))
+        .merge((
+            "security.encryption_key",
+            "YmVuY2ggZW5jcnlwdGlvbiBrZXksIDMyIGJ5dGVzISE=",
+        ))
         .merge(("session.max_per_user", 100_000));
     let settings = Settings::from_figment(configure(figment)).expect("bench settings");
     finsec::telemetry::init(&settings.log);

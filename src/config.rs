@@ -250,8 +250,16 @@ impl Settings {
         self.environment == "production"
     }
 
+    /// The embedded store on a loopback address: nothing persists and nobody else connects,
+    /// so the published demo secrets protect nothing that matters.
+    fn is_local_demo(&self) -> bool {
+        self.database.is_memory() && is_loopback(&self.http.host)
+    }
+
     /// The keys that seal second-factor secrets: `security.encryption_key` and the previous
-    /// ones, or (outside production, with no key set) the public demo key.
+    /// ones, or, with no key set, the public demo key: only where the demo JWT secret is
+    /// allowed too (the embedded store on a loopback address, never production), since a
+    /// secret sealed under a published key is a secret in clear.
     pub fn keyring(&self) -> Result<Keyring, ConfigError> {
         let current = self.security.encryption_key.expose_secret();
         let previous: Vec<String> = self
@@ -261,12 +269,12 @@ impl Settings {
             .map(|k| k.expose_secret().to_owned())
             .collect();
         if current.is_empty() {
-            if self.is_production() {
+            if self.is_production() || !self.is_local_demo() {
                 return Err(ConfigError::Invalid {
                     key: "security.encryption_key",
-                    reason: "is required in production (32 random bytes, base64; \
-                             `finsec keys generate-encryption-key`); set \
-                             FINSEC__SECURITY__ENCRYPTION_KEY"
+                    reason: "is required (32 random bytes, base64; `finsec keys \
+                             generate-encryption-key`) everywhere but the embedded store on a \
+                             loopback address; set FINSEC__SECURITY__ENCRYPTION_KEY"
                         .into(),
                 });
             }
@@ -298,8 +306,7 @@ impl Settings {
         }
         // The demo secret is published in this repository: anyone could mint tokens with it.
         // It is allowed only for the embedded store on a loopback address, i.e. a local demo.
-        let local_demo = self.database.is_memory() && is_loopback(&self.http.host);
-        if secret == DEMO_JWT_SECRET && (self.is_production() || !local_demo) {
+        if secret == DEMO_JWT_SECRET && (self.is_production() || !self.is_local_demo()) {
             return invalid(
                 "jwt.secret",
                 "is the demo secret from config/default.toml, allowed only for the embedded \
@@ -523,7 +530,23 @@ mod tests {
         let mysql_with_secret = base()
             .merge(("database.url", "mysql://root@127.0.0.1:3306/finsec"))
             .merge(("jwt.secret", "y".repeat(40)));
-        assert!(Settings::from_figment(mysql_with_secret).is_ok());
+        // The demo encryption key is as public as the demo JWT secret: MySQL needs a real one.
+        let err = Settings::from_figment(mysql_with_secret.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("security.encryption_key:"), "{err}");
+        let with_key = mysql_with_secret.merge((
+            "security.encryption_key",
+            crate::crypto::generate_key().unwrap(),
+        ));
+        assert!(Settings::from_figment(with_key).is_ok());
+        assert!(
+            Settings::from_figment(base())
+                .unwrap()
+                .keyring()
+                .unwrap()
+                .is_demo()
+        );
     }
 
     #[test]

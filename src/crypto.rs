@@ -81,7 +81,7 @@ impl Keyring {
         Ok(Self { keys, demo: false })
     }
 
-    /// The fixed development key (see [`DEMO_KEY_SEED`]), with `previous` beside it.
+    /// The fixed development key (see [`DEMO_KEY_SEED`]).
     pub fn demo() -> Self {
         let raw: [u8; KEY_BYTES] = Sha256::digest(DEMO_KEY_SEED).into();
         Self {

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::cluster::{Cluster, ClusterConfig, ClusterError, ClusterEvent};
 use crate::config::Settings;
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
-use crate::domain::{Email, Origin, Revocation, RevokeReason, Session, UserId};
+use crate::domain::{Email, Initiator, Origin, Revocation, RevokeReason, Session, UserId};
 use crate::store::{CLUSTER_PRESENCE, MySqlStore, SessionStore, StoreError};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +98,7 @@ pub async fn revoke_all(
     let store = open_store(settings).await?;
     let user = resolve(&store, email).await?;
     let origin = Origin {
+        initiator: Initiator::Operator,
         node: Some("cli".to_owned()),
         ..Origin::default()
     };

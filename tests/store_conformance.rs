@@ -6,8 +6,8 @@ use chrono::{Duration, DurationRound, Utc};
 use finsec::crypto::{Keyring, Purpose};
 use finsec::domain::HashedCode;
 use finsec::domain::{
-    AuthEvent, Device, Email, EventKind, FailureRule, NewUser, Origin, Revocation, RevokeReason,
-    SealedSecret, Session, SessionId, UserId,
+    AuthEvent, Device, Email, EventKind, FailureRule, Initiator, NewUser, Origin, Revocation,
+    RevokeReason, SealedSecret, Session, SessionId, UserId,
 };
 use finsec::store::{
     DynStore, FactorChange, FactorOutcome, LoginGate, MemoryStore, MySqlStore, StoreError,
@@ -1116,6 +1116,7 @@ async fn events_page_newest_first_and_are_pruned(subject: Subject) {
         );
         e.reason = Some(format!("attempt {minutes}"));
         e.origin = Origin {
+            initiator: Initiator::User,
             node: Some("node-a".into()),
             ip: Some("192.0.2.7".into()),
             user_agent: Some("conformance/1.0".into()),
@@ -1131,6 +1132,7 @@ async fn events_page_newest_first_and_are_pruned(subject: Subject) {
     assert_eq!(all.len(), 5, "only this user's");
     assert_eq!(all[0].event.reason.as_deref(), Some("attempt 4"));
     assert_eq!(all[0].event.origin.ip.as_deref(), Some("192.0.2.7"));
+    assert_eq!(all[0].event.origin.initiator, Initiator::User);
     assert_eq!(all[0].event.at, t + Duration::minutes(4));
     assert!(all.windows(2).all(|w| w[0].id > w[1].id));
     let page = store.events_of(user.id, None, 2).await.unwrap();
@@ -1156,6 +1158,7 @@ async fn every_ended_session_gets_one_event(subject: Subject) {
         store.insert_session(s).await.unwrap();
     }
     let logout = Revocation::new(t, RevokeReason::Logout).by(Origin {
+        initiator: Initiator::Operator,
         node: Some("node-b".into()),
         ip: Some("192.0.2.8".into()),
         user_agent: None,
@@ -1178,6 +1181,12 @@ async fn every_ended_session_gets_one_event(subject: Subject) {
         .iter()
         .map(|e| {
             assert_eq!(e.event.kind, EventKind::SessionEnded);
+            let expected = if e.event.reason.as_deref() == Some("logout") {
+                Initiator::Operator
+            } else {
+                Initiator::System
+            };
+            assert_eq!(e.event.origin.initiator, expected);
             (
                 e.event.session_id,
                 e.event.reason.clone(),
@@ -1211,15 +1220,29 @@ async fn reseal_moves_secrets_to_the_current_key(subject: Subject) {
     let store = subject.store;
     let old_key = finsec::crypto::generate_key().unwrap();
     let old = Keyring::new(&old_key, &[]).unwrap();
+    // One user with a secret in force, one with a pending one.
     let mut with_secret = new_user("ada@example.com");
     with_secret.totp_secret = Some(old.seal(Purpose::Totp, b"JBSWY3DPEHPK3PXP").unwrap());
-    let user = store.insert_user(with_secret).await.unwrap();
-    let setup = event(user.id, EventKind::MfaSetupStarted, now());
+    let ada = store.insert_user(with_secret).await.unwrap();
+    let mut enrolling = new_user("grace@example.com");
+    enrolling.mfa_enabled = false;
+    enrolling.totp_secret = None;
+    let grace = store.insert_user(enrolling).await.unwrap();
+    let setup = event(grace.id, EventKind::MfaSetupStarted, now());
     let pending = old.seal(Purpose::Totp, b"KRSXG5CTMVRXEZLU").unwrap();
-    store
-        .set_pending_totp(user.id, &pending, &setup)
-        .await
-        .unwrap();
+    assert!(
+        store
+            .set_pending_totp(grace.id, &pending, &setup)
+            .await
+            .unwrap()
+    );
+    // Two-factor is on for Ada: no pending secret beside it.
+    assert!(
+        !store
+            .set_pending_totp(ada.id, &pending, &setup)
+            .await
+            .unwrap()
+    );
 
     let new = Keyring::new(&finsec::crypto::generate_key().unwrap(), &[old_key]).unwrap();
     assert_eq!(
@@ -1233,9 +1256,20 @@ async fn reseal_moves_secrets_to_the_current_key(subject: Subject) {
         0,
         "done already"
     );
-    let row = store.user_by_id(user.id).await.unwrap().unwrap();
-    let secret = row.totp_secret.unwrap();
-    let pending = row.totp_pending.unwrap();
+    let secret = store
+        .user_by_id(ada.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .totp_secret
+        .unwrap();
+    let pending = store
+        .user_by_id(grace.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .totp_pending
+        .unwrap();
     assert_eq!(secret.key_id, new.current_id());
     assert_eq!(pending.key_id, new.current_id());
     assert_eq!(

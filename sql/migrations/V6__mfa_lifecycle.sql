@@ -34,6 +34,8 @@ CREATE TABLE auth_events (
     at            DATETIME(6)     NOT NULL,
     kind          VARCHAR(40)     NOT NULL,
     outcome       VARCHAR(16)     NOT NULL,
+    -- who: user (the account's owner), operator (admin API or CLI) or system (expiry)
+    initiator     VARCHAR(16)     NOT NULL DEFAULT 'system',
     user_id       BIGINT UNSIGNED NULL,
     account_hash  BINARY(32)      NULL,
     session_id    CHAR(36) CHARACTER SET ascii NULL,

@@ -10,10 +10,42 @@ use chrono::{DateTime, Utc};
 
 use super::{Revocation, SessionId, UserId};
 
-/// Where a change came from: the node that made it and the client that asked (absent for the
-/// node's own timers: idle and lifetime expiry).
+/// Who made a change: the account's owner, an operator (the admin API or CLI), or the
+/// service itself (expiry).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Initiator {
+    #[default]
+    System,
+    User,
+    Operator,
+}
+
+impl Initiator {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::System => "system",
+            Self::User => "user",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl FromStr for Initiator {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [Self::System, Self::User, Self::Operator]
+            .into_iter()
+            .find(|actor| actor.as_str() == s)
+            .ok_or_else(|| format!("unknown initiator {s:?}"))
+    }
+}
+
+/// Where a change came from: who, the node that made it and the client that asked (absent
+/// for the node's own timers: idle and lifetime expiry).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Origin {
+    pub initiator: Initiator,
     pub node: Option<String>,
     pub ip: Option<String>,
     pub user_agent: Option<String>,

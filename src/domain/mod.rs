@@ -10,7 +10,7 @@ pub mod throttle;
 pub mod user;
 
 pub use email::Email;
-pub use event::{AuthEvent, EventKind, Origin, RecordedEvent};
+pub use event::{AuthEvent, EventKind, Initiator, Origin, RecordedEvent};
 pub use ids::{SessionId, UserId};
 pub use secrets::{HashedCode, SealedSecret};
 pub use session::{Device, Revocation, RevokeReason, Session};

@@ -23,8 +23,9 @@ pub struct User {
     pub mfa_enabled: bool,
     /// The TOTP secret in force (sealed); present when MFA has been enabled.
     pub totp_secret: Option<SealedSecret>,
-    /// A secret issued by `mfa/setup` and not yet confirmed with a code (sealed).
+    /// A secret issued by `mfa/setup` and not yet confirmed with a code (sealed), and when.
     pub totp_pending: Option<SealedSecret>,
+    pub totp_pending_at: Option<DateTime<Utc>>,
     /// The newest TOTP time step ever accepted for this user: no code at or before it is
     /// accepted again.
     pub totp_last_step: Option<u64>,

@@ -42,7 +42,13 @@ pub fn routes(
         .and(admin(state.clone()))
         .and(warp::query::<std::collections::HashMap<String, String>>())
         .then(|user_id: u64, state: Arc<AppState>, query| async move {
-            super::events::page(&state, UserId::new(user_id), &query).await
+            super::events::page(
+                &state,
+                UserId::new(user_id),
+                &query,
+                super::events::Audience::Operator,
+            )
+            .await
         })
         .map(respond);
 

@@ -1,7 +1,8 @@
 //! The audit trail, read back: `GET /api/auth/events` for the caller's own account and
 //! `GET /api/admin/users/{id}/events` for operators (routed in `admin`). Newest first, a page
 //! at a time: `limit` (1 to 100, default 50) and `before` (an event id: the page after the
-//! one that ended there).
+//! one that ended there). Users see what operators did to their account, not from where or
+//! with which internal note.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use warp::{Filter, Rejection, Reply};
 
 use super::extract::{authenticated, with_state};
 use super::{AppState, respond};
-use crate::domain::{RecordedEvent, SessionId, UserId};
+use crate::domain::{Initiator, RecordedEvent, SessionId, UserId};
 use crate::error::ApiError;
 use crate::sessions::{Authenticated, MAX_EVENTS_PAGE};
 
@@ -33,10 +34,18 @@ pub fn routes(
         .and(warp::query::<HashMap<String, String>>())
         .then(
             |state: Arc<AppState>, caller: Authenticated, query| async move {
-                page(&state, caller.user_id, &query).await
+                page(&state, caller.user_id, &query, Audience::Owner).await
             },
         )
         .map(respond)
+}
+
+/// Who reads the events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// The account's owner: an operator's address, browser, node and note stay hidden.
+    Owner,
+    Operator,
 }
 
 /// One page of `user`'s events as the response body.
@@ -44,6 +53,7 @@ pub async fn page(
     state: &AppState,
     user: UserId,
     query: &HashMap<String, String>,
+    audience: Audience,
 ) -> Result<Response, ApiError> {
     let (limit, before) = page_query(query)?;
     let events = state.sessions.events_of(user, before, limit).await?;
@@ -51,7 +61,7 @@ pub async fn page(
     let next_before = (events.len() == limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    let views: Vec<EventView> = events.iter().map(EventView::from).collect();
+    let views: Vec<EventView> = events.iter().map(|e| EventView::new(e, audience)).collect();
     Ok(warp::reply::json(&json!({ "events": views, "next_before": next_before })).into_response())
 }
 
@@ -86,6 +96,8 @@ struct EventView<'a> {
     at: DateTime<Utc>,
     kind: &'static str,
     outcome: &'static str,
+    /// `user`, `operator` or `system`.
+    initiator: &'static str,
     user_id: Option<UserId>,
     session_id: Option<SessionId>,
     reason: Option<&'a str>,
@@ -95,21 +107,24 @@ struct EventView<'a> {
     user_agent: Option<&'a str>,
 }
 
-impl<'a> From<&'a RecordedEvent> for EventView<'a> {
-    fn from(recorded: &'a RecordedEvent) -> Self {
+impl<'a> EventView<'a> {
+    fn new(recorded: &'a RecordedEvent, audience: Audience) -> Self {
         let e = &recorded.event;
+        let shown = audience == Audience::Operator || e.origin.initiator != Initiator::Operator;
+        let shown = |value: Option<&'a str>| value.filter(|_| shown);
         Self {
             id: recorded.id,
             at: e.at,
             kind: e.kind.as_str(),
             outcome: e.kind.outcome(),
+            initiator: e.origin.initiator.as_str(),
             user_id: e.user_id,
             session_id: e.session_id,
             reason: e.reason.as_deref(),
-            note: e.note.as_deref(),
-            node_id: e.origin.node.as_deref(),
-            ip: e.origin.ip.as_deref(),
-            user_agent: e.origin.user_agent.as_deref(),
+            note: shown(e.note.as_deref()),
+            node_id: shown(e.origin.node.as_deref()),
+            ip: shown(e.origin.ip.as_deref()),
+            user_agent: shown(e.origin.user_agent.as_deref()),
         }
     }
 }

@@ -44,7 +44,7 @@ impl std::fmt::Debug for SecondFactor {
 }
 
 /// A change of the caller's own second factor, after their password has been checked.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum FactorRequest {
     /// Issue `secret` as the pending one.
     Setup { secret: SealedSecret },
@@ -86,6 +86,18 @@ pub struct MfaAttempt {
 }
 
 pub type Reply<T> = RpcReplyPort<Result<T, SessionError>>;
+
+/// Never a code or a secret in a log line.
+impl std::fmt::Debug for FactorRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Setup { .. } => "Setup",
+            Self::Enable { .. } => "Enable",
+            Self::Disable { .. } => "Disable",
+            Self::NewRecoveryCodes { .. } => "NewRecoveryCodes",
+        })
+    }
+}
 
 /// Messages to one user's [`UserActor`](super::user_actor::UserActor).
 pub enum UserMsg {

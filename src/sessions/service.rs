@@ -469,7 +469,9 @@ impl Sessions {
         self.reauthenticate(caller, password).await?;
         let secret = totp::new_secret()
             .map_err(|e| SessionError::Unavailable(format!("no randomness: {e}")))?;
-        let enrolment = Enrolment::new(&secret, &caller.user.email)
+        // The label is for people; an email may hold a colon, which a label may not.
+        let label = caller.user.email.replace(':', "_");
+        let enrolment = Enrolment::new(&secret, &label)
             .ok_or_else(|| SessionError::Unavailable("enrolment URI could not be built".into()))?;
         let sealed = self
             .policy
@@ -605,7 +607,7 @@ impl Sessions {
                 except: None,
                 reason: RevokeReason::Admin,
                 note: note.clone(),
-                origin: self.policy.origin(operator),
+                origin: self.policy.operator_origin(operator),
                 reply,
             })
             .await?;
@@ -626,7 +628,7 @@ impl Sessions {
             .ask(user_id, |reply| UserMsg::SetActive {
                 active,
                 note: note.clone(),
-                origin: self.policy.origin(operator),
+                origin: self.policy.operator_origin(operator),
                 reply,
             })
             .await?;

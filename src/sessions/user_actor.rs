@@ -34,8 +34,8 @@ use crate::auth::{AuthError, recovery};
 use crate::cluster::Cluster;
 use crate::crypto::{Keyring, Purpose};
 use crate::domain::{
-    AuthEvent, Device, EventKind, Origin, Revocation, RevokeReason, SealedSecret, Session,
-    SessionId, User, UserId, UserProfile,
+    AuthEvent, Device, EventKind, Initiator, Origin, Revocation, RevokeReason, SealedSecret,
+    Session, SessionId, User, UserId, UserProfile,
 };
 use crate::store::{DynStore, FactorChange, FactorOutcome, LoginGate, StoredChallenge};
 
@@ -71,6 +71,7 @@ impl SessionPolicy {
     /// A change this node makes on its own (expiry).
     pub fn node_origin(&self) -> Origin {
         Origin {
+            initiator: Initiator::System,
             node: Some(self.node_id.clone()),
             ..Origin::default()
         }
@@ -79,9 +80,18 @@ impl SessionPolicy {
     /// A change a client asked for from `device`, made on this node.
     pub fn origin(&self, device: &Device) -> Origin {
         Origin {
+            initiator: Initiator::User,
             node: Some(self.node_id.clone()),
             ip: device.ip.clone(),
             user_agent: device.user_agent.clone(),
+        }
+    }
+
+    /// A change an operator asked for (the admin API) from `device`.
+    pub fn operator_origin(&self, device: &Device) -> Origin {
+        Origin {
+            initiator: Initiator::Operator,
+            ..self.origin(device)
         }
     }
 }
@@ -89,6 +99,10 @@ impl SessionPolicy {
 /// Pending MFA challenges kept per user (one per password step: a login on the phone and one
 /// on the laptop may overlap); older ones are dropped.
 const PENDING_CHALLENGES: usize = 3;
+
+/// A pending two-factor setup must be enabled within this long, or set up again: a secret
+/// shown once should not wait indefinitely for whoever holds a session to confirm it.
+const PENDING_SETUP_TTL: chrono::Duration = chrono::Duration::minutes(15);
 
 /// How many refused session ids each actor remembers, so a replayed dead token costs no read.
 const REFUSED_CACHE: usize = 32;
@@ -805,6 +819,7 @@ impl UserState {
         // The factor's state must be current: another node may have changed it.
         self.reload_user(now).await?;
         let account = self.policy.throttle.account(&self.user.email);
+        let mut proved = None;
         let (change, end_others, kind) = match request {
             FactorRequest::Setup { secret } => {
                 self.require_mfa(false)?;
@@ -814,9 +829,14 @@ impl UserState {
                     .set_pending_totp(self.user.id, &secret, &event.session(keep))
                     .await?
                 {
-                    return Err(SessionError::UnknownUser);
+                    // Turned on by another node since the row was read.
+                    return Err(SessionError::MfaState {
+                        code: "mfa_already_enabled",
+                        message: "Two-factor authentication is already on; turn it off first",
+                    });
                 }
                 self.user.totp_pending = Some(secret);
+                self.user.totp_pending_at = Some(now);
                 return Ok(Vec::new());
             }
             FactorRequest::Enable {
@@ -825,10 +845,17 @@ impl UserState {
                 end_others,
             } => {
                 self.require_mfa(false)?;
-                let Some(pending) = self.user.totp_pending.clone() else {
+                let pending_since = self.user.totp_pending_at.unwrap_or(now);
+                let pending = self
+                    .user
+                    .totp_pending
+                    .clone()
+                    .filter(|_| now - pending_since < PENDING_SETUP_TTL);
+                let Some(pending) = pending else {
                     return Err(SessionError::MfaState {
                         code: "mfa_setup_required",
-                        message: "No two-factor setup is pending: call mfa/setup first",
+                        message: "No two-factor setup is pending (or it is older than 15 \
+                                  minutes): call mfa/setup first",
                     });
                 };
                 self.throttle_check(&account, &origin, now).await?;
@@ -852,11 +879,11 @@ impl UserState {
                 )
             }
             FactorRequest::Disable { proof, end_others } => {
-                self.prove_factor(proof, &account, &origin, now).await?;
+                proved = Some(self.prove_factor(proof, &account, &origin, now).await?);
                 (FactorChange::Disable, end_others, EventKind::MfaDisabled)
             }
             FactorRequest::NewRecoveryCodes { proof, codes } => {
-                self.prove_factor(proof, &account, &origin, now).await?;
+                proved = Some(self.prove_factor(proof, &account, &origin, now).await?);
                 (
                     FactorChange::NewRecoveryCodes(codes),
                     false,
@@ -865,7 +892,12 @@ impl UserState {
             }
         };
         let revocation = Revocation::new(now, RevokeReason::MfaChanged).by(origin.clone());
-        let event = self.event(kind, origin, now).session(keep);
+        let mut event = self.event(kind, origin, now).session(keep);
+        // Which proof was spent (a recovery code is worth knowing about).
+        event.reason = proved.map(|spent| match spent {
+            Spent::Totp => "totp".to_owned(),
+            Spent::RecoveryCode { .. } => "recovery_code".to_owned(),
+        });
         let outcome = self
             .store
             .change_factor(
@@ -929,7 +961,7 @@ impl UserState {
         account: &[u8; 32],
         origin: &Origin,
         now: DateTime<Utc>,
-    ) -> Result<(), SessionError> {
+    ) -> Result<Spent, SessionError> {
         self.require_mfa(true)?;
         let secret = self
             .user
@@ -939,7 +971,6 @@ impl UserState {
         self.throttle_check(account, origin, now).await?;
         self.spend_factor(proof, &secret, None, account, origin, now)
             .await
-            .map(drop)
     }
 
     /// A wrong (or spent) code: counted against its challenge and against the account, and

@@ -35,6 +35,8 @@ struct Tables {
     failures: HashMap<[u8; 32], (Lockout, DateTime<Utc>)>,
     recovery: HashMap<UserId, Vec<RecoveryRow>>,
     events: Vec<RecordedEvent>,
+    /// Like AUTO_INCREMENT: ids are never reused, even after the oldest are pruned.
+    last_event_id: u64,
 }
 
 impl Tables {
@@ -68,7 +70,8 @@ impl Tables {
     }
 
     fn record(&mut self, event: AuthEvent) {
-        let id = self.events.last().map_or(1, |last| last.id + 1);
+        self.last_event_id += 1;
+        let id = self.last_event_id;
         self.events.push(RecordedEvent { id, event });
     }
 
@@ -135,6 +138,7 @@ impl SessionStore for MemoryStore {
             mfa_enabled: new.mfa_enabled,
             totp_secret: new.totp_secret,
             totp_pending: None,
+            totp_pending_at: None,
             totp_last_step: None,
             created_at: now,
             updated_at: now,
@@ -300,10 +304,11 @@ impl SessionStore for MemoryStore {
         event: &AuthEvent,
     ) -> Result<bool, StoreError> {
         let mut tables = self.tables();
-        let Some(account) = tables.users.get_mut(&user) else {
+        let Some(account) = tables.users.get_mut(&user).filter(|a| !a.mfa_enabled) else {
             return Ok(false);
         };
         account.totp_pending = Some(pending.clone());
+        account.totp_pending_at = Some(event.at);
         account.updated_at = event.at;
         tables.record(event.clone());
         Ok(true)
@@ -333,11 +338,12 @@ impl SessionStore for MemoryStore {
                 step,
                 codes,
             } => {
-                if account.totp_pending.as_ref() != Some(pending) {
+                if account.mfa_enabled || account.totp_pending.as_ref() != Some(pending) {
                     return Ok(FactorOutcome::Stale);
                 }
                 account.mfa_enabled = true;
                 account.totp_secret = account.totp_pending.take();
+                account.totp_pending_at = None;
                 account.totp_last_step = Some(account.totp_last_step.unwrap_or(0).max(*step));
                 codes.clone()
             }
@@ -348,6 +354,7 @@ impl SessionStore for MemoryStore {
                 account.mfa_enabled = false;
                 account.totp_secret = None;
                 account.totp_pending = None;
+                account.totp_pending_at = None;
                 Vec::new()
             }
             FactorChange::NewRecoveryCodes(codes) => {

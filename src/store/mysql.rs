@@ -12,8 +12,8 @@ use mysql_async::{
 use super::{FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge};
 use crate::crypto::{Keyring, Purpose};
 use crate::domain::{
-    AuthEvent, Device, Email, EventKind, FailureRule, HashedCode, Lockout, NewUser, Origin,
-    RecordedEvent, Revocation, RevokeReason, SealedSecret, Session, SessionId, User, UserId,
+    AuthEvent, Device, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent,
+    Revocation, RevokeReason, SealedSecret, Session, SessionId, User, UserId,
 };
 
 mod embedded {
@@ -25,10 +25,11 @@ const ER_DUP_ENTRY: u16 = 1062;
 
 const USER_COLUMNS: &str = "id, email, password_hash, first_name, last_name, preferred_name, \
      phone_number, address, is_active, mfa_enabled, totp_key_id, totp_nonce, totp_ciphertext, \
-     pending_key_id, pending_nonce, pending_ciphertext, totp_last_step, created_at, updated_at";
+     pending_key_id, pending_nonce, pending_ciphertext, pending_at, totp_last_step, created_at, \
+     updated_at";
 
-const EVENT_COLUMNS: &str = "at, kind, outcome, user_id, account_hash, session_id, reason, note, \
-     node_id, ip, user_agent";
+const EVENT_COLUMNS: &str = "at, kind, outcome, initiator, user_id, account_hash, session_id, reason, \
+     note, node_id, ip, user_agent";
 
 const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at, revoked_at, \
      revoke_reason, revoke_note, user_agent, ip";
@@ -184,7 +185,7 @@ async fn insert_events<Q: Queryable>(conn: &mut Q, events: &[AuthEvent]) -> Resu
     if events.is_empty() {
         return Ok(());
     }
-    let placeholders = ["?"; 11].join(", ");
+    let placeholders = ["?"; 12].join(", ");
     conn.exec_batch(
         format!("INSERT INTO auth_events ({EVENT_COLUMNS}) VALUES ({placeholders})"),
         events.iter().map(event_params),
@@ -198,6 +199,7 @@ fn event_params(e: &AuthEvent) -> Vec<mysql_async::Value> {
         to_db(e.at).into(),
         e.kind.as_str().into(),
         e.kind.outcome().into(),
+        e.origin.initiator.as_str().into(),
         e.user_id.map(UserId::get).into(),
         e.account_hash.map(|h| h.to_vec()).into(),
         e.session_id.map(|id| id.to_string()).into(),
@@ -211,6 +213,7 @@ fn event_params(e: &AuthEvent) -> Vec<mysql_async::Value> {
 
 fn event_from_row(mut row: Row) -> Result<RecordedEvent, StoreError> {
     let kind: String = take(&mut row, "kind")?;
+    let initiator: String = take(&mut row, "initiator")?;
     let hash: Option<Vec<u8>> = take(&mut row, "account_hash")?;
     let session: Option<String> = take(&mut row, "session_id")?;
     Ok(RecordedEvent {
@@ -229,6 +232,9 @@ fn event_from_row(mut row: Row) -> Result<RecordedEvent, StoreError> {
             reason: take(&mut row, "reason")?,
             note: take(&mut row, "note")?,
             origin: Origin {
+                initiator: initiator
+                    .parse()
+                    .map_err(|e| StoreError::Corrupt(format!("auth_events.initiator: {e}")))?,
                 node: take(&mut row, "node_id")?,
                 ip: take(&mut row, "ip")?,
                 user_agent: take(&mut row, "user_agent")?,
@@ -402,6 +408,7 @@ fn user_from_row(mut row: Row) -> Result<User, StoreError> {
         mfa_enabled: take(&mut row, "mfa_enabled")?,
         totp_secret: sealed_from_row(&mut row, "totp")?,
         totp_pending: sealed_from_row(&mut row, "pending")?,
+        totp_pending_at: take::<Option<NaiveDateTime>>(&mut row, "pending_at")?.map(from_db),
         totp_last_step: take(&mut row, "totp_last_step")?,
         created_at: from_db(take(&mut row, "created_at")?),
         updated_at: from_db(take(&mut row, "updated_at")?),
@@ -700,7 +707,7 @@ impl SessionStore for MySqlStore {
             let [key_id, nonce, ciphertext] = sealed_params(Some(pending));
             tx.exec_drop(
                 "UPDATE users SET pending_key_id = ?, pending_nonce = ?, pending_ciphertext = ?, \
-                 pending_at = ?, updated_at = ? WHERE id = ?",
+                 pending_at = ?, updated_at = ? WHERE id = ? AND NOT mfa_enabled",
                 (
                     key_id,
                     nonce,
@@ -752,7 +759,7 @@ impl SessionStore for MySqlStore {
                     step,
                     codes,
                 } => {
-                    if current.totp_pending.as_ref() != Some(pending) {
+                    if current.mfa_enabled || current.totp_pending.as_ref() != Some(pending) {
                         return Ok(FactorOutcome::Stale);
                     }
                     let [key_id, nonce, ciphertext] = sealed_params(Some(pending));
@@ -1223,39 +1230,35 @@ impl SessionStore for MySqlStore {
         let result = async {
             let mut ended = 0;
             // Absolute lifetime first, so a session past both limits is recorded as
-            // max_lifetime. INSERT … SELECT locks the rows it reads until the commit, so the
-            // events name exactly the sessions the UPDATE ends.
+            // max_lifetime. The rows are locked as they are read, so the events name exactly
+            // the sessions ended here (a logout committing meanwhile waits, then ends none).
             for (reason, condition, limit) in [
                 (RevokeReason::MaxLifetime, "expires_at <= ?", now),
                 (RevokeReason::IdleTimeout, "last_seen_at <= ?", idle_cutoff),
             ] {
-                tx.exec_drop(
-                    format!(
-                        "INSERT INTO auth_events ({EVENT_COLUMNS}) \
-                         SELECT ?, ?, ?, user_id, NULL, id, ?, NULL, ?, NULL, NULL \
-                         FROM sessions WHERE revoked_at IS NULL AND {condition}"
-                    ),
-                    (
-                        to_db(now),
-                        EventKind::SessionEnded.as_str(),
-                        EventKind::SessionEnded.outcome(),
-                        reason.as_str(),
-                        origin.node.clone(),
-                        to_db(limit),
-                    ),
-                )
-                .await
-                .map_err(unavailable)?;
-                tx.exec_drop(
-                    format!(
-                        "UPDATE sessions SET revoked_at = ?, revoke_reason = ? \
-                         WHERE revoked_at IS NULL AND {condition}"
-                    ),
-                    (to_db(now), reason.as_str(), to_db(limit)),
-                )
-                .await
-                .map_err(unavailable)?;
-                ended += tx.affected_rows();
+                let rows: Vec<(String, u64)> = tx
+                    .exec(
+                        format!(
+                            "SELECT id, user_id FROM sessions \
+                             WHERE revoked_at IS NULL AND {condition} FOR UPDATE"
+                        ),
+                        (to_db(limit),),
+                    )
+                    .await
+                    .map_err(unavailable)?;
+                let mut by_user: std::collections::BTreeMap<u64, Vec<SessionId>> =
+                    std::collections::BTreeMap::new();
+                for (id, user) in rows {
+                    let id = id
+                        .parse()
+                        .map_err(|e| StoreError::Corrupt(format!("sessions.id: {e}")))?;
+                    by_user.entry(user).or_default().push(id);
+                }
+                let revocation = Revocation::new(now, reason).by(origin.clone());
+                for (user, ids) in by_user {
+                    revoke_in(&mut tx, UserId::new(user), &ids, &revocation).await?;
+                    ended += ids.len() as u64;
+                }
             }
             Ok(ended)
         }

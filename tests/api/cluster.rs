@@ -495,6 +495,10 @@ fn finsec(db_url: &str) -> tokio::process::Command {
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
         .env("FINSEC__DATABASE__URL", db_url)
         .env("FINSEC__JWT__SECRET", crate::helpers::JWT_SECRET)
+        .env(
+            "FINSEC__SECURITY__ENCRYPTION_KEY",
+            crate::helpers::ENCRYPTION_KEY,
+        )
         .env("FINSEC__HTTP__PORT", "0");
     command
 }

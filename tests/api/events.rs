@@ -163,6 +163,9 @@ async fn a_whole_login_mfa_logout_and_forced_logout_is_recorded_in_order_without
     assert_eq!(events[0]["user_agent"], ua);
     assert_eq!(events.last().unwrap()["note"], "card reported stolen");
 
+    assert_eq!(events.last().unwrap()["initiator"], "operator");
+    assert_eq!(events[0]["initiator"], "user");
+
     let all = serde_json::to_string(&events).unwrap();
     for secret in [
         jane.password.as_str(),
@@ -296,4 +299,65 @@ async fn the_sweep_prunes_events_past_retention() {
         pruned.is_some(),
         "the old event is pruned, the new one kept"
     );
+}
+
+#[tokio::test]
+async fn users_see_what_an_operator_did_but_not_from_where_or_the_internal_note() {
+    let app = spawn_app_with(|f| f.merge(("admin.api_key", ADMIN_KEY))).await;
+    let john = app.user().await;
+    let old = app.logged_in(&john).await;
+    let forced = app
+        .admin(
+            Method::POST,
+            &format!("/api/admin/users/{}/logout-all", john.id),
+            Some(ADMIN_KEY),
+        )
+        .header("user-agent", "support-console/2.0")
+        .json(&json!({"reason": "ticket 4711: card reported stolen"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forced.status(), StatusCode::OK);
+    let now = app.logged_in(&john).await;
+    let own: Value = app
+        .client
+        .get(app.url("/api/auth/events"))
+        .bearer_auth(&now.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let by_operator = own["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["reason"] == "admin")
+        .expect("the forced logout is in John's own trail")
+        .clone();
+    assert_eq!(by_operator["initiator"], "operator");
+    assert_eq!(by_operator["session_id"], old.session_id.as_str());
+    for hidden in ["ip", "user_agent", "node_id", "note"] {
+        assert!(
+            by_operator[hidden].is_null(),
+            "{hidden} shown to the user: {by_operator}"
+        );
+    }
+    // His own login shows where it came from.
+    let login = own["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["kind"] == "login_succeeded" && e["session_id"] == now.session_id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(login["initiator"], "user");
+    assert_eq!(login["ip"], "127.0.0.1");
+    // The operators see all of it.
+    let theirs = admin_events(&app, &john).await;
+    let full = theirs.iter().find(|e| e["reason"] == "admin").unwrap();
+    assert_eq!(full["note"], "ticket 4711: card reported stolen");
+    assert_eq!(full["user_agent"], "support-console/2.0");
+    assert_eq!(full["ip"], "127.0.0.1");
 }

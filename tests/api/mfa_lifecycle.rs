@@ -257,6 +257,27 @@ async fn setup_and_enable_refuse_bad_input_and_a_new_setup_replaces_a_pending_on
     )
     .await;
     assert_error(both, StatusCode::BAD_REQUEST, "invalid_request").await;
+    // A setup left pending for more than 15 minutes must be started again.
+    app.db
+        .execute(&format!(
+            "UPDATE users SET pending_at = UTC_TIMESTAMP(6) - INTERVAL 16 MINUTE WHERE id = {}",
+            user.id
+        ))
+        .await;
+    let late = post(
+        &app,
+        "/api/auth/mfa/enable",
+        &session,
+        json!({"otpCode": code_of(second["secret"].as_str().unwrap(), 0)}),
+    )
+    .await;
+    assert_error(late, StatusCode::CONFLICT, "mfa_setup_required").await;
+    app.db
+        .execute(&format!(
+            "UPDATE users SET pending_at = UTC_TIMESTAMP(6) WHERE id = {}",
+            user.id
+        ))
+        .await;
     let enabled = post(
         &app,
         "/api/auth/mfa/enable",
@@ -422,6 +443,18 @@ async fn disabling_needs_password_and_factor_and_ends_the_other_sessions() {
         ))
         .await;
     assert_eq!(row.as_deref(), Some("0,1,0"));
+    let proof = app
+        .db
+        .query_one(&format!(
+            "SELECT reason FROM auth_events WHERE kind = 'mfa_disabled' AND user_id = {}",
+            user.id
+        ))
+        .await;
+    assert_eq!(
+        proof.as_deref(),
+        Some("recovery_code"),
+        "the proof spent is recorded"
+    );
 }
 
 #[tokio::test]
