@@ -60,12 +60,14 @@ pub enum EventKind {
     PasswordVerified,
     /// Wrong credentials, or an inactive account (`reason` says which).
     LoginFailed,
-    /// Refused before any check: the account is locked by the brute-force throttle.
+    /// The brute-force throttle locked the account (`reason`: `account_locked`); recorded
+    /// once, when the lock begins, not for each request it refuses.
     LoginThrottled,
     /// A session was opened by the second factor (a TOTP code).
     MfaSucceeded,
-    /// A wrong, reused or late second factor (`reason`: `invalid_code`, `code_reused`,
-    /// `invalid_recovery_code`, `challenge_missing`, `challenge_expired`).
+    /// A wrong or reused second factor (`reason`: `invalid_code`, `code_reused`,
+    /// `invalid_recovery_code`). Attempts with no valid challenge are not recorded: anyone can
+    /// send them for any user id, and they touch nothing.
     MfaFailed,
     /// A session was opened with a recovery code (spent).
     RecoveryCodeUsed,
