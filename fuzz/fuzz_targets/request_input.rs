@@ -7,7 +7,7 @@ use finsec::config::JwtSettings;
 use finsec::http::extract::parse_object;
 use libfuzzer_sys::fuzz_target;
 
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 12] = [
     "email",
     "password",
     "userId",
@@ -18,6 +18,8 @@ const FIELDS: [&str; 10] = [
     "currentPassword",
     "newPassword",
     "reason",
+    "recoveryCode",
+    "keepOtherSessions",
 ];
 
 fuzz_target!(|data: &[u8]| {
@@ -33,6 +35,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = object.optional_bool(field);
                 let _ = object.optional_session_id(field);
             }
+            let _ = object.second_factor();
         }
     }
     if let Ok(token) = std::str::from_utf8(data) {
