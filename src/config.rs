@@ -95,6 +95,9 @@ pub struct HttpSettings {
     /// The whole request, body and handling included.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// At shutdown, in-flight requests may take this long to finish.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_grace: Duration,
     /// Open connections at most; beyond, new ones are closed at once.
     pub max_connections: usize,
     /// Proxies whose `X-Forwarded-For` names the client (the load balancer's addresses).

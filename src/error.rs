@@ -60,6 +60,9 @@ pub enum ApiError {
     /// A dependency (the database, a user actor) did not answer; retrying may work.
     #[error("Service temporarily unavailable")]
     Unavailable(String),
+    /// `GET /health/ready`: this node cannot serve yet; the text says what is missing.
+    #[error("Not ready: {0}")]
+    NotReady(&'static str),
     /// Too many requests from this address; the number is seconds to wait.
     #[error("Too many requests; slow down")]
     RateLimited(u64),
@@ -106,6 +109,7 @@ impl ApiError {
             Self::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "service_unavailable"),
             Self::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
+            Self::NotReady(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
             Self::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "throttled"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
@@ -115,7 +119,7 @@ impl ApiError {
 
     pub fn to_response(&self) -> Response {
         let (status, code) = self.status_and_code();
-        if status.is_server_error() && !matches!(self, Self::Busy) {
+        if status.is_server_error() && !matches!(self, Self::Busy | Self::NotReady(_)) {
             // The cause is for operators only. (`busy` is load, not a fault: a flood of them
             // must not flood the error log.)
             tracing::error!(%code, cause = ?self, "request failed");

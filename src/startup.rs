@@ -338,7 +338,7 @@ impl Application {
             header_read_timeout: settings.http.header_read_timeout,
             request_timeout: settings.http.request_timeout,
             max_connections: settings.http.max_connections,
-            shutdown_grace: std::time::Duration::from_secs(10),
+            shutdown_grace: settings.http.shutdown_grace,
         };
         Ok(Self {
             listener,

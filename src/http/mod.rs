@@ -56,7 +56,7 @@ impl AdminKey {
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    health::routes()
+    health::routes(state.clone())
         .or(auth::routes(state.clone()))
         .unify()
         .or(sessions::routes(state.clone()))

@@ -25,7 +25,7 @@ pub use registry::{Registry, Residents};
 pub use remote::RemoteChanges;
 pub use service::{
     Authenticated, Credentials, IssuedSession, LoginOutcome, MAX_EVENTS_PAGE, MfaSetup,
-    PasswordChange, Sessions, SessionsConfig,
+    PasswordChange, Readiness, Sessions, SessionsConfig,
 };
 pub use supervisor::{SessionSupervisor, SupervisorArgs};
 pub use throttle::Throttle;

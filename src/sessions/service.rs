@@ -61,6 +61,12 @@ pub struct MfaSetup {
     pub qr_svg: String,
 }
 
+/// A node ready to serve: how it takes part in the cluster (`standalone` or `member`).
+#[derive(Debug, Clone, Copy)]
+pub struct Readiness {
+    pub cluster: &'static str,
+}
+
 /// Most events one page of `GET /api/auth/events` returns.
 pub const MAX_EVENTS_PAGE: usize = 100;
 
@@ -177,6 +183,23 @@ impl Sessions {
             .supervisor
             .stop_and_wait(Some("shutdown".into()), grace)
             .await;
+    }
+
+    /// Whether this node can serve: the database answers (within `database.timeout`) with
+    /// the schema this build expects, and, when clustered, the lease is held and the bus
+    /// proven. `Err` names the first thing that is not ready.
+    pub async fn readiness(&self) -> Result<Readiness, &'static str> {
+        match self.store.schema_is_current().await {
+            Ok(true) => {}
+            Ok(false) => return Err("database migrations are not applied"),
+            Err(_) => return Err("the database does not answer"),
+        }
+        let cluster = match (self.cluster.is_clustered(), self.cluster.trust_epoch()) {
+            (false, _) => "standalone",
+            (true, Some(_)) => "member",
+            (true, None) => return Err("no cluster lease, or the bus is not proven"),
+        };
+        Ok(Readiness { cluster })
     }
 
     /// The password hasher (tests look at how many hashes run).

@@ -48,6 +48,10 @@ impl SessionStore for Bounded {
         self.within(self.inner.close()).await
     }
 
+    async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        self.within(self.inner.schema_is_current()).await
+    }
+
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.within(self.inner.user_by_email(email)).await
     }

@@ -94,6 +94,12 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Cheap round trip, for health checks.
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// True when every migration this build carries has been applied (readiness: a node of a
+    /// newer build must not serve an older schema). Nothing to migrate without a database.
+    async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        Ok(true)
+    }
+
     /// Releases connections at shutdown. Nothing to do for stores without any.
     async fn close(&self) -> Result<(), StoreError> {
         Ok(())

@@ -450,6 +450,21 @@ impl SessionStore for MySqlStore {
         self.pool.clone().disconnect().await.map_err(unavailable)
     }
 
+    async fn schema_is_current(&self) -> Result<bool, StoreError> {
+        let newest = embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(|m| i64::from(m.version()))
+            .max()
+            .unwrap_or_default();
+        let mut conn = self.conn().await?;
+        let applied: Option<i64> = conn
+            .query_first("SELECT MAX(version) FROM refinery_schema_history")
+            .await
+            .map_err(unavailable)?;
+        Ok(applied.unwrap_or_default() >= newest)
+    }
+
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         let mut conn = self.conn().await?;
         let row: Option<Row> = conn

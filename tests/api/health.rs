@@ -37,3 +37,111 @@ async fn unknown_paths_and_wrong_methods_get_json_errors() {
     )
     .await;
 }
+
+async fn get(app: &crate::helpers::TestApp, path: &str) -> reqwest::Response {
+    app.client.get(app.url(path)).send().await.unwrap()
+}
+
+#[tokio::test]
+async fn alive_and_ready_on_a_single_node() {
+    let app = spawn_app().await;
+    let alive = get(&app, "/health/alive").await;
+    assert_eq!(alive.status(), StatusCode::OK);
+    assert_eq!(
+        alive.json::<Value>().await.unwrap(),
+        json!({"status": "alive"})
+    );
+    let ready = get(&app, "/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(
+        ready.json::<Value>().await.unwrap(),
+        json!({"status": "ready", "database": "ok", "cluster": "standalone"})
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_database_makes_the_node_not_ready_within_the_timeout() {
+    // The node reaches MariaDB through a relay the test can cut.
+    let relay_db = crate::helpers::TestDatabase::create().await;
+    let port: u16 = relay_db
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test database's port");
+    let relay = crate::helpers::Partition::relay_to(port).await;
+    // prefer_socket=false: mysql_async would otherwise switch a loopback connection to the
+    // server's Unix socket, around the relay.
+    let url = relay_db
+        .url
+        .replacen(&format!(":{port}/"), &format!(":{}/", relay.port), 1)
+        + "?prefer_socket=false";
+    let app = crate::helpers::spawn_app_with(move |f| {
+        f.merge(("database.url", url))
+            .merge(("database.timeout", "500ms"))
+    })
+    .await;
+    assert_eq!(get(&app, "/health/ready").await.status(), StatusCode::OK);
+
+    relay.cut();
+    let started = std::time::Instant::now();
+    let body = assert_error(
+        get(&app, "/health/ready").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+    )
+    .await;
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(2),
+        "answered within the database timeout, not a hang"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("database"),
+        "{body}"
+    );
+    // The process is still alive: restarting it would not help.
+    assert_eq!(get(&app, "/health/alive").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_schema_older_than_the_build_is_not_ready() {
+    let app = spawn_app().await;
+    app.db
+        .execute(
+            "DELETE FROM refinery_schema_history \
+             WHERE version = (SELECT v FROM (SELECT MAX(version) AS v FROM refinery_schema_history) t)",
+        )
+        .await;
+    let body = assert_error(
+        get(&app, "/health/ready").await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+    )
+    .await;
+    assert!(
+        body["error"].as_str().unwrap().contains("migrations"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_cluster_member_is_ready_while_it_holds_its_lease() {
+    let cluster = crate::helpers::spawn_cluster(1).await;
+    let ready = get(cluster.node(0), "/health/ready").await;
+    assert_eq!(ready.status(), StatusCode::OK);
+    assert_eq!(ready.json::<Value>().await.unwrap()["cluster"], "member");
+    // Without its bus the node loses its lease: not ready, and it says why.
+    drop(cluster.nats);
+    let not_ready = crate::helpers::eventually(|| async {
+        let response = get(cluster.nodes.first().unwrap(), "/health/ready").await;
+        (response.status() == StatusCode::SERVICE_UNAVAILABLE)
+            .then_some(response.json::<Value>().await.unwrap())
+    })
+    .await
+    .expect("not ready once the lease is gone");
+    assert!(
+        not_ready["error"].as_str().unwrap().contains("lease"),
+        "{not_ready}"
+    );
+}
