@@ -381,10 +381,14 @@ impl Application {
                 None => shutdown.await,
             }
         };
+        let state = self.state.clone();
+        let client_ip: http::server::ClientIp =
+            Arc::new(move |peer, forwarded| state.ip_rate.client_ip(peer, forwarded));
         http::server::serve(
             self.listener,
             warp::service(http::routes(self.state.clone())),
             self.limits,
+            client_ip,
             stop,
         )
         .await;

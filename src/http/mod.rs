@@ -75,8 +75,23 @@ pub fn routes(
             "x-content-type-options",
             "nosniff",
         ))
-        .with(warp::trace::request())
         .map(Reply::into_response)
+}
+
+/// A path as its route template, for logs and metrics: every segment that is an id (digits,
+/// or a UUID) becomes `{id}`, so `/api/auth/sessions/3f2a…` is `/api/auth/sessions/{id}`.
+/// Paths of no route come out as they are, at most 64 characters.
+pub fn route_template(path: &str) -> String {
+    let is_id = |segment: &str| {
+        (!segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()))
+            || segment.parse::<uuid::Uuid>().is_ok()
+    };
+    let template = path
+        .split('/')
+        .map(|segment| if is_id(segment) { "{id}" } else { segment })
+        .collect::<Vec<_>>()
+        .join("/");
+    template.chars().take(64).collect()
 }
 
 /// A handler's result as a response: success as is, failure through [`ApiError`].
@@ -112,6 +127,20 @@ async fn recover(rejection: Rejection) -> Result<Response, Infallible> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ids_in_paths_become_placeholders() {
+        assert_eq!(
+            route_template("/api/admin/users/42/events"),
+            "/api/admin/users/{id}/events"
+        );
+        assert_eq!(
+            route_template("/api/auth/sessions/3f2a8c1e-1b2c-4d5e-8f90-0123456789ab"),
+            "/api/auth/sessions/{id}"
+        );
+        assert_eq!(route_template("/api/auth/me"), "/api/auth/me");
+        assert_eq!(route_template(&"/x".repeat(100)).len(), 64);
+    }
 
     #[test]
     fn the_admin_key_matches_only_itself() {

@@ -11,19 +11,26 @@
 //!   is no place to queue a flood).
 //!
 //! HTTP/1.1 only: no protocol sniffing, which has no timeout of its own.
+//!
+//! Every request gets a request id (`X-Request-Id`: the client's when it is a sane token, a
+//! new UUID otherwise), echoed on the response and carried by every log line of the request
+//! (a `request` span), and one log line when it ends: method, route template (ids replaced, so
+//! a path never carries a secret or explodes a log index), status, latency, request id and
+//! client address.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower_service::Service;
-use warp::http::Request;
+use tracing::Instrument;
+use warp::http::{HeaderValue, Request};
 use warp::hyper::body::Incoming;
 use warp::hyper::server::conn::http1;
 
@@ -43,12 +50,37 @@ pub struct Limits {
     pub shutdown_grace: Duration,
 }
 
+/// The client's address from the connection's peer and its `X-Forwarded-For` (see
+/// `http::rate`: only a trusted proxy's forwarding is believed).
+pub type ClientIp = Arc<dyn Fn(IpAddr, Option<&str>) -> IpAddr + Send + Sync>;
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The client's request id when it is a sane token (1 to 64 of letters, digits and `._:-`),
+/// a new UUID otherwise: a header value that would break a log line is never echoed.
+fn request_id(request: &Request<Incoming>) -> HeaderValue {
+    let sane = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|id| {
+            (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+        })
+        .map(str::to_owned);
+    let id = sane.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish (within `shutdown_grace`).
 pub async fn serve<S>(
     listener: TcpListener,
     service: S,
     limits: Limits,
+    client_ip: ClientIp,
     shutdown: impl Future<Output = ()>,
 ) where
     S: Service<Request<Incoming>, Response = warp::reply::Response, Error = Infallible>
@@ -85,15 +117,42 @@ pub async fn serve<S>(
         };
         let service = service.clone();
         let request_timeout = limits.request_timeout;
+        let client_ip = client_ip.clone();
         let handler = warp::hyper::service::service_fn(move |mut request: Request<Incoming>| {
             request.extensions_mut().insert(ClientAddr(peer));
+            let id = request_id(&request);
+            request.headers_mut().insert(REQUEST_ID, id.clone());
+            let method = request.method().clone();
+            let route = super::route_template(request.uri().path());
+            let forwarded = request
+                .headers()
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            let client = client_ip(peer.ip(), forwarded.as_deref());
+            let span =
+                tracing::info_span!("request", request_id = %id.to_str().unwrap_or_default());
             let mut service = service.clone();
+            let started = Instant::now();
             async move {
-                match tokio::time::timeout(request_timeout, service.call(request)).await {
-                    Ok(response) => response,
-                    Err(_) => Ok(ApiError::RequestTimeout.to_response()),
-                }
+                let mut response =
+                    match tokio::time::timeout(request_timeout, service.call(request)).await {
+                        Ok(Ok(response)) => response,
+                        Ok(Err(never)) => match never {},
+                        Err(_) => ApiError::RequestTimeout.to_response(),
+                    };
+                response.headers_mut().insert(REQUEST_ID, id);
+                tracing::info!(
+                    method = %method,
+                    route = %route,
+                    status = response.status().as_u16(),
+                    latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+                    client_ip = %client,
+                    "request"
+                );
+                Ok::<_, Infallible>(response)
             }
+            .instrument(span)
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(tcp), handler));
         tokio::spawn(async move {

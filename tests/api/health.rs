@@ -145,3 +145,53 @@ async fn a_cluster_member_is_ready_while_it_holds_its_lease() {
         "{not_ready}"
     );
 }
+
+#[tokio::test]
+async fn every_response_carries_a_request_id_and_every_log_line_of_the_request_names_it() {
+    let app = spawn_app().await;
+    let with = |id: &'static str| {
+        app.client
+            .post(app.url("/api/auth/login"))
+            .header("x-request-id", id)
+            .json(&json!({"email": "nobody-known@example.com", "password": "wrong-password-1"}))
+            .send()
+    };
+    let echoed = with("trace-abc.123:4-5").await.unwrap();
+    assert_eq!(echoed.headers()["x-request-id"], "trace-abc.123:4-5");
+    // Not a sane token (a space, a quote): replaced by a fresh UUID.
+    let replaced = with("evil\" id").await.unwrap();
+    let new_id = replaced.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(new_id.parse::<uuid::Uuid>().is_ok(), "{new_id}");
+    let none = get(&app, "/api/auth/me").await;
+    let generated = none.headers()["x-request-id"].to_str().unwrap();
+    assert!(generated.parse::<uuid::Uuid>().is_ok());
+    assert_ne!(generated, new_id);
+
+    let logs = crate::helpers::captured_logs();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("trace-abc.123:4-5"))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("authentication") && l.contains("refused")),
+        "the handler's own line carries the id: {lines:?}"
+    );
+    let summary = lines
+        .iter()
+        .find(|l| l.contains("route=/api/auth/login"))
+        .unwrap_or_else(|| panic!("one request line: {lines:?}"));
+    for field in [
+        "method=POST",
+        "status=401",
+        "latency_ms=",
+        "client_ip=127.0.0.1",
+    ] {
+        assert!(summary.contains(field), "{field} in {summary}");
+    }
+    assert!(!logs.contains("wrong-password-1"));
+}
