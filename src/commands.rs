@@ -79,6 +79,10 @@ pub fn check_config(settings: &Settings) -> Result<(), StartupError> {
         database,
         settings.auth.require_mfa_token
     );
+    // Every effective value, after files and environment; secrets only as set or not.
+    for (key, value) in settings.effective() {
+        println!("{key} = {value}");
+    }
     Ok(())
 }
 

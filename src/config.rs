@@ -11,7 +11,7 @@ use std::time::Duration;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use secrecy::{ExposeSecret, SecretString};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::crypto::Keyring;
 
@@ -20,7 +20,8 @@ pub const DEMO_JWT_SECRET: &str = "demo-only-jwt-secret-do-not-use-in-production
 /// HS256 keys shorter than this are guessable offline from any token; production refuses them.
 pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct Settings {
     /// Which overlay was applied (`FINSEC_ENV`); `production` turns on the secret checks.
     #[serde(default = "default_environment")]
@@ -39,13 +40,15 @@ pub struct Settings {
     pub log: LogSettings,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditSettings {
     #[serde(with = "humantime_serde")]
     pub retention: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct SecuritySettings {
     /// Wrong passwords or codes for one account within `failure_window` that lock it.
     pub max_failures: u32,
@@ -57,14 +60,18 @@ pub struct SecuritySettings {
     /// Requests per second per client IP on the endpoints that take credentials (0: off).
     pub ip_rate: u32,
     pub ip_burst: u32,
+    #[serde(serialize_with = "masked")]
     pub encryption_key: SecretString,
+    #[serde(serialize_with = "masked_all")]
     pub previous_encryption_keys: Vec<SecretString>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ClusterSettings {
     /// Empty: a single node (MySQL named lock). `nats://host:4222`: a cluster member. Secret
     /// because a NATS URL may carry credentials.
+    #[serde(serialize_with = "masked")]
     pub bus_url: SecretString,
     /// Prefix of the bus subjects: clusters sharing one NATS server stay apart.
     pub name: String,
@@ -83,7 +90,8 @@ impl ClusterSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct HttpSettings {
     pub host: String,
     pub port: u16,
@@ -104,9 +112,11 @@ pub struct HttpSettings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct DatabaseSettings {
     /// `memory` or a `mysql://` URL; secret because the URL carries the password.
+    #[serde(serialize_with = "masked")]
     pub url: SecretString,
     pub max_connections: usize,
     /// Every store call answers within this, or the request gets 503.
@@ -120,14 +130,17 @@ impl DatabaseSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct JwtSettings {
+    #[serde(serialize_with = "masked")]
     pub secret: SecretString,
     pub issuer: String,
     pub audience: String,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct PasswordSettings {
     pub log_n: u8,
     pub r: u32,
@@ -138,7 +151,8 @@ pub struct PasswordSettings {
     pub min_length: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuthSettings {
     pub require_mfa_token: bool,
     #[serde(with = "humantime_serde")]
@@ -147,7 +161,8 @@ pub struct AuthSettings {
     pub totp_skew_steps: u8,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct SessionSettings {
     #[serde(with = "humantime_serde")]
     pub max_lifetime: Duration,
@@ -162,9 +177,11 @@ pub struct SessionSettings {
     pub retention: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct AdminSettings {
     /// Empty means the admin API is off.
+    #[serde(serialize_with = "masked")]
     pub api_key: SecretString,
 }
 
@@ -174,7 +191,8 @@ impl AdminSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct ActorSettings {
     #[serde(with = "humantime_serde")]
     pub call_timeout: Duration,
@@ -184,13 +202,14 @@ pub struct ActorSettings {
     pub idle_passivate: Duration,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Pretty,
@@ -425,6 +444,42 @@ impl Settings {
     }
 }
 
+/// A secret as `config check` prints it: whether it is set, never what it is. (`memory`, the
+/// one database URL that holds nothing secret, shows as itself.)
+fn masked<S: Serializer>(secret: &SecretString, serializer: S) -> Result<S::Ok, S::Error> {
+    match secret.expose_secret() {
+        "" => serializer.serialize_str(""),
+        "memory" => serializer.serialize_str("memory"),
+        _ => serializer.serialize_str("<set>"),
+    }
+}
+
+fn masked_all<S: Serializer>(secrets: &[SecretString], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(secrets.iter().map(|_| "<set>"))
+}
+
+impl Settings {
+    /// Every effective value, secrets masked, as dotted keys (`http.port`): what `finsec
+    /// config check` prints and what README's configuration table must list.
+    pub fn effective(&self) -> Vec<(String, serde_json::Value)> {
+        let mut flat = Vec::new();
+        if let Ok(serde_json::Value::Object(sections)) = serde_json::to_value(self) {
+            for (section, value) in sections {
+                match value {
+                    serde_json::Value::Object(keys) => {
+                        for (key, value) in keys {
+                            flat.push((format!("{section}.{key}"), value));
+                        }
+                    }
+                    other => flat.push((section, other)),
+                }
+            }
+        }
+        flat.sort_by(|a, b| a.0.cmp(&b.0));
+        flat
+    }
+}
+
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
@@ -549,6 +604,101 @@ mod tests {
                 .keyring()
                 .unwrap()
                 .is_demo()
+        );
+    }
+
+    #[test]
+    fn an_unknown_key_is_an_error_naming_it() {
+        let base = || Settings::figment(&repo_config(), None);
+        let err = Settings::from_figment(base().merge(("http.colour", "blue")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("http.colour"), "{err}");
+        let err = Settings::from_figment(base().merge(("sesion.idle_timeout", "5m")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("sesion"), "{err}");
+    }
+
+    #[test]
+    fn effective_values_mask_every_secret() {
+        let settings = Settings::from_figment(
+            Settings::figment(&repo_config(), None)
+                .merge(("database.url", "mysql://root:hunter2@db:3306/finsec"))
+                .merge(("jwt.secret", "s3cret-".repeat(6)))
+                .merge(("admin.api_key", "admin-key-value"))
+                .merge(("cluster.bus_url", "nats://u:natspw@bus:4222"))
+                .merge((
+                    "security.encryption_key",
+                    crate::crypto::generate_key().unwrap(),
+                ))
+                .merge((
+                    "security.previous_encryption_keys",
+                    vec![crate::crypto::generate_key().unwrap()],
+                )),
+        )
+        .unwrap();
+        let effective = settings.effective();
+        let printed = format!("{effective:?}");
+        for secret in ["hunter2", "s3cret-", "admin-key-value", "natspw"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        let value = |key: &str| {
+            effective
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("{key} listed"))
+        };
+        assert_eq!(value("database.url"), "<set>");
+        assert_eq!(value("http.port"), 5000);
+        assert_eq!(value("session.idle_timeout"), "15m");
+        assert_eq!(
+            value("security.previous_encryption_keys"),
+            serde_json::json!(["<set>"])
+        );
+    }
+
+    /// README's configuration table is the reference: it lists every key there is and no key
+    /// there is not (rows may name several keys: `http.host`, `http.port` or `password.log_n`,
+    /// `.r`, `.p`).
+    #[test]
+    fn the_readme_documents_exactly_the_settings() {
+        let readme = include_str!("../README.md");
+        let start = readme
+            .find("## Configuration")
+            .expect("a Configuration section");
+        let mut documented = std::collections::BTreeSet::new();
+        for line in readme[start..]
+            .lines()
+            .skip_while(|l| !l.starts_with("| key"))
+        {
+            if !line.starts_with('|') {
+                break;
+            }
+            let cell = line.split('|').nth(1).unwrap_or_default();
+            let mut section = String::new();
+            for name in cell.split(',').map(|n| n.trim().trim_matches('`')) {
+                if let Some(key) = name.strip_prefix('.') {
+                    documented.insert(format!("{section}.{key}"));
+                } else if let Some((s, _)) = name.split_once('.') {
+                    section = s.to_owned();
+                    documented.insert(name.to_owned());
+                }
+            }
+        }
+        let settings = Settings::from_figment(Settings::figment(&repo_config(), None)).unwrap();
+        let actual: std::collections::BTreeSet<String> = settings
+            .effective()
+            .into_iter()
+            .map(|(key, _)| key)
+            .filter(|key| key != "environment")
+            .collect();
+        let missing: Vec<_> = actual.difference(&documented).collect();
+        let stale: Vec<_> = documented.difference(&actual).collect();
+        assert!(
+            missing.is_empty() && stale.is_empty(),
+            "README configuration table: missing {missing:?}, not settings {stale:?}"
         );
     }
 

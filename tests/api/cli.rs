@@ -250,3 +250,40 @@ async fn seed_refuses_production_unless_told_the_demo_accounts_are_public() {
     assert!(told.status.success(), "{}", stderr(&told));
     assert_eq!(app.db.query_one(demo_users).await.as_deref(), Some("1"));
 }
+
+#[tokio::test]
+async fn config_check_prints_every_effective_value_with_secrets_masked() {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
+        .arg("--config-dir")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .args(["config", "check"])
+        .env(
+            "FINSEC__DATABASE__URL",
+            "mysql://root:db-pass-7@db:3306/finsec",
+        )
+        .env("FINSEC__JWT__SECRET", JWT_SECRET)
+        .env("FINSEC__SECURITY__ENCRYPTION_KEY", ENCRYPTION_KEY)
+        .env("FINSEC__HTTP__PORT", "8088")
+        .output()
+        .await
+        .expect("finsec runs");
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    assert!(out.contains("http.port = 8088"), "{out}");
+    assert!(out.contains("database.url = \"<set>\""), "{out}");
+    assert!(out.contains("session.idle_timeout = \"15m\""), "{out}");
+    for secret in ["db-pass-7", JWT_SECRET, ENCRYPTION_KEY] {
+        assert!(!out.contains(secret), "a secret is printed: {out}");
+    }
+
+    let typo = tokio::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
+        .arg("--config-dir")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/config"))
+        .args(["config", "check"])
+        .env("FINSEC__HTTP__PROT", "8088")
+        .output()
+        .await
+        .expect("finsec runs");
+    assert_eq!(typo.status.code(), Some(2));
+    assert!(stderr(&typo).contains("http.prot"), "{}", stderr(&typo));
+}
