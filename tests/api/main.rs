@@ -17,6 +17,7 @@ mod random_input;
 mod restart;
 mod secrets;
 mod sessions;
+mod shutdown;
 mod slow_clients;
 mod supervision;
 mod throttle;
