@@ -37,7 +37,16 @@ pub struct Settings {
     pub cluster: ClusterSettings,
     pub security: SecuritySettings,
     pub audit: AuditSettings,
+    pub metrics: MetricsSettings,
     pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// Where `GET /metrics` is served: empty for the main listener, or `host:port` of an
+    /// internal address of its own (then the main listener does not serve it).
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -432,6 +441,14 @@ impl Settings {
             return invalid(
                 "auth.totp_skew_steps",
                 "must be 0 to 3 (each step is 30 s either side)",
+            );
+        }
+        if !self.metrics.listen.is_empty()
+            && self.metrics.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return invalid(
+                "metrics.listen",
+                "must be empty or host:port (an IP address)",
             );
         }
         if self.audit.retention.is_zero() {

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
+use warp::Filter;
 
 use crate::auth::{AuthError, PasswordHasher, TokenIssuer};
 use crate::cluster::{Cluster, ClusterConfig, ClusterError};
@@ -307,7 +308,12 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
+        let metrics = crate::metrics::install();
+        if let (Some(handle), false) = (&metrics, settings.metrics.listen.is_empty()) {
+            serve_metrics_alone(&settings.metrics.listen, handle.clone()).await?;
+        }
         let state = Arc::new(AppState {
+            metrics: metrics.filter(|_| settings.metrics.listen.is_empty()),
             sessions,
             body_limit: settings.http.body_limit,
             idle_timeout,
@@ -451,4 +457,39 @@ pub fn open_keyring(settings: &Settings) -> Result<Keyring, StartupError> {
         );
     }
     Ok(keyring)
+}
+
+/// `metrics.listen` names an address of its own: `GET /metrics` is served there only.
+async fn serve_metrics_alone(
+    addr: &str,
+    handle: metrics_exporter_prometheus::PrometheusHandle,
+) -> Result<(), StartupError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartupError::Bind {
+            addr: addr.to_owned(),
+            source,
+        })?;
+    let route = warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .map(move || http::metrics_response(&handle));
+    let limits = http::server::Limits {
+        header_read_timeout: std::time::Duration::from_secs(10),
+        request_timeout: std::time::Duration::from_secs(10),
+        max_connections: 64,
+        shutdown_grace: std::time::Duration::from_secs(1),
+    };
+    let client_ip: http::server::ClientIp = Arc::new(|peer, _| peer);
+    let service = warp::service(route.recover(|_| async {
+        Ok::<_, std::convert::Infallible>(crate::error::ApiError::NotFound.to_response())
+    }));
+    tokio::spawn(http::server::serve(
+        listener,
+        service,
+        limits,
+        client_ip,
+        std::future::pending(),
+    ));
+    Ok(())
 }

@@ -119,18 +119,27 @@ impl PasswordHasher {
         work: impl FnOnce() -> Result<T, AuthError> + Send + 'static,
     ) -> Result<T, AuthError> {
         let slot = Slot::take(&self.admitted, self.max_admitted).ok_or(AuthError::Busy)?;
+        let queued = std::time::Instant::now();
         let permit = self
             .permits
             .clone()
             .acquire_owned()
             .await
             .map_err(|_| AuthError::Hashing("hasher closed".into()))?;
+        metrics::histogram!("finsec_password_hash_wait_seconds")
+            .record(crate::metrics::seconds(queued.elapsed()));
         let running = self.running.clone();
+        let admitted = self.admitted.clone();
         tokio::task::spawn_blocking(move || {
             // Held until the hash is done, whatever becomes of the request that asked.
             let (_permit, _slot) = (permit, slot);
             running.fetch_add(1, Ordering::SeqCst);
+            metrics::gauge!("finsec_password_hash_queue")
+                .set(admitted.load(Ordering::SeqCst) as f64);
+            let started = std::time::Instant::now();
             let outcome = work();
+            metrics::histogram!("finsec_password_hash_run_seconds")
+                .record(crate::metrics::seconds(started.elapsed()));
             running.fetch_sub(1, Ordering::SeqCst);
             outcome
         })

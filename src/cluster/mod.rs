@@ -185,6 +185,17 @@ impl Cluster {
     /// off, slow, or on a NATS server that lost its route, is thereby out of memory before
     /// we answer; a healthy one confirms in about a millisecond.
     pub async fn confirm(&self, event: ClusterEvent) -> Result<(), ClusterError> {
+        if self.node.is_none() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let confirmed = self.confirm_on_bus(event).await;
+        metrics::histogram!("finsec_cluster_confirm_duration_seconds")
+            .record(crate::metrics::seconds(started.elapsed()));
+        confirmed
+    }
+
+    async fn confirm_on_bus(&self, event: ClusterEvent) -> Result<(), ClusterError> {
         let Some(node) = &self.node else {
             return Ok(());
         };

@@ -36,6 +36,9 @@ pub struct AppState {
     pub admin_key: Option<AdminKey>,
     /// The per-client-IP limit on endpoints that take credentials.
     pub ip_rate: rate::IpRateLimit,
+    /// Renders `GET /metrics` on the main listener; `None` when `metrics.listen` names an
+    /// address of its own (or another recorder owns the process).
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
 /// The operators' API key, kept as a SHA-256 digest: comparing digests in constant time
@@ -57,6 +60,8 @@ pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
     health::routes(state.clone())
+        .or(metrics_route(state.clone()))
+        .unify()
         .or(auth::routes(state.clone()))
         .unify()
         .or(sessions::routes(state.clone()))
@@ -78,6 +83,33 @@ pub fn routes(
         .map(Reply::into_response)
 }
 
+/// Every route template the service serves (metrics label only these; anything else is
+/// `unmatched`).
+pub const ROUTES: &[&str] = &[
+    "/",
+    "/health/alive",
+    "/health/ready",
+    "/metrics",
+    "/api/auth/login",
+    "/api/auth/verify-mfa",
+    "/api/auth/logout",
+    "/api/auth/me",
+    "/api/auth/sessions",
+    "/api/auth/sessions/{id}",
+    "/api/auth/logout-all",
+    "/api/auth/change-password",
+    "/api/auth/mfa/setup",
+    "/api/auth/mfa/enable",
+    "/api/auth/mfa/disable",
+    "/api/auth/mfa/recovery-codes",
+    "/api/auth/events",
+    "/api/admin/users/{id}/sessions",
+    "/api/admin/users/{id}/logout-all",
+    "/api/admin/users/{id}/deactivate",
+    "/api/admin/users/{id}/activate",
+    "/api/admin/users/{id}/events",
+];
+
 /// A path as its route template, for logs and metrics: every segment that is an id (digits,
 /// or a UUID) becomes `{id}`, so `/api/auth/sessions/3f2a…` is `/api/auth/sessions/{id}`.
 /// Paths of no route come out as they are, at most 64 characters.
@@ -92,6 +124,35 @@ pub fn route_template(path: &str) -> String {
         .collect::<Vec<_>>()
         .join("/");
     template.chars().take(64).collect()
+}
+
+/// `GET /metrics`: the Prometheus text format, when served on this listener.
+fn metrics_route(
+    state: Arc<AppState>,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
+    warp::path("metrics")
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(extract::with_state(state))
+        .and_then(|state: Arc<AppState>| async move {
+            match &state.metrics {
+                Some(handle) => {
+                    state.sessions.record_gauges();
+                    Ok(metrics_response(handle))
+                }
+                None => Err(warp::reject::not_found()),
+            }
+        })
+}
+
+/// The exposition, with Prometheus's content type.
+pub fn metrics_response(handle: &metrics_exporter_prometheus::PrometheusHandle) -> Response {
+    warp::reply::with_header(
+        handle.render(),
+        "content-type",
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+    .into_response()
 }
 
 /// A handler's result as a response: success as is, failure through [`ApiError`].

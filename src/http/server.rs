@@ -142,6 +142,18 @@ pub async fn serve<S>(
                         Err(_) => ApiError::RequestTimeout.to_response(),
                     };
                 response.headers_mut().insert(REQUEST_ID, id);
+                let status = response.status();
+                // Paths of no route are one label, or a scanner would mint series at will.
+                let label = if super::ROUTES.contains(&route.as_str()) {
+                    route.clone()
+                } else {
+                    "unmatched".to_owned()
+                };
+                metrics::counter!("finsec_http_requests_total", "route" => label.clone(),
+                    "method" => method.to_string(), "status" => status.as_str().to_owned())
+                .increment(1);
+                metrics::histogram!("finsec_http_request_duration_seconds", "route" => label)
+                    .record(started.elapsed().as_secs_f64());
                 tracing::info!(
                     method = %method,
                     route = %route,

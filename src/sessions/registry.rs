@@ -163,7 +163,11 @@ impl Registry {
     ) -> Result<T, SessionError> {
         for _ in 0..2 {
             let actor = self.actor_for(user).await?;
-            match actor.call(&question, Some(self.call_timeout)).await {
+            let started = std::time::Instant::now();
+            let answer = actor.call(&question, Some(self.call_timeout)).await;
+            metrics::histogram!("finsec_actor_call_duration_seconds")
+                .record(crate::metrics::seconds(started.elapsed()));
+            match answer {
                 Ok(CallResult::Success(answer)) => return answer,
                 Ok(CallResult::Timeout) => {
                     return Err(SessionError::Unavailable("user actor timed out".into()));
@@ -195,6 +199,11 @@ impl Registry {
     }
 
     /// The user's resident actor, if any, without spawning one.
+    /// How many user actors are resident on this node.
+    pub fn resident_count(&self) -> usize {
+        self.residents.len()
+    }
+
     pub fn resident(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
         self.residents.actor_of(user)
     }

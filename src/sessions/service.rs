@@ -202,6 +202,14 @@ impl Sessions {
         Ok(Readiness { cluster })
     }
 
+    /// Gauges read at scrape time: resident user actors, and whether this node may answer
+    /// from memory (1) or must ask MySQL (0).
+    pub fn record_gauges(&self) {
+        metrics::gauge!("finsec_resident_actors").set(self.registry.resident_count() as f64);
+        let trusted = self.cluster.trust_epoch().is_some();
+        metrics::gauge!("finsec_cluster_trusted").set(if trusted { 1.0 } else { 0.0 });
+    }
+
     /// The password hasher (tests look at how many hashes run).
     pub fn hasher(&self) -> &PasswordHasher {
         &self.hasher
@@ -223,6 +231,21 @@ impl Sessions {
     /// The password step. An unknown email and a wrong password are the same error and cost
     /// the same scrypt verification.
     pub async fn login(
+        &self,
+        credentials: Credentials,
+        device: Device,
+    ) -> Result<LoginOutcome, SessionError> {
+        let outcome = self.login_steps(credentials, device).await;
+        let label = match &outcome {
+            Ok(LoginOutcome::LoggedIn(_)) => "success",
+            Ok(LoginOutcome::MfaRequired { .. }) => "mfa_required",
+            Err(err) => refusal_reason(err),
+        };
+        metrics::counter!("finsec_logins_total", "outcome" => label).increment(1);
+        outcome
+    }
+
+    async fn login_steps(
         &self,
         credentials: Credentials,
         device: Device,
@@ -311,6 +334,11 @@ impl Sessions {
             ip.as_deref(),
             opened.as_ref().err(),
         );
+        let label = match &opened {
+            Ok(_) => "success",
+            Err(err) => refusal_reason(err),
+        };
+        metrics::counter!("finsec_mfa_verifications_total", "outcome" => label).increment(1);
         let opened = opened?;
         if let Some((user, password)) = rehash {
             self.rehash_if_weaker(&user, password);

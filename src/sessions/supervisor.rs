@@ -96,6 +96,8 @@ async fn sweep(state: &SupervisorArgs) {
     // A slow or unreachable database must not stall supervision for long: bound the wait.
     let limit = policy.sweep_interval;
     let idle_cutoff = now - policy.idle_timeout - policy.touch_interval;
+    metrics::counter!("finsec_sweeps_total").increment(1);
+    metrics::gauge!("finsec_resident_actors").set(state.residents.len() as f64);
     let origin = policy.node_origin();
     match tokio::time::timeout(
         limit,
@@ -104,7 +106,10 @@ async fn sweep(state: &SupervisorArgs) {
     .await
     {
         Ok(Ok(0)) => {}
-        Ok(Ok(ended)) => tracing::info!(ended, "sweep ended expired sessions"),
+        Ok(Ok(ended)) => {
+            metrics::counter!("finsec_sweep_sessions_ended_total").increment(ended);
+            tracing::info!(ended, "sweep ended expired sessions");
+        }
         Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not expire sessions"),
         Err(_) => tracing::warn!("sweep timed out expiring sessions"),
     }

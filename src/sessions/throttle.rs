@@ -80,6 +80,7 @@ impl Throttle {
             Ok(record) if record.locked_until.is_some_and(|until| until > now) => {
                 tracing::warn!(lockouts = record.lockouts, until = ?record.locked_until,
                     "account locked after too many failures");
+                metrics::counter!("finsec_lockouts_total").increment(1);
                 true
             }
             Ok(_) => false,

@@ -28,40 +28,56 @@ impl Bounded {
         Self { inner, limit }
     }
 
+    /// The call `op`, bounded, timed (`finsec_store_call_duration_seconds`) and counted
+    /// when it fails (`finsec_store_errors_total`).
     async fn within<T>(
         &self,
+        op: &'static str,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.limit, call).await.map_err(|_| {
-            StoreError::Unavailable(format!("no answer within {:?}", self.limit).into())
-        })?
+        let started = std::time::Instant::now();
+        let outcome = tokio::time::timeout(self.limit, call)
+            .await
+            .map_err(|_| {
+                StoreError::Unavailable(format!("no answer within {:?}", self.limit).into())
+            })
+            .and_then(|result| result);
+        metrics::histogram!("finsec_store_call_duration_seconds", "op" => op)
+            .record(crate::metrics::seconds(started.elapsed()));
+        if outcome.is_err() {
+            metrics::counter!("finsec_store_errors_total", "op" => op).increment(1);
+        }
+        outcome
     }
 }
 
 #[async_trait]
 impl SessionStore for Bounded {
     async fn ping(&self) -> Result<(), StoreError> {
-        self.within(self.inner.ping()).await
+        self.within("ping", self.inner.ping()).await
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        self.within(self.inner.close()).await
+        self.within("close", self.inner.close()).await
     }
 
     async fn schema_is_current(&self) -> Result<bool, StoreError> {
-        self.within(self.inner.schema_is_current()).await
+        self.within("schema_is_current", self.inner.schema_is_current())
+            .await
     }
 
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
-        self.within(self.inner.user_by_email(email)).await
+        self.within("user_by_email", self.inner.user_by_email(email))
+            .await
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
-        self.within(self.inner.user_by_id(id)).await
+        self.within("user_by_id", self.inner.user_by_id(id)).await
     }
 
     async fn insert_user(&self, user: NewUser) -> Result<User, StoreError> {
-        self.within(self.inner.insert_user(user)).await
+        self.within("insert_user", self.inner.insert_user(user))
+            .await
     }
 
     async fn live_sessions(
@@ -69,15 +85,18 @@ impl SessionStore for Bounded {
         user: UserId,
         now: DateTime<Utc>,
     ) -> Result<Vec<Session>, StoreError> {
-        self.within(self.inner.live_sessions(user, now)).await
+        self.within("live_sessions", self.inner.live_sessions(user, now))
+            .await
     }
 
     async fn insert_session(&self, session: &Session) -> Result<(), StoreError> {
-        self.within(self.inner.insert_session(session)).await
+        self.within("insert_session", self.inner.insert_session(session))
+            .await
     }
 
     async fn session_by_id(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
-        self.within(self.inner.session_by_id(id)).await
+        self.within("session_by_id", self.inner.session_by_id(id))
+            .await
     }
 
     async fn open_session_within_limit(
@@ -88,6 +107,7 @@ impl SessionStore for Bounded {
         event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         self.within(
+            "open_session_within_limit",
             self.inner
                 .open_session_within_limit(session, max_live, gate, event),
         )
@@ -100,8 +120,11 @@ impl SessionStore for Bounded {
         except: Option<SessionId>,
         revocation: &Revocation,
     ) -> Result<Vec<SessionId>, StoreError> {
-        self.within(self.inner.revoke_user_sessions(user, except, revocation))
-            .await
+        self.within(
+            "revoke_user_sessions",
+            self.inner.revoke_user_sessions(user, except, revocation),
+        )
+        .await
     }
 
     async fn change_password(
@@ -113,6 +136,7 @@ impl SessionStore for Bounded {
         event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
         self.within(
+            "change_password",
             self.inner
                 .change_password(user, password_hash, keep, revocation, event),
         )
@@ -126,8 +150,11 @@ impl SessionStore for Bounded {
         revocation: &Revocation,
         event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
-        self.within(self.inner.set_user_active(user, active, revocation, event))
-            .await
+        self.within(
+            "set_user_active",
+            self.inner.set_user_active(user, active, revocation, event),
+        )
+        .await
     }
 
     async fn end_if_idle(
@@ -136,8 +163,11 @@ impl SessionStore for Bounded {
         idle_cutoff: DateTime<Utc>,
         revocation: &Revocation,
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.end_if_idle(id, idle_cutoff, revocation))
-            .await
+        self.within(
+            "end_if_idle",
+            self.inner.end_if_idle(id, idle_cutoff, revocation),
+        )
+        .await
     }
 
     async fn set_pending_totp(
@@ -146,8 +176,11 @@ impl SessionStore for Bounded {
         pending: &SealedSecret,
         event: &AuthEvent,
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.set_pending_totp(user, pending, event))
-            .await
+        self.within(
+            "set_pending_totp",
+            self.inner.set_pending_totp(user, pending, event),
+        )
+        .await
     }
 
     async fn change_factor(
@@ -159,6 +192,7 @@ impl SessionStore for Bounded {
         event: &AuthEvent,
     ) -> Result<FactorOutcome, StoreError> {
         self.within(
+            "change_factor",
             self.inner
                 .change_factor(user, change, keep, end_others, event),
         )
@@ -166,7 +200,11 @@ impl SessionStore for Bounded {
     }
 
     async fn unused_recovery_codes(&self, user: UserId) -> Result<Vec<HashedCode>, StoreError> {
-        self.within(self.inner.unused_recovery_codes(user)).await
+        self.within(
+            "unused_recovery_codes",
+            self.inner.unused_recovery_codes(user),
+        )
+        .await
     }
 
     async fn spend_recovery_code(
@@ -175,12 +213,16 @@ impl SessionStore for Bounded {
         code: &HashedCode,
         at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.spend_recovery_code(user, code, at))
-            .await
+        self.within(
+            "spend_recovery_code",
+            self.inner.spend_recovery_code(user, code, at),
+        )
+        .await
     }
 
     async fn record_event(&self, event: &AuthEvent) -> Result<(), StoreError> {
-        self.within(self.inner.record_event(event)).await
+        self.within("record_event", self.inner.record_event(event))
+            .await
     }
 
     async fn events_of(
@@ -189,11 +231,13 @@ impl SessionStore for Bounded {
         before: Option<u64>,
         limit: usize,
     ) -> Result<Vec<RecordedEvent>, StoreError> {
-        self.within(self.inner.events_of(user, before, limit)).await
+        self.within("events_of", self.inner.events_of(user, before, limit))
+            .await
     }
 
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.within(self.inner.prune_events(before)).await
+        self.within("prune_events", self.inner.prune_events(before))
+            .await
     }
 
     /// Not bounded by `database.timeout`: an operator's batch over every user, run by
@@ -208,8 +252,11 @@ impl SessionStore for Bounded {
         challenge: &StoredChallenge,
         keep: usize,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.put_mfa_challenge(user, challenge, keep))
-            .await
+        self.within(
+            "put_mfa_challenge",
+            self.inner.put_mfa_challenge(user, challenge, keep),
+        )
+        .await
     }
 
     async fn mfa_challenge(
@@ -217,7 +264,7 @@ impl SessionStore for Bounded {
         user: UserId,
         token_hash: Option<&[u8; 32]>,
     ) -> Result<Option<StoredChallenge>, StoreError> {
-        self.within(self.inner.mfa_challenge(user, token_hash))
+        self.within("mfa_challenge", self.inner.mfa_challenge(user, token_hash))
             .await
     }
 
@@ -227,8 +274,11 @@ impl SessionStore for Bounded {
         token_hash: &[u8; 32],
         max_failures: u32,
     ) -> Result<u32, StoreError> {
-        self.within(self.inner.count_mfa_failure(user, token_hash, max_failures))
-            .await
+        self.within(
+            "count_mfa_failure",
+            self.inner.count_mfa_failure(user, token_hash, max_failures),
+        )
+        .await
     }
 
     async fn take_mfa_challenge(
@@ -236,12 +286,16 @@ impl SessionStore for Bounded {
         user: UserId,
         token_hash: &[u8; 32],
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.take_mfa_challenge(user, token_hash))
-            .await
+        self.within(
+            "take_mfa_challenge",
+            self.inner.take_mfa_challenge(user, token_hash),
+        )
+        .await
     }
 
     async fn failure_record(&self, key: &[u8; 32]) -> Result<Option<Lockout>, StoreError> {
-        self.within(self.inner.failure_record(key)).await
+        self.within("failure_record", self.inner.failure_record(key))
+            .await
     }
 
     async fn record_failure(
@@ -250,15 +304,18 @@ impl SessionStore for Bounded {
         rule: &FailureRule,
         now: DateTime<Utc>,
     ) -> Result<Lockout, StoreError> {
-        self.within(self.inner.record_failure(key, rule, now)).await
+        self.within("record_failure", self.inner.record_failure(key, rule, now))
+            .await
     }
 
     async fn clear_failures(&self, key: &[u8; 32]) -> Result<(), StoreError> {
-        self.within(self.inner.clear_failures(key)).await
+        self.within("clear_failures", self.inner.clear_failures(key))
+            .await
     }
 
     async fn prune_failures(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.within(self.inner.prune_failures(before)).await
+        self.within("prune_failures", self.inner.prune_failures(before))
+            .await
     }
 
     async fn touch_session(
@@ -266,7 +323,7 @@ impl SessionStore for Bounded {
         id: SessionId,
         last_seen_at: DateTime<Utc>,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.touch_session(id, last_seen_at))
+        self.within("touch_session", self.inner.touch_session(id, last_seen_at))
             .await
     }
 
@@ -275,8 +332,11 @@ impl SessionStore for Bounded {
         ids: &[SessionId],
         revocation: &Revocation,
     ) -> Result<(), StoreError> {
-        self.within(self.inner.revoke_sessions(ids, revocation))
-            .await
+        self.within(
+            "revoke_sessions",
+            self.inner.revoke_sessions(ids, revocation),
+        )
+        .await
     }
 
     async fn expire_sessions(
@@ -285,17 +345,24 @@ impl SessionStore for Bounded {
         idle_cutoff: DateTime<Utc>,
         origin: &Origin,
     ) -> Result<u64, StoreError> {
-        self.within(self.inner.expire_sessions(now, idle_cutoff, origin))
-            .await
+        self.within(
+            "expire_sessions",
+            self.inner.expire_sessions(now, idle_cutoff, origin),
+        )
+        .await
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
-        self.within(self.inner.prune_sessions(ended_before)).await
+        self.within("prune_sessions", self.inner.prune_sessions(ended_before))
+            .await
     }
 
     async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError> {
-        self.within(self.inner.set_password_hash(user, password_hash))
-            .await
+        self.within(
+            "set_password_hash",
+            self.inner.set_password_hash(user, password_hash),
+        )
+        .await
     }
 
     async fn replace_password_hash(
@@ -304,8 +371,11 @@ impl SessionStore for Bounded {
         old: &str,
         new: &str,
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.replace_password_hash(user, old, new))
-            .await
+        self.within(
+            "replace_password_hash",
+            self.inner.replace_password_hash(user, old, new),
+        )
+        .await
     }
 
     async fn advance_totp_step(
@@ -314,7 +384,10 @@ impl SessionStore for Bounded {
         secret: &SealedSecret,
         step: u64,
     ) -> Result<bool, StoreError> {
-        self.within(self.inner.advance_totp_step(user, secret, step))
-            .await
+        self.within(
+            "advance_totp_step",
+            self.inner.advance_totp_step(user, secret, step),
+        )
+        .await
     }
 }

@@ -10,6 +10,7 @@ mod expiry;
 mod health;
 mod login;
 mod logout;
+mod metrics;
 mod mfa;
 mod mfa_lifecycle;
 mod password;

@@ -1,0 +1,82 @@
+//! `GET /metrics`: Prometheus text, every name `finsec_…`, and the numbers move.
+
+use reqwest::StatusCode;
+
+use crate::helpers::{TestApp, spawn_app};
+
+/// The value of the sample `name{labels}` (labels as rendered, in order), 0 when absent.
+fn sample(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
+        .unwrap_or(0.0)
+}
+
+async fn scrape(app: &TestApp) -> String {
+    let response = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    response.text().await.unwrap()
+}
+
+#[tokio::test]
+async fn metrics_are_exposed_and_move_after_a_login() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let logins = r#"finsec_logins_total{outcome="success"}"#;
+    let requests =
+        r#"finsec_http_requests_total{route="/api/auth/login",method="POST",status="200"}"#;
+    // Metrics are per process and tests share one: compare before and after.
+    let before = scrape(&app).await;
+    app.logged_in(&user).await;
+    app.logged_in(&user).await;
+    let wrong = app
+        .login(&serde_json::json!({"email": user.email, "password": "not-it-at-all-1"}))
+        .await;
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let after = scrape(&app).await;
+    assert!(
+        sample(&after, logins) >= sample(&before, logins) + 2.0,
+        "{after}"
+    );
+    assert!(sample(&after, requests) >= sample(&before, requests) + 2.0);
+    assert!(
+        sample(
+            &after,
+            r#"finsec_logins_total{outcome="invalid_credentials"}"#
+        ) >= 1.0
+    );
+    for name in [
+        "finsec_http_request_duration_seconds_bucket",
+        "finsec_store_call_duration_seconds_bucket",
+        "finsec_password_hash_run_seconds_bucket",
+        "finsec_actor_call_duration_seconds_bucket",
+        "finsec_resident_actors",
+        "finsec_cluster_trusted",
+    ] {
+        assert!(after.contains(name), "{name} missing");
+    }
+    // Every metric of ours is prefixed, and a path of no route is one label, not a new series.
+    app.client
+        .get(app.url("/no/such/path/12345"))
+        .send()
+        .await
+        .unwrap();
+    let last = scrape(&app).await;
+    assert!(!last.contains("/no/such/path"));
+    assert!(last.contains(r#"route="unmatched""#));
+    for line in last
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        assert!(line.starts_with("finsec_"), "{line}");
+    }
+}
