@@ -80,3 +80,34 @@ async fn metrics_are_exposed_and_move_after_a_login() {
         assert!(line.starts_with("finsec_"), "{line}");
     }
 }
+
+/// The Grafana dashboard (deploy/grafana/finsec.json) charts only metrics the code records.
+#[test]
+fn the_dashboard_charts_only_metrics_that_exist() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dashboard = std::fs::read_to_string(root.join("deploy/grafana/finsec.json")).unwrap();
+    let mut source = String::new();
+    let mut dirs = vec![root.join("src")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                source.push_str(&std::fs::read_to_string(path).unwrap());
+            }
+        }
+    }
+    let mut charted = 0;
+    for word in dashboard.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if let Some(name) = word.strip_prefix("finsec_") {
+            let name = name.strip_suffix("_bucket").unwrap_or(name);
+            assert!(
+                source.contains(&format!("\"finsec_{name}\"")),
+                "the dashboard charts finsec_{name}, which nothing records"
+            );
+            charted += 1;
+        }
+    }
+    assert!(charted >= 10, "{charted}");
+}
