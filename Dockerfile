@@ -20,7 +20,9 @@ COPY --from=build /src/target/release/finsec /usr/local/bin/finsec
 COPY config ./config
 USER finsec
 ENV FINSEC_ENV=production
-EXPOSE 5000
-HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD curl -fsS http://127.0.0.1:5000/ || exit 1
+# 5000: the API; 9100: metrics when FINSEC__METRICS__LISTEN=0.0.0.0:9100 (internal only).
+EXPOSE 5000 9100
+# Ready, not only alive: database answering, migrations applied, cluster lease held.
+HEALTHCHECK --interval=10s --timeout=3s --retries=3 CMD curl -fsS http://127.0.0.1:5000/health/ready || exit 1
 ENTRYPOINT ["finsec"]
 CMD ["serve"]
