@@ -437,8 +437,7 @@ impl UserState {
         self.user_read_at = now;
         if !self.user.is_active {
             // Deactivated elsewhere: whatever ended its sessions did so in the store.
-            let all: Vec<SessionId> = self.sessions.keys().copied().collect();
-            self.forget(&all);
+            self.forget_all_but(None);
         }
         Ok(())
     }
@@ -911,13 +910,7 @@ impl UserState {
         match outcome {
             FactorOutcome::Changed(ended) => {
                 if end_others {
-                    let others: Vec<SessionId> = self
-                        .sessions
-                        .keys()
-                        .copied()
-                        .filter(|id| *id != keep)
-                        .collect();
-                    self.forget(&others);
+                    self.forget_all_but(Some(keep));
                 }
                 self.forget(&ended);
                 tracing::info!(user_id = %self.user.id, change = %kind, revoked = ended.len(),
@@ -1201,13 +1194,7 @@ impl UserState {
             return Err(SessionError::Ended);
         };
         self.user.password_hash = password_hash;
-        let others: Vec<SessionId> = self
-            .sessions
-            .keys()
-            .copied()
-            .filter(|id| *id != keep)
-            .collect();
-        self.forget(&others);
+        self.forget_all_but(Some(keep));
         self.forget(&ended);
         tracing::info!(user_id = %self.user.id, revoked = ended.len(), "password changed");
         Ok(ended)
@@ -1235,12 +1222,23 @@ impl UserState {
         self.user.is_active = active;
         self.user_read_at = now;
         if !active {
-            let all: Vec<SessionId> = self.sessions.keys().copied().collect();
-            self.forget(&all);
+            self.forget_all_but(None);
         }
         self.forget(&ended);
         tracing::info!(user_id = %self.user.id, active, revoked = ended.len(), "account status changed");
         Ok(ended)
+    }
+
+    /// Every session in memory but `keep` leaves it: a change that ends all of the user's
+    /// sessions, or all but the caller's.
+    fn forget_all_but(&mut self, keep: Option<SessionId>) {
+        let others: Vec<SessionId> = self
+            .sessions
+            .keys()
+            .copied()
+            .filter(|id| Some(*id) != keep)
+            .collect();
+        self.forget(&others);
     }
 
     /// Sessions that ended (here or on another node) leave memory and are remembered as dead.
