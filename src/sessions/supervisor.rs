@@ -97,7 +97,6 @@ async fn sweep(state: &SupervisorArgs) {
     let limit = policy.sweep_interval;
     let idle_cutoff = now - policy.idle_timeout - policy.touch_interval;
     metrics::counter!("finsec_sweeps_total").increment(1);
-    metrics::gauge!("finsec_resident_actors").set(state.residents.len() as f64);
     let origin = policy.node_origin();
     match tokio::time::timeout(
         limit,

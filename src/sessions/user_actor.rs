@@ -662,7 +662,7 @@ impl UserState {
         // Wrong codes count against the account like wrong passwords, in both forms, and a
         // new password step resets nothing: MFA cannot be brute-forced one challenge at a time.
         let account = self.policy.throttle.account(&self.user.email);
-        self.throttle_check(&account, &origin, now).await?;
+        self.throttle_check(&account, now).await?;
 
         // Without the password in this request, the challenge of the password step stands in
         // for it: it lives in the store, so the step may have run on another node.
@@ -726,16 +726,14 @@ impl UserState {
         Ok(opened)
     }
 
-    /// Refuses at once while the account is locked.
+    /// Refuses at once while the account is locked. A refusal while locked is not recorded
+    /// (anyone can send codes for any user id: a flood of them must not flood the user's
+    /// trail); the lock itself was, when it began.
     async fn throttle_check(
         &self,
         account: &[u8; 32],
-        origin: &Origin,
         now: DateTime<Utc>,
     ) -> Result<(), SessionError> {
-        // A refusal while locked is not recorded (anyone can send codes for any user id: a
-        // flood of them must not flood the user's trail); the lock itself was.
-        let _ = origin;
         self.policy
             .throttle
             .check(self.store.as_ref(), account, now)
@@ -857,7 +855,7 @@ impl UserState {
                                   minutes): call mfa/setup first",
                     });
                 };
-                self.throttle_check(&account, &origin, now).await?;
+                self.throttle_check(&account, now).await?;
                 let unix_now = u64::try_from(now.timestamp()).unwrap_or_default();
                 let Some(step) =
                     self.totp(&pending)?
@@ -961,7 +959,7 @@ impl UserState {
             .totp_secret
             .clone()
             .ok_or_else(|| SessionError::from(AuthError::InvalidMfaCode))?;
-        self.throttle_check(account, origin, now).await?;
+        self.throttle_check(account, now).await?;
         self.spend_factor(proof, &secret, None, account, origin, now)
             .await
     }
