@@ -6,6 +6,7 @@
 //! client sees. A 5xx body is opaque; its cause goes to the log, never to the client.
 
 use serde::Serialize;
+use utoipa::ToSchema;
 use warp::Reply;
 use warp::http::StatusCode;
 use warp::reply::Response;
@@ -79,10 +80,15 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// Every error's body.
+#[derive(Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// For people: what went wrong and, where it helps, what to fix. Never a value sent.
+    #[schema(example = "Invalid credentials")]
     error: String,
-    code: &'a str,
+    /// For programs: stable across versions.
+    #[schema(example = "invalid_credentials")]
+    code: &'static str,
 }
 
 impl ApiError {

@@ -5,6 +5,7 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use super::{Email, SealedSecret, UserId};
 
@@ -72,7 +73,7 @@ impl fmt::Debug for NewUser {
 }
 
 /// The `user` object of the FinSec API: never a hash or a secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct UserProfile {
     pub id: UserId,
     pub email: String,

@@ -5,18 +5,20 @@
 
 use std::sync::Arc;
 
-use serde_json::json;
+use serde::Serialize;
+use utoipa::ToSchema;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
-use super::extract::{JsonObject, device, optional_json_object, with_state};
+use super::events::{Audience, PageQuery};
+use super::extract::{FromJson, JsonObject, device, optional_body, with_state};
 use super::rate::within_rate;
 use super::server::ClientAddr;
-use super::views::SessionView;
+use super::views::{JsonReply, Revoked, SessionView};
 use super::{AppState, respond};
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
 use crate::domain::{Device, UserId};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 pub fn routes(
     state: Arc<AppState>,
@@ -40,16 +42,8 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::get())
         .and(admin(state.clone()))
-        .and(warp::query::<std::collections::HashMap<String, String>>())
-        .then(|user_id: u64, state: Arc<AppState>, query| async move {
-            super::events::page(
-                &state,
-                UserId::new(user_id),
-                &query,
-                super::events::Audience::Operator,
-            )
-            .await
-        })
+        .and(warp::query::<PageQuery>())
+        .then(events)
         .map(respond);
 
     let logout_all = user
@@ -57,7 +51,7 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(admin(state.clone()))
-        .and(optional_json_object(limit))
+        .and(optional_body(limit))
         .and(device(state.clone()))
         .then(logout_all)
         .map(respond);
@@ -67,9 +61,9 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(admin(state.clone()))
-        .and(optional_json_object(limit))
+        .and(optional_body(limit))
         .and(device(state.clone()))
-        .then(|user_id, state, body, operator| set_active(user_id, state, body, operator, false))
+        .then(deactivate)
         .map(respond);
 
     let activate = user
@@ -77,9 +71,9 @@ pub fn routes(
         .and(warp::path::end())
         .and(warp::post())
         .and(admin(state.clone()))
-        .and(optional_json_object(limit))
+        .and(optional_body(limit))
         .and(device(state))
-        .then(|user_id, state, body, operator| set_active(user_id, state, body, operator, true))
+        .then(activate)
         .map(respond);
 
     list.or(events)
@@ -118,67 +112,185 @@ fn admin(
         )
 }
 
-async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response, ApiError> {
+/// An operator's request to end sessions or change an account: the reason, recorded in the
+/// audit trail (never shown to the user).
+#[derive(ToSchema)]
+pub struct AdminRequest {
+    /// At most 255 characters.
+    #[schema(max_length = 255, example = "card reported stolen")]
+    reason: Option<String>,
+}
+
+impl FromJson for AdminRequest {
+    fn from_json(body: &JsonObject) -> Result<Self, ApiError> {
+        let reason = body.optional_string("reason")?;
+        if reason
+            .as_ref()
+            .is_some_and(|r| r.chars().count() > MAX_REASON)
+        {
+            return Err(ApiError::InvalidRequest(format!(
+                "`reason` must be at most {MAX_REASON} characters"
+            )));
+        }
+        Ok(Self { reason })
+    }
+}
+
+/// `GET /api/admin/users/{id}/sessions`.
+#[derive(Serialize, ToSchema)]
+pub struct AdminSessionList {
+    user_id: UserId,
+    sessions: Vec<SessionView>,
+}
+
+/// An account activated or deactivated.
+#[derive(Serialize, ToSchema)]
+pub struct AccountState {
+    message: &'static str,
+    user_id: UserId,
+    active: bool,
+    /// Sessions ended (deactivation ends them all).
+    revoked: usize,
+}
+
+/// Any user's live sessions.
+#[utoipa::path(
+    get, path = "/api/admin/users/{id}/sessions", tag = "admin",
+    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Every live session of the user", body = AdminSessionList),
+        (status = 401, description = "No or a wrong `X-Admin-Key` (`invalid_admin_key`)", body = ErrorBody),
+        (status = 404, description = "No such user (`user_not_found`), or the admin API is off (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response, ApiError> {
     let user_id = UserId::new(user_id);
     let sessions = state.sessions.admin_sessions_of(user_id).await?;
-    let views: Vec<SessionView> = sessions
+    let sessions = sessions
         .iter()
         .map(|s| SessionView::new(s, state.idle_timeout, None))
         .collect();
-    Ok(warp::reply::json(&json!({ "user_id": user_id, "sessions": views })).into_response())
+    Ok(AdminSessionList { user_id, sessions }.reply())
 }
 
-/// The operator's `reason`, bounded by the column that records it.
-fn reason(body: &JsonObject) -> Result<Option<String>, ApiError> {
-    let reason = body.optional_string("reason")?;
-    if reason
-        .as_ref()
-        .is_some_and(|r| r.chars().count() > MAX_REASON)
-    {
-        return Err(ApiError::InvalidRequest(format!(
-            "`reason` must be at most {MAX_REASON} characters"
-        )));
-    }
-    Ok(reason)
+/// Any user's security events, with what operators did and from where.
+#[utoipa::path(
+    get, path = "/api/admin/users/{id}/events", tag = "admin",
+    params(("id" = u64, Path, minimum = 1, description = "The user's id"), PageQuery),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "A page, newest first", body = super::events::EventPage),
+        (status = 400, description = "A bad `limit` or `before` (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No or a wrong `X-Admin-Key` (`invalid_admin_key`)", body = ErrorBody),
+        (status = 404, description = "No such user (`user_not_found`), or the admin API is off (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn events(
+    user_id: u64,
+    state: Arc<AppState>,
+    query: PageQuery,
+) -> Result<Response, ApiError> {
+    super::events::page(&state, UserId::new(user_id), &query, Audience::Operator).await
+}
+
+/// Deactivate an account: every session ends, and no login succeeds until reactivation.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/deactivate", tag = "admin",
+    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    request_body(content = Option<AdminRequest>, description = "Optional"),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Deactivated, on every node", body = AccountState),
+        (status = 400, description = "Malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No or a wrong `X-Admin-Key` (`invalid_admin_key`)", body = ErrorBody),
+        (status = 404, description = "No such user (`user_not_found`), or the admin API is off (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn deactivate(
+    user_id: u64,
+    state: Arc<AppState>,
+    request: AdminRequest,
+    operator: Device,
+) -> Result<Response, ApiError> {
+    set_active(user_id, state, request, operator, false).await
+}
+
+/// Reactivate an account.
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/activate", tag = "admin",
+    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    request_body(content = Option<AdminRequest>, description = "Optional"),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Active", body = AccountState),
+        (status = 400, description = "Malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No or a wrong `X-Admin-Key` (`invalid_admin_key`)", body = ErrorBody),
+        (status = 404, description = "No such user (`user_not_found`), or the admin API is off (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn activate(
+    user_id: u64,
+    state: Arc<AppState>,
+    request: AdminRequest,
+    operator: Device,
+) -> Result<Response, ApiError> {
+    set_active(user_id, state, request, operator, true).await
 }
 
 async fn set_active(
     user_id: u64,
     state: Arc<AppState>,
-    body: JsonObject,
+    request: AdminRequest,
     operator: Device,
     active: bool,
 ) -> Result<Response, ApiError> {
-    let reason = reason(&body)?;
     let user_id = UserId::new(user_id);
     let revoked = state
         .sessions
-        .admin_set_active(user_id, active, reason, &operator)
+        .admin_set_active(user_id, active, request.reason, &operator)
         .await?;
     let message = if active {
         "Account activated"
     } else {
         "Account deactivated; every session ended"
     };
-    Ok(warp::reply::json(
-        &json!({ "message": message, "user_id": user_id, "active": active, "revoked": revoked }),
-    )
-    .into_response())
+    Ok(AccountState {
+        message,
+        user_id,
+        active,
+        revoked,
+    }
+    .reply())
 }
 
-async fn logout_all(
+/// Sign a user out of every device: "card stolen".
+#[utoipa::path(
+    post, path = "/api/admin/users/{id}/logout-all", tag = "admin",
+    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    request_body(content = Option<AdminRequest>, description = "Optional"),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "Every session ended, on every node", body = Revoked),
+        (status = 400, description = "Malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No or a wrong `X-Admin-Key` (`invalid_admin_key`)", body = ErrorBody),
+        (status = 404, description = "No such user (`user_not_found`), or the admin API is off (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn logout_all(
     user_id: u64,
     state: Arc<AppState>,
-    body: JsonObject,
+    request: AdminRequest,
     operator: Device,
 ) -> Result<Response, ApiError> {
-    let reason = reason(&body)?;
     let revoked = state
         .sessions
-        .admin_logout_all(UserId::new(user_id), reason, &operator)
+        .admin_logout_all(UserId::new(user_id), request.reason, &operator)
         .await?;
-    Ok(
-        warp::reply::json(&json!({ "message": "Logged out of all devices", "revoked": revoked }))
-            .into_response(),
-    )
+    Ok(Revoked::new("Logged out of all devices", revoked).reply())
 }

@@ -6,18 +6,19 @@ use std::sync::Arc;
 
 use secrecy::SecretString;
 use serde::Serialize;
+use utoipa::ToSchema;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 use super::extract::{
-    JsonObject, authenticated, device, json_object, optional_json_object, with_state,
+    FromJson, JsonObject, authenticated, body, device, optional_body, with_state,
 };
 use super::rate::within_rate;
-use super::views::SessionView;
+use super::views::{JsonReply, Message, SessionView};
 use super::{AppState, respond};
-use crate::domain::{Device, SessionId, UserId, UserProfile};
-use crate::error::ApiError;
-use crate::sessions::{Authenticated, Credentials, IssuedSession, LoginOutcome};
+use crate::domain::{Device, Email, SessionId, UserId, UserProfile};
+use crate::error::{ApiError, ErrorBody};
+use crate::sessions::{Authenticated, Credentials, IssuedSession, LoginOutcome, SecondFactor};
 
 pub fn routes(
     state: Arc<AppState>,
@@ -31,7 +32,7 @@ pub fn routes(
         .and(warp::post())
         .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
-        .and(json_object(limit))
+        .and(body(limit))
         .and(device(state.clone()))
         .then(login)
         .map(respond);
@@ -42,7 +43,7 @@ pub fn routes(
         .and(warp::post())
         .and(within_rate(state.clone()))
         .and(with_state(state.clone()))
-        .and(json_object(limit))
+        .and(body(limit))
         .and(device(state.clone()))
         .then(verify_mfa)
         .map(respond);
@@ -53,7 +54,7 @@ pub fn routes(
         .and(warp::post())
         .and(with_state(state.clone()))
         .and(authenticated(state.clone()))
-        .and(optional_json_object(limit))
+        .and(optional_body(limit))
         .then(logout)
         .map(respond);
 
@@ -74,9 +75,113 @@ pub fn routes(
         .unify()
 }
 
-#[derive(Serialize)]
-struct SessionOpened {
+/// `POST /api/auth/login`.
+#[derive(ToSchema)]
+pub struct LoginRequest {
+    #[schema(value_type = String, format = Email, example = "john.doe@example.com")]
+    email: Email,
+    #[schema(value_type = String, format = Password)]
+    password: SecretString,
+}
+
+impl FromJson for LoginRequest {
+    fn from_json(body: &JsonObject) -> Result<Self, ApiError> {
+        Ok(Self {
+            email: body.email("email")?,
+            password: SecretString::from(body.string("password")?),
+        })
+    }
+}
+
+impl From<LoginRequest> for Credentials {
+    fn from(request: LoginRequest) -> Self {
+        Credentials {
+            email: request.email,
+            password: request.password,
+        }
+    }
+}
+
+/// `POST /api/auth/verify-mfa`: the second step, with exactly one of `otpCode` and
+/// `recoveryCode`. Clients send the `mfaToken` their login returned (production requires
+/// it); the original clients' form resends `email` and `password` instead: both or neither.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct VerifyMfaRequest {
+    #[schema(value_type = u64, minimum = 1)]
+    user_id: UserId,
+    #[schema(example = "123456")]
+    otp_code: Option<String>,
+    recovery_code: Option<String>,
+    mfa_token: Option<String>,
+    #[schema(value_type = Option<String>, format = Email)]
+    email: Option<Email>,
+    #[schema(value_type = Option<String>, format = Password)]
+    password: Option<SecretString>,
+}
+
+impl FromJson for VerifyMfaRequest {
+    fn from_json(body: &JsonObject) -> Result<Self, ApiError> {
+        let user_id = body.user_id("userId")?;
+        let (otp_code, recovery_code) = body.second_factor()?.into_fields();
+        let mfa_token = body.optional_string("mfaToken")?;
+        let email = body.optional_email("email")?;
+        let password = body.optional_string("password")?.map(SecretString::from);
+        if email.is_some() != password.is_some() {
+            return Err(ApiError::InvalidRequest(
+                "`email` and `password` must be sent together".into(),
+            ));
+        }
+        Ok(Self {
+            user_id,
+            otp_code,
+            recovery_code,
+            mfa_token,
+            email,
+            password,
+        })
+    }
+}
+
+impl VerifyMfaRequest {
+    fn factor(&mut self) -> SecondFactor {
+        SecondFactor::from_fields(self.otp_code.take(), self.recovery_code.take())
+    }
+
+    fn credentials(&mut self) -> Option<Credentials> {
+        Some(Credentials {
+            email: self.email.take()?,
+            password: self.password.take()?,
+        })
+    }
+}
+
+/// `POST /api/auth/logout`: the caller's own session unless the body names another of the
+/// caller's sessions (`sessionId`); `userId`, when sent, must be the caller's.
+#[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
+pub struct LogoutRequest {
+    #[schema(value_type = Option<u64>, minimum = 1)]
+    user_id: Option<UserId>,
+    #[schema(value_type = Option<String>, format = Uuid)]
+    session_id: Option<SessionId>,
+}
+
+impl FromJson for LogoutRequest {
+    fn from_json(body: &JsonObject) -> Result<Self, ApiError> {
+        Ok(Self {
+            user_id: body.optional_user_id("userId")?,
+            session_id: body.optional_session_id("sessionId")?,
+        })
+    }
+}
+
+/// A session opened: by a login without a second factor, or by verify-mfa.
+#[derive(Serialize, ToSchema)]
+pub struct SessionOpened {
+    #[schema(example = "Login successful")]
     message: &'static str,
+    /// The bearer token for every other call.
     access_token: String,
     session_id: SessionId,
     user: UserProfile,
@@ -97,93 +202,140 @@ impl SessionOpened {
     }
 }
 
-#[derive(Serialize)]
+/// The password was right and the account has a second factor: send a code to verify-mfa
+/// with this `mfaToken`.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-struct MfaRequired {
+pub struct MfaRequired {
+    #[schema(example = "MFA verification required")]
     message: &'static str,
     user_id: UserId,
     require_mfa: bool,
     mfa_token: String,
 }
 
-#[derive(Serialize)]
-struct Message {
-    message: &'static str,
+/// `POST /api/auth/login`'s answers.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum LoginResponse {
+    LoggedIn(SessionOpened),
+    MfaRequired(MfaRequired),
 }
 
-fn credentials(body: &JsonObject) -> Result<Credentials, ApiError> {
-    Ok(Credentials {
-        email: body.email("email")?,
-        password: SecretString::from(body.string("password")?),
-    })
+/// `GET /api/auth/me`.
+#[derive(Serialize, ToSchema)]
+pub struct Me {
+    user: UserProfile,
+    session: SessionView,
 }
 
-async fn login(
+/// Log in with email and password.
+///
+/// Opens a session, or asks for the second factor when the account has one. Wrong email and
+/// wrong password get the same answer, in the same time.
+#[utoipa::path(
+    post, path = "/api/auth/login", tag = "auth",
+    request_body = LoginRequest,
+    responses(
+        (status = 200, description = "A session, or the second factor is required", body = LoginResponse),
+        (status = 400, description = "Malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "Wrong email or password (`invalid_credentials`)", body = ErrorBody),
+        (status = 403, description = "The account is deactivated (`account_inactive`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts from this address (`rate_limited`) or for this account (`throttled`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn login(
     state: Arc<AppState>,
-    body: JsonObject,
+    request: LoginRequest,
     device: Device,
 ) -> Result<Response, ApiError> {
-    let credentials = credentials(&body)?;
-    Ok(match state.sessions.login(credentials, device).await? {
+    Ok(match state.sessions.login(request.into(), device).await? {
         LoginOutcome::LoggedIn(issued) => {
-            warp::reply::json(&SessionOpened::new("Login successful", *issued)).into_response()
+            LoginResponse::LoggedIn(SessionOpened::new("Login successful", *issued))
         }
-        LoginOutcome::MfaRequired { user_id, mfa_token } => warp::reply::json(&MfaRequired {
-            message: "MFA verification required",
-            user_id,
-            require_mfa: true,
-            mfa_token,
-        })
-        .into_response(),
-    })
+        LoginOutcome::MfaRequired { user_id, mfa_token } => {
+            LoginResponse::MfaRequired(MfaRequired {
+                message: "MFA verification required",
+                user_id,
+                require_mfa: true,
+                mfa_token,
+            })
+        }
+    }
+    .reply())
 }
 
-async fn verify_mfa(
+/// Complete a login with a TOTP code or a recovery code.
+#[utoipa::path(
+    post, path = "/api/auth/verify-mfa", tag = "auth",
+    request_body = VerifyMfaRequest,
+    responses(
+        (status = 200, description = "The session", body = SessionOpened),
+        (status = 400, description = "Malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "Wrong, reused or expired code or challenge (`invalid_mfa_code`, `invalid_credentials`)", body = ErrorBody),
+        (status = 403, description = "The account is deactivated (`account_inactive`)", body = ErrorBody),
+        (status = 429, description = "Too many attempts (`rate_limited`, `throttled`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn verify_mfa(
     state: Arc<AppState>,
-    body: JsonObject,
+    mut request: VerifyMfaRequest,
     device: Device,
 ) -> Result<Response, ApiError> {
-    let user_id = body.user_id("userId")?;
-    let factor = body.second_factor()?;
-    let mfa_token = body.optional_string("mfaToken")?;
-    // The original clients' form: email and password resent with the code. Both or neither.
-    let has_email = body.optional_string("email")?.is_some();
-    let has_password = body.optional_string("password")?.is_some();
-    let credentials = match (has_email, has_password) {
-        (true, true) => Some(credentials(&body)?),
-        (false, false) => None,
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "`email` and `password` must be sent together".into(),
-            ));
-        }
-    };
+    let factor = request.factor();
+    let credentials = request.credentials();
     let issued = state
         .sessions
-        .verify_mfa(user_id, factor, mfa_token, credentials, device)
+        .verify_mfa(
+            request.user_id,
+            factor,
+            request.mfa_token,
+            credentials,
+            device,
+        )
         .await?;
-    Ok(
-        warp::reply::json(&SessionOpened::new("MFA verification successful", issued))
-            .into_response(),
-    )
+    Ok(SessionOpened::new("MFA verification successful", issued).reply())
 }
 
-async fn logout(
+/// End the caller's session (or another of the caller's sessions).
+#[utoipa::path(
+    post, path = "/api/auth/logout", tag = "auth",
+    request_body(content = Option<LogoutRequest>, description = "Optional; an empty body ends the caller's session"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ended, on every node", body = Message),
+        (status = 400, description = "Malformed body (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No valid token or session (`missing_token`, `invalid_token`, `token_expired`, `session_ended`)", body = ErrorBody),
+        (status = 403, description = "`userId` is not the caller (`forbidden`)", body = ErrorBody),
+        (status = 404, description = "`sessionId` is not one of the caller's live sessions (`session_not_found`)", body = ErrorBody),
+    )
+)]
+pub(super) async fn logout(
     state: Arc<AppState>,
     caller: Authenticated,
-    body: JsonObject,
+    request: LogoutRequest,
 ) -> Result<Response, ApiError> {
-    let user_id = body.optional_user_id("userId")?;
-    let session_id = body.optional_session_id("sessionId")?;
-    state.sessions.logout(&caller, user_id, session_id).await?;
-    Ok(warp::reply::json(&Message {
-        message: "Logged out successfully",
-    })
-    .into_response())
+    state
+        .sessions
+        .logout(&caller, request.user_id, request.session_id)
+        .await?;
+    Ok(Message::new("Logged out successfully").reply())
 }
 
-fn me(state: Arc<AppState>, caller: Authenticated) -> Response {
+/// The caller's profile and session.
+#[utoipa::path(
+    get, path = "/api/auth/me", tag = "auth",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The caller", body = Me),
+        (status = 401, description = "No valid token or session (`missing_token`, `invalid_token`, `token_expired`, `session_ended`)", body = ErrorBody),
+    )
+)]
+pub(super) fn me(state: Arc<AppState>, caller: Authenticated) -> Response {
     let session = SessionView::new(&caller.session, state.idle_timeout, Some(caller.session_id));
-    warp::reply::json(&serde_json::json!({ "user": caller.user, "session": session }))
-        .into_response()
+    Me {
+        user: caller.user,
+        session,
+    }
+    .reply()
 }

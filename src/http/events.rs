@@ -4,19 +4,19 @@
 //! one that ended there). Users see what operators did to their account, not from where or
 //! with which internal note.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use serde_json::json;
+use utoipa::ToSchema;
 use warp::reply::Response;
-use warp::{Filter, Rejection, Reply};
+use warp::{Filter, Rejection};
 
 use super::extract::{authenticated, with_state};
+use super::views::JsonReply;
 use super::{AppState, respond};
 use crate::domain::{Initiator, RecordedEvent, SessionId, UserId};
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::sessions::{Authenticated, MAX_EVENTS_PAGE};
 
 const DEFAULT_PAGE: usize = 50;
@@ -31,13 +31,49 @@ pub fn routes(
         .and(warp::get())
         .and(with_state(state.clone()))
         .and(authenticated(state))
-        .and(warp::query::<HashMap<String, String>>())
-        .then(
-            |state: Arc<AppState>, caller: Authenticated, query| async move {
-                page(&state, caller.user_id, &query, Audience::Owner).await
-            },
-        )
+        .and(warp::query::<PageQuery>())
+        .then(own_events)
         .map(respond)
+}
+
+/// The query of both event endpoints, as sent: [`page_query`] reads the numbers, so a bad
+/// one gets a message naming it rather than warp's "invalid query string".
+#[derive(Debug, Default, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Events per page, 1 to 100 (default 50).
+    #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
+    limit: Option<String>,
+    /// Start after this event id: the previous page's `next_before`.
+    #[param(value_type = Option<u64>, minimum = 1)]
+    before: Option<String>,
+}
+
+/// One page of events, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct EventPage<'a> {
+    events: Vec<EventView<'a>>,
+    /// The `before` of the next page; null on the last.
+    next_before: Option<u64>,
+}
+
+/// The caller's own security events.
+#[utoipa::path(
+    get, path = "/api/auth/events", tag = "events",
+    params(PageQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page, newest first", body = EventPage),
+        (status = 400, description = "A bad `limit` or `before` (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No valid token or session (`missing_token`, `invalid_token`, `token_expired`, `session_ended`)", body = ErrorBody),
+    )
+)]
+pub(super) async fn own_events(
+    state: Arc<AppState>,
+    caller: Authenticated,
+    query: PageQuery,
+) -> Result<Response, ApiError> {
+    page(&state, caller.user_id, &query, Audience::Owner).await
 }
 
 /// Who reads the events.
@@ -52,7 +88,7 @@ pub enum Audience {
 pub async fn page(
     state: &AppState,
     user: UserId,
-    query: &HashMap<String, String>,
+    query: &PageQuery,
     audience: Audience,
 ) -> Result<Response, ApiError> {
     let (limit, before) = page_query(query)?;
@@ -61,14 +97,17 @@ pub async fn page(
     let next_before = (events.len() == limit)
         .then(|| events.last().map(|e| e.id))
         .flatten();
-    let views: Vec<EventView> = events.iter().map(|e| EventView::new(e, audience)).collect();
-    Ok(warp::reply::json(&json!({ "events": views, "next_before": next_before })).into_response())
+    let events = events.iter().map(|e| EventView::new(e, audience)).collect();
+    Ok(EventPage {
+        events,
+        next_before,
+    }
+    .reply())
 }
 
-fn page_query(query: &HashMap<String, String>) -> Result<(usize, Option<u64>), ApiError> {
-    let number = |name: &str| -> Result<Option<u64>, ApiError> {
-        query
-            .get(name)
+fn page_query(query: &PageQuery) -> Result<(usize, Option<u64>), ApiError> {
+    let number = |name: &str, raw: &Option<String>| -> Result<Option<u64>, ApiError> {
+        raw.as_ref()
             .map(|raw| {
                 raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
                     ApiError::InvalidRequest(format!("`{name}` must be a positive integer"))
@@ -76,7 +115,7 @@ fn page_query(query: &HashMap<String, String>) -> Result<(usize, Option<u64>), A
             })
             .transpose()
     };
-    let limit = match number("limit")? {
+    let limit = match number("limit", &query.limit)? {
         None => DEFAULT_PAGE,
         Some(n) if n as usize <= MAX_EVENTS_PAGE => n as usize,
         Some(_) => {
@@ -85,16 +124,19 @@ fn page_query(query: &HashMap<String, String>) -> Result<(usize, Option<u64>), A
             )));
         }
     };
-    Ok((limit, number("before")?))
+    Ok((limit, number("before", &query.before)?))
 }
 
 /// An event as clients see it. Nothing in an event is secret: no field can hold a password,
 /// code, token or key.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 struct EventView<'a> {
     id: u64,
     at: DateTime<Utc>,
+    /// What happened: `login_succeeded`, `session_ended`, `mfa_enabled`, ...
+    #[schema(example = "login_succeeded")]
     kind: &'static str,
+    /// `success` or `failure`.
     outcome: &'static str,
     /// `user`, `operator` or `system`.
     initiator: &'static str,

@@ -83,17 +83,31 @@ pub fn device(state: Arc<AppState>) -> impl Filter<Extract = (Device,), Error = 
         )
 }
 
-/// A JSON object body of at most `limit` bytes; an empty body is a 400.
-pub fn json_object(limit: u64) -> impl Filter<Extract = (JsonObject,), Error = Rejection> + Clone {
-    json_body(limit, false)
+/// A request body's type: read from the JSON object field by field, each error a 400 that
+/// names its field and never echoes its value. Handlers take the parsed type, so their
+/// signatures say what they accept, and the same type's `ToSchema` documents it in
+/// `/openapi.json`.
+pub trait FromJson: Sized {
+    fn from_json(body: &JsonObject) -> Result<Self, ApiError>;
 }
 
-/// Like [`json_object`], but an empty body (or none) reads as `{}`: for endpoints whose every
-/// field is optional.
-pub fn optional_json_object(
+/// A JSON object body of at most `limit` bytes, parsed into `T`; an empty body is a 400.
+pub fn body<T: FromJson + Send>(
     limit: u64,
-) -> impl Filter<Extract = (JsonObject,), Error = Rejection> + Clone {
-    json_body(limit, true)
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    json_body(limit, false).and_then(parse_into::<T>)
+}
+
+/// Like [`body`], but an empty body (or none) reads as `{}`: for bodies whose every field is
+/// optional.
+pub fn optional_body<T: FromJson + Send>(
+    limit: u64,
+) -> impl Filter<Extract = (T,), Error = Rejection> + Clone {
+    json_body(limit, true).and_then(parse_into::<T>)
+}
+
+async fn parse_into<T: FromJson>(body: JsonObject) -> Result<T, Rejection> {
+    T::from_json(&body).map_err(warp::reject::custom)
 }
 
 fn json_body(
@@ -258,6 +272,24 @@ impl JsonObject {
                     .map_err(|_| ApiError::InvalidRequest(format!("`{field}` must be a UUID")))
             })
             .transpose()
+    }
+}
+
+/// The wire's two optional fields, `otpCode` and `recoveryCode`, of which a request carries
+/// exactly one ([`JsonObject::second_factor`] checks that before a body type holds them).
+impl SecondFactor {
+    pub fn into_fields(self) -> (Option<String>, Option<String>) {
+        match self {
+            Self::Totp(code) => (Some(code), None),
+            Self::Recovery(code) => (None, Some(code)),
+        }
+    }
+
+    pub fn from_fields(otp_code: Option<String>, recovery_code: Option<String>) -> Self {
+        match (otp_code, recovery_code) {
+            (Some(code), _) => Self::Totp(code),
+            (None, code) => Self::Recovery(code.unwrap_or_default()),
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod events;
 pub mod extract;
 mod health;
 mod mfa;
+pub mod openapi;
 pub mod rate;
 pub mod server;
 mod sessions;
@@ -23,7 +24,7 @@ use subtle::ConstantTimeEq;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::sessions::Sessions;
 
 /// What every handler may use.
@@ -72,6 +73,8 @@ pub fn routes(
         .unify()
         .or(admin::routes(state))
         .unify()
+        .or(openapi::route())
+        .unify()
         .recover(recover)
         .unify()
         // Nothing this service returns may be cached: tokens, profiles, session lists.
@@ -90,6 +93,7 @@ pub const ROUTES: &[&str] = &[
     "/health/alive",
     "/health/ready",
     "/metrics",
+    "/openapi.json",
     "/api/auth/login",
     "/api/auth/verify-mfa",
     "/api/auth/logout",
@@ -134,15 +138,27 @@ fn metrics_route(
         .and(warp::path::end())
         .and(warp::get())
         .and(extract::with_state(state))
-        .and_then(|state: Arc<AppState>| async move {
-            match &state.metrics {
-                Some(handle) => {
-                    state.sessions.record_gauges();
-                    Ok(metrics_response(handle))
-                }
-                None => Err(warp::reject::not_found()),
-            }
-        })
+        .and_then(metrics)
+}
+
+/// Prometheus metrics, all named `finsec_`.
+///
+/// Served here unless `metrics.listen` names an address of its own (then 404 here).
+#[utoipa::path(
+    get, path = "/metrics", tag = "health",
+    responses(
+        (status = 200, description = "The Prometheus text exposition format", body = String, content_type = "text/plain; version=0.0.4"),
+        (status = 404, description = "Metrics are served on `metrics.listen` (`not_found`)", body = ErrorBody),
+    )
+)]
+pub(super) async fn metrics(state: Arc<AppState>) -> Result<Response, Rejection> {
+    match &state.metrics {
+        Some(handle) => {
+            state.sessions.record_gauges();
+            Ok(metrics_response(handle))
+        }
+        None => Err(warp::reject::not_found()),
+    }
 }
 
 /// The exposition, with Prometheus's content type.

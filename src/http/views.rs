@@ -1,12 +1,51 @@
-//! How sessions look to clients: the same shape in `/me`, the session list and the admin
-//! list.
+//! The shapes responses share: how a session looks to clients (the same in `/me`, the
+//! session list and the admin list), a bare message, a message with a count of sessions
+//! ended. Each derives `ToSchema`, so `/openapi.json` documents exactly what is sent.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
+use utoipa::ToSchema;
+use warp::Reply;
+use warp::reply::Response;
 
 use crate::domain::{Session, SessionId};
 
-#[derive(Debug, Serialize)]
+/// Any response body, sent as JSON with status 200.
+pub trait JsonReply: Serialize + Sized {
+    fn reply(&self) -> Response {
+        warp::reply::json(self).into_response()
+    }
+}
+
+impl<T: Serialize> JsonReply for T {}
+
+/// A success that has nothing to return but what happened.
+#[derive(Serialize, ToSchema)]
+pub struct Message {
+    message: &'static str,
+}
+
+impl Message {
+    pub fn new(message: &'static str) -> Self {
+        Self { message }
+    }
+}
+
+/// A success that ended sessions: how many, on every node, before this answer.
+#[derive(Serialize, ToSchema)]
+pub struct Revoked {
+    message: &'static str,
+    revoked: usize,
+}
+
+impl Revoked {
+    pub fn new(message: &'static str, revoked: usize) -> Self {
+        Self { message, revoked }
+    }
+}
+
+/// A live session as its owner (or an operator) sees it.
+#[derive(Debug, Serialize, ToSchema)]
 pub struct SessionView {
     pub id: SessionId,
     pub created_at: DateTime<Utc>,
