@@ -13,6 +13,7 @@ mod logout;
 mod metrics;
 mod mfa;
 mod mfa_lifecycle;
+mod openapi;
 mod password;
 mod random_input;
 mod restart;
