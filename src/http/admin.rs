@@ -112,12 +112,22 @@ fn admin(
         )
 }
 
+/// The user id in the path: the store's ids run from 1 to `i64::MAX`, and any other number
+/// names no one.
+fn user(id: u64) -> Result<UserId, ApiError> {
+    if (1..=i64::MAX as u64).contains(&id) {
+        Ok(UserId::new(id))
+    } else {
+        Err(ApiError::UserNotFound)
+    }
+}
+
 /// An operator's request to end sessions or change an account: the reason, recorded in the
 /// audit trail (never shown to the user).
 #[derive(ToSchema)]
 pub struct AdminRequest {
     /// At most 255 characters.
-    #[schema(max_length = 255, example = "card reported stolen")]
+    #[schema(min_length = 1, max_length = 255, example = "card reported stolen")]
     reason: Option<String>,
 }
 
@@ -156,7 +166,7 @@ pub struct AccountState {
 /// Any user's live sessions.
 #[utoipa::path(
     get, path = "/api/admin/users/{id}/sessions", tag = "admin",
-    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "Every live session of the user", body = AdminSessionList),
@@ -166,7 +176,7 @@ pub struct AccountState {
     )
 )]
 pub(super) async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response, ApiError> {
-    let user_id = UserId::new(user_id);
+    let user_id = user(user_id)?;
     let sessions = state.sessions.admin_sessions_of(user_id).await?;
     let sessions = sessions
         .iter()
@@ -178,7 +188,7 @@ pub(super) async fn list(user_id: u64, state: Arc<AppState>) -> Result<Response,
 /// Any user's security events, with what operators did and from where.
 #[utoipa::path(
     get, path = "/api/admin/users/{id}/events", tag = "admin",
-    params(("id" = u64, Path, minimum = 1, description = "The user's id"), PageQuery),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id"), PageQuery),
     security(("admin_key" = [])),
     responses(
         (status = 200, description = "A page, newest first", body = super::events::EventPage),
@@ -193,13 +203,13 @@ pub(super) async fn events(
     state: Arc<AppState>,
     query: PageQuery,
 ) -> Result<Response, ApiError> {
-    super::events::page(&state, UserId::new(user_id), &query, Audience::Operator).await
+    super::events::page(&state, user(user_id)?, &query, Audience::Operator).await
 }
 
 /// Deactivate an account: every session ends, and no login succeeds until reactivation.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/deactivate", tag = "admin",
-    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
     request_body(content = Option<AdminRequest>, description = "Optional"),
     security(("admin_key" = [])),
     responses(
@@ -222,7 +232,7 @@ pub(super) async fn deactivate(
 /// Reactivate an account.
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/activate", tag = "admin",
-    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
     request_body(content = Option<AdminRequest>, description = "Optional"),
     security(("admin_key" = [])),
     responses(
@@ -249,7 +259,7 @@ async fn set_active(
     operator: Device,
     active: bool,
 ) -> Result<Response, ApiError> {
-    let user_id = UserId::new(user_id);
+    let user_id = user(user_id)?;
     let revoked = state
         .sessions
         .admin_set_active(user_id, active, request.reason, &operator)
@@ -271,7 +281,7 @@ async fn set_active(
 /// Sign a user out of every device: "card stolen".
 #[utoipa::path(
     post, path = "/api/admin/users/{id}/logout-all", tag = "admin",
-    params(("id" = u64, Path, minimum = 1, description = "The user's id")),
+    params(("id" = i64, Path, minimum = 1, description = "The user's id")),
     request_body(content = Option<AdminRequest>, description = "Optional"),
     security(("admin_key" = [])),
     responses(
@@ -290,7 +300,7 @@ pub(super) async fn logout_all(
 ) -> Result<Response, ApiError> {
     let revoked = state
         .sessions
-        .admin_logout_all(UserId::new(user_id), request.reason, &operator)
+        .admin_logout_all(user(user_id)?, request.reason, &operator)
         .await?;
     Ok(Revoked::new("Logged out of all devices", revoked).reply())
 }

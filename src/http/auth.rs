@@ -80,7 +80,7 @@ pub fn routes(
 pub struct LoginRequest {
     #[schema(value_type = String, format = Email, example = "john.doe@example.com")]
     email: Email,
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 1)]
     password: SecretString,
 }
 
@@ -108,15 +108,17 @@ impl From<LoginRequest> for Credentials {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct VerifyMfaRequest {
-    #[schema(value_type = u64, minimum = 1)]
+    #[schema(schema_with = super::extract::user_id_schema)]
     user_id: UserId,
-    #[schema(example = "123456")]
+    #[schema(example = "123456", min_length = 1)]
     otp_code: Option<String>,
+    #[schema(min_length = 1)]
     recovery_code: Option<String>,
+    #[schema(min_length = 1)]
     mfa_token: Option<String>,
-    #[schema(value_type = Option<String>, format = Email)]
+    #[schema(value_type = Option<String>, format = Email, min_length = 1)]
     email: Option<Email>,
-    #[schema(value_type = Option<String>, format = Password)]
+    #[schema(value_type = Option<String>, format = Password, min_length = 1)]
     password: Option<SecretString>,
 }
 
@@ -161,9 +163,9 @@ impl VerifyMfaRequest {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct LogoutRequest {
-    #[schema(value_type = Option<u64>, minimum = 1)]
+    #[schema(schema_with = super::extract::user_id_schema, required = false)]
     user_id: Option<UserId>,
-    #[schema(value_type = Option<String>, format = Uuid)]
+    #[schema(value_type = Option<String>, format = Uuid, min_length = 1)]
     session_id: Option<SessionId>,
 }
 

@@ -45,7 +45,7 @@ pub struct PageQuery {
     #[param(value_type = Option<u64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
     /// Start after this event id: the previous page's `next_before`.
-    #[param(value_type = Option<u64>, minimum = 1)]
+    #[param(value_type = Option<i64>, minimum = 1)]
     before: Option<String>,
 }
 
@@ -109,9 +109,13 @@ fn page_query(query: &PageQuery) -> Result<(usize, Option<u64>), ApiError> {
     let number = |name: &str, raw: &Option<String>| -> Result<Option<u64>, ApiError> {
         raw.as_ref()
             .map(|raw| {
-                raw.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    ApiError::InvalidRequest(format!("`{name}` must be a positive integer"))
-                })
+                // Ids are signed 64-bit in the store: a larger number names nothing.
+                raw.parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=i64::MAX as u64).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::InvalidRequest(format!("`{name}` must be a positive integer"))
+                    })
             })
             .transpose()
     };

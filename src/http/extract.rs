@@ -164,6 +164,8 @@ pub fn parse_object(bytes: &[u8], optional: bool) -> Result<JsonObject, ApiError
     }
     match serde_json::from_slice::<Value>(bytes) {
         Ok(Value::Object(map)) => Ok(JsonObject(map)),
+        // `null` says "no body" as plainly as an empty one does.
+        Ok(Value::Null) if optional => Ok(JsonObject(Map::new())),
         Ok(_) => Err(ApiError::InvalidRequest(
             "Request body must be a JSON object".into(),
         )),
@@ -171,6 +173,34 @@ pub fn parse_object(bytes: &[u8], optional: bool) -> Result<JsonObject, ApiError
             "Request body must be valid JSON".into(),
         )),
     }
+}
+
+/// How a user id may be sent: a positive integer, or its digits as a string (the original
+/// clients sent both). For `#[schema(schema_with = ...)]`.
+pub fn user_id_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    Schema::OneOf(
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(1))
+                    .maximum(Some(i64::MAX)),
+            )
+            .item(
+                // Up to 18 digits: every such number is below `i64::MAX`.
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some("^0*[1-9][0-9]{0,17}$")),
+            )
+            .build(),
+    )
+}
+
+/// A float with no fractional part, as the integer it is (exactly representable: at most 2^53).
+fn integral(f: f64) -> Option<u64> {
+    const EXACT: f64 = (1u64 << 53) as f64;
+    (f.fract() == 0.0 && (0.0..=EXACT).contains(&f)).then_some(f as u64)
 }
 
 /// A parsed JSON object with typed, validating accessors.
@@ -220,13 +250,18 @@ impl JsonObject {
         let invalid = || ApiError::InvalidRequest(format!("`{field}` must be a positive integer"));
         let id = match self.present(field) {
             None => return Ok(None),
-            Some(Value::Number(n)) => n.as_u64().ok_or_else(invalid)?,
+            // JSON does not tell 7 from 7.0, and JSON Schema's `integer` admits both.
+            Some(Value::Number(n)) => n
+                .as_u64()
+                .or_else(|| integral(n.as_f64()?))
+                .ok_or_else(invalid)?,
             Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
                 s.parse().map_err(|_| invalid())?
             }
             Some(_) => return Err(invalid()),
         };
-        if id == 0 {
+        // The store's ids are signed 64-bit: 0 and anything larger name no one.
+        if id == 0 || id > i64::MAX as u64 {
             return Err(invalid());
         }
         Ok(Some(UserId::new(id)))
@@ -325,10 +360,14 @@ mod tests {
 
     #[test]
     fn user_ids_accept_numbers_and_digit_strings_only() {
-        let body = object(r#"{"a": 5, "b": "6", "c": -1, "d": "x", "e": 1.5, "f": 0, "g": null}"#);
+        let body = object(
+            r#"{"a": 5, "b": "6", "c": -1, "d": "x", "e": 1.5, "f": 0, "g": null, "h": 7.0,
+                "i": 1e300, "j": 0.0, "k": -2.0, "l": 9223372036854775808}"#,
+        );
         assert_eq!(body.optional_user_id("a").unwrap(), Some(UserId::new(5)));
         assert_eq!(body.optional_user_id("b").unwrap(), Some(UserId::new(6)));
-        for field in ["c", "d", "e", "f"] {
+        assert_eq!(body.optional_user_id("h").unwrap(), Some(UserId::new(7)));
+        for field in ["c", "d", "e", "f", "i", "j", "k", "l"] {
             assert!(body.optional_user_id(field).is_err(), "{field}");
         }
         assert_eq!(body.optional_user_id("g").unwrap(), None);

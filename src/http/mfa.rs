@@ -52,7 +52,7 @@ pub fn routes(
 /// `POST /api/auth/mfa/setup`: the password, again.
 #[derive(ToSchema)]
 pub struct SetupRequest {
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 1)]
     password: SecretString,
 }
 
@@ -68,7 +68,7 @@ impl FromJson for SetupRequest {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct EnableRequest {
-    #[schema(example = "123456")]
+    #[schema(example = "123456", min_length = 1)]
     otp_code: String,
     /// Keep the caller's other sessions (default false: they end).
     keep_other_sessions: Option<bool>,
@@ -87,10 +87,11 @@ impl FromJson for EnableRequest {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct FactorProof {
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 1)]
     password: SecretString,
-    #[schema(example = "123456")]
+    #[schema(example = "123456", min_length = 1)]
     otp_code: Option<String>,
+    #[schema(min_length = 1)]
     recovery_code: Option<String>,
     /// Keep the caller's other sessions (default false: they end). Ignored by
     /// recovery-codes, which ends none.

@@ -60,7 +60,7 @@ impl AdminKey {
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    health::routes(state.clone())
+    let endpoints = health::routes(state.clone())
         .or(metrics_route(state.clone()))
         .unify()
         .or(auth::routes(state.clone()))
@@ -76,7 +76,10 @@ pub fn routes(
         .or(openapi::route())
         .unify()
         .recover(recover)
-        .unify()
+        .unify();
+    warp::path::full()
+        .and(endpoints)
+        .map(with_allow)
         // Nothing this service returns may be cached: tokens, profiles, session lists.
         .with(warp::reply::with::header("cache-control", "no-store"))
         .with(warp::reply::with::header(
@@ -169,6 +172,19 @@ pub fn metrics_response(handle: &metrics_exporter_prometheus::PrometheusHandle) 
         "text/plain; version=0.0.4; charset=utf-8",
     )
     .into_response()
+}
+
+/// A 405 says which methods its path does serve (RFC 9110 requires `Allow` on it).
+fn with_allow(path: warp::path::FullPath, mut response: Response) -> Response {
+    if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
+        && let Some(methods) = openapi::allowed_methods(&route_template(path.as_str()))
+    {
+        response.headers_mut().insert(
+            warp::http::header::ALLOW,
+            warp::http::HeaderValue::from_static(methods),
+        );
+    }
+    response
 }
 
 /// A handler's result as a response: success as is, failure through [`ApiError`].

@@ -4,7 +4,11 @@
 //! without the document seeing it unless this list misses it, and `tests/api/openapi.rs`
 //! checks the list against [`super::ROUTES`] and against what the server answers.
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
 use utoipa::openapi::path::Operation;
+use utoipa::openapi::schema::{AllOfBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{Ref, RefOr, Response, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
@@ -56,7 +60,7 @@ use super::{admin, auth, events, health, mfa, sessions};
         (name = "admin", description = "Operators: any user's sessions, forced logout, deactivation"),
         (name = "health", description = "Liveness, readiness, metrics and this document"),
     ),
-    modifiers(&SecuritySchemes, &SharedResponses),
+    modifiers(&SecuritySchemes, &SharedResponses, &FieldRules),
 )]
 pub struct ApiDoc;
 
@@ -155,6 +159,75 @@ impl Modify for SharedResponses {
     }
 }
 
+/// Rules between fields that `ToSchema` cannot state, added to the derived schemas: a second
+/// factor is exactly one of `otpCode` and `recoveryCode`
+/// ([`super::extract::JsonObject::second_factor`]), and verify-mfa's `email` and `password`
+/// come both or neither. Each rule is a `oneOf` of the shapes allowed, where absent and
+/// `null` are the same (as the server reads them).
+struct FieldRules;
+
+impl Modify for FieldRules {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        let one_factor = || {
+            one_of([
+                shape(&["otpCode"], &["recoveryCode"]),
+                shape(&["recoveryCode"], &["otpCode"]),
+            ])
+        };
+        let rules = [
+            (
+                "VerifyMfaRequest",
+                vec![
+                    one_factor(),
+                    one_of([
+                        shape(&["email", "password"], &[]),
+                        shape(&[], &["email", "password"]),
+                    ]),
+                ],
+            ),
+            ("FactorProof", vec![one_factor()]),
+        ];
+        for (name, rules) in rules {
+            let Some(fields) = components.schemas.remove(name) else {
+                continue;
+            };
+            let schema = rules
+                .into_iter()
+                .fold(AllOfBuilder::new().item(fields), AllOfBuilder::item)
+                .build();
+            components
+                .schemas
+                .insert(name.to_owned(), Schema::AllOf(schema).into());
+        }
+    }
+}
+
+/// An object whose `present` fields are strings and whose `absent` ones are missing or null.
+fn shape(present: &[&str], absent: &[&str]) -> Schema {
+    let typed = |ty| ObjectBuilder::new().schema_type(ty);
+    let object = present.iter().fold(ObjectBuilder::new(), |object, field| {
+        object
+            .property(*field, typed(Type::String))
+            .required(*field)
+    });
+    let object = absent.iter().fold(object, |object, field| {
+        object.property(*field, typed(Type::Null))
+    });
+    Schema::Object(object.build())
+}
+
+fn one_of(shapes: [Schema; 2]) -> Schema {
+    Schema::OneOf(
+        shapes
+            .into_iter()
+            .fold(OneOfBuilder::new(), OneOfBuilder::item)
+            .build(),
+    )
+}
+
 /// This document.
 #[utoipa::path(
     get, path = "/openapi.json", tag = "health",
@@ -164,11 +237,42 @@ fn document(json: String) -> HttpResponse {
     warp::reply::with_header(json, "content-type", "application/json").into_response()
 }
 
+/// The document, built on first use.
+static DOCUMENT: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(ApiDoc::openapi);
+
+/// Each route template's methods, as a 405's `Allow` header lists them (RFC 9110 15.5.6):
+/// read from the document, so the header and the document cannot disagree.
+static ALLOWED: LazyLock<HashMap<String, String>> = LazyLock::new(|| {
+    DOCUMENT
+        .paths
+        .paths
+        .iter()
+        .map(|(path, item)| {
+            let methods = [
+                ("GET", &item.get),
+                ("POST", &item.post),
+                ("PUT", &item.put),
+                ("DELETE", &item.delete),
+                ("PATCH", &item.patch),
+            ]
+            .into_iter()
+            .filter(|(_, operation)| operation.is_some())
+            .map(|(method, _)| method)
+            .collect::<Vec<_>>()
+            .join(", ");
+            (path.clone(), methods)
+        })
+        .collect()
+});
+
+/// The methods `template` (a [`super::route_template`]) serves, for `Allow`.
+pub fn allowed_methods(template: &str) -> Option<&'static str> {
+    ALLOWED.get(template).map(String::as_str)
+}
+
 /// `GET /openapi.json`, rendered once at start.
 pub fn route() -> impl Filter<Extract = (HttpResponse,), Error = Rejection> + Clone {
-    let json = ApiDoc::openapi()
-        .to_json()
-        .expect("the document serialises");
+    let json = DOCUMENT.to_json().expect("the document serialises");
     warp::path("openapi.json")
         .and(warp::path::end())
         .and(warp::get())

@@ -98,10 +98,11 @@ impl FromJson for LogoutAllRequest {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct ChangePasswordRequest {
-    #[schema(value_type = String, format = Password)]
+    #[schema(value_type = String, format = Password, min_length = 1)]
     current_password: SecretString,
-    /// Checked against the password policy; a refusal names every rule it breaks.
-    #[schema(value_type = String, format = Password)]
+    /// Checked against the password policy (at least `password.min_length` characters,
+    /// default 12, and not guessable); a refusal names every rule it breaks.
+    #[schema(value_type = String, format = Password, min_length = 12)]
     new_password: SecretString,
 }
 

@@ -120,6 +120,17 @@ async fn the_server_answers_exactly_the_documented_methods() {
                     response.text().await.unwrap()
                 );
             } else {
+                // RFC 9110: a 405 lists what the path does serve.
+                let documented: Vec<String> = METHODS
+                    .iter()
+                    .filter(|m| item[**m].is_object())
+                    .map(|m| m.to_uppercase())
+                    .collect();
+                assert_eq!(
+                    response.headers()["allow"].to_str().unwrap(),
+                    documented.join(", "),
+                    "{method} {template}"
+                );
                 assert_error(
                     response,
                     StatusCode::METHOD_NOT_ALLOWED,
@@ -129,4 +140,28 @@ async fn the_server_answers_exactly_the_documented_methods() {
             }
         }
     }
+}
+
+#[tokio::test]
+async fn an_optional_body_may_be_null() {
+    // The document calls these bodies optional and nullable; the server agrees.
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let session = app.logged_in(&user).await;
+    let response = app
+        .client
+        .post(app.url("/api/auth/logout-all"))
+        .bearer_auth(&session.token)
+        .header("content-type", "application/json")
+        .body("null")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked"], 1);
+
+    // A required body may not.
+    let response = app.post_raw("/api/auth/login", "null").await;
+    assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
 }
