@@ -167,7 +167,7 @@ pub enum UserMsg {
     ReloadUser,
     /// Reload everything from the store: a change arrived while this actor was loading.
     Resync,
-    /// From the supervisor's sweep: end expired sessions; passivate when idle.
+    /// From the supervisor's tick: end expired sessions; passivate when idle.
     Tick,
     /// Timer: retry revocation writes that failed.
     RetryRevocations,
@@ -218,8 +218,8 @@ impl UserMsg {
 /// Messages to the [`SessionSupervisor`](super::supervisor::SessionSupervisor). Its main work
 /// arrives as supervision events from its children; these are its timer and its diagnostics.
 pub enum SupervisorMsg {
-    /// Timer: expire sessions and prune old rows in the store, and tick every resident actor.
-    Sweep,
+    /// Timer: tick every resident user actor (the database sweep is the sweeper's).
+    Tick,
     /// How many user actors are resident (for tests and diagnostics).
     CountResidents(RpcReplyPort<usize>),
 }

@@ -1,5 +1,6 @@
 //! Live sessions: the per-user actors that own them, the registry that finds those actors,
-//! the supervisor that watches them, and [`Sessions`], the operations the HTTP layer calls.
+//! the supervisor that watches them, the sweeper that expires and prunes rows in the store,
+//! and [`Sessions`], the operations the HTTP layer calls.
 //!
 //! Flow of a login: `Sessions::login` looks the email up in the store (a read), verifies the
 //! password on the blocking pool (never in an actor), then asks the user's actor to open a
@@ -11,6 +12,7 @@ pub mod registry;
 mod remote;
 mod service;
 pub mod supervisor;
+mod sweeper;
 pub mod throttle;
 pub mod user_actor;
 

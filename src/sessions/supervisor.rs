@@ -1,28 +1,24 @@
-//! The parent of every user actor, and the keeper of time.
+//! The parent of every user actor and of the sweeper; it supervises, and waits on nothing.
 //!
 //! Supervision: a user actor that panics or stops is reported here (ractor links children to
 //! their supervisor); the supervisor logs it and drops it from the registry, so the next
 //! request for that user spawns a fresh actor that reloads the user's sessions from the store.
 //! Nothing is lost: every acknowledged change was written through before the reply. ractor's
 //! default supervision stops the supervisor when any child stops; that would take every user
-//! down with one, so it is overridden.
+//! down with one, so it is overridden. A failed sweeper is started again.
 //!
-//! Sweeps, every `session.sweep_interval`:
-//! 1. in the store, end sessions past their absolute end, and sessions whose *stored*
-//!    `last_seen_at` is older than `idle_timeout + touch_interval`: touches are written at
-//!    most once per `touch_interval`, so only then is a session surely idle, even one whose
-//!    actor holds a fresher time in memory;
-//! 2. delete rows that ended more than `session.retention` ago;
-//! 3. tick every resident user actor, which ends its own expired sessions exactly (it knows
-//!    the true last activity) and passivates if it has been idle for `actors.idle_passivate`.
+//! Ticks, every `session.sweep_interval`: every resident user actor is told to end its own
+//! expired sessions (it knows their true last activity) and to passivate if it has been idle
+//! for `actors.idle_passivate`. The database sweep is the [`Sweeper`]'s, so a slow or
+//! unreachable database can never delay supervision or the ticks.
 
 use std::sync::Arc;
 
-use chrono::Utc;
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::messages::{SupervisorMsg, UserMsg};
 use super::registry::Residents;
+use super::sweeper::{Sweeper, SweeperArgs, SweeperMsg};
 use super::user_actor::SessionPolicy;
 use crate::store::DynStore;
 
@@ -37,9 +33,14 @@ pub struct SupervisorArgs {
     pub policy: Arc<SessionPolicy>,
 }
 
+pub struct SupervisorState {
+    args: SupervisorArgs,
+    sweeper: ActorRef<SweeperMsg>,
+}
+
 impl Actor for SessionSupervisor {
     type Msg = SupervisorMsg;
-    type State = SupervisorArgs;
+    type State = SupervisorState;
     type Arguments = SupervisorArgs;
 
     async fn pre_start(
@@ -48,8 +49,9 @@ impl Actor for SessionSupervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // The timer task ends by itself once this actor stops and sends start failing.
-        myself.send_interval(args.policy.sweep_interval, || SupervisorMsg::Sweep);
-        Ok(args)
+        myself.send_interval(args.policy.sweep_interval, || SupervisorMsg::Tick);
+        let sweeper = spawn_sweeper(&myself, &args).await?;
+        Ok(SupervisorState { args, sweeper })
     }
 
     async fn handle(
@@ -59,9 +61,9 @@ impl Actor for SessionSupervisor {
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match message {
-            SupervisorMsg::Sweep => sweep(state).await,
+            SupervisorMsg::Tick => tick(&state.args.residents),
             SupervisorMsg::CountResidents(reply) => {
-                let _ = reply.send(state.residents.len());
+                let _ = reply.send(state.args.residents.len());
             }
         }
         Ok(())
@@ -69,18 +71,24 @@ impl Actor for SessionSupervisor {
 
     async fn handle_supervisor_evt(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         event: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
         match event {
+            SupervisionEvent::ActorFailed(cell, cause)
+                if cell.get_id() == state.sweeper.get_id() =>
+            {
+                tracing::error!(error = %cause, "sweeper failed; starting it again");
+                state.sweeper = spawn_sweeper(&myself, &state.args).await?;
+            }
             SupervisionEvent::ActorFailed(cell, cause) => {
-                let user = state.residents.forget(cell.get_id());
+                let user = state.args.residents.forget(cell.get_id());
                 tracing::error!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
                     error = %cause, "user actor failed; next request reloads it from the store");
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                let user = state.residents.forget(cell.get_id());
+                let user = state.args.residents.forget(cell.get_id());
                 tracing::debug!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
                     reason = ?reason, "user actor stopped");
             }
@@ -90,55 +98,24 @@ impl Actor for SessionSupervisor {
     }
 }
 
-async fn sweep(state: &SupervisorArgs) {
-    let now = Utc::now();
-    let policy = &state.policy;
-    // A slow or unreachable database must not stall supervision for long: bound the wait.
-    let limit = policy.sweep_interval;
-    let idle_cutoff = now - policy.idle_timeout - policy.touch_interval;
-    metrics::counter!("finsec_sweeps_total").increment(1);
-    let origin = policy.node_origin();
-    match tokio::time::timeout(
-        limit,
-        state.store.expire_sessions(now, idle_cutoff, &origin),
-    )
-    .await
-    {
-        Ok(Ok(0)) => {}
-        Ok(Ok(ended)) => {
-            metrics::counter!("finsec_sweep_sessions_ended_total").increment(ended);
-            tracing::info!(ended, "sweep ended expired sessions");
-        }
-        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not expire sessions"),
-        Err(_) => tracing::warn!("sweep timed out expiring sessions"),
-    }
-    match tokio::time::timeout(limit, state.store.prune_sessions(now - policy.retention)).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(pruned)) => tracing::info!(pruned, "sweep pruned ended sessions past retention"),
-        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune sessions"),
-        Err(_) => tracing::warn!("sweep timed out pruning sessions"),
-    }
-    // Failure records outlive their window and any lockout by this much at most.
-    let stale = now - policy.throttle.rule().window - policy.throttle.rule().max_lockout;
-    match tokio::time::timeout(limit, state.store.prune_failures(stale)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune failure records"),
-        Err(_) => tracing::warn!("sweep timed out pruning failure records"),
-    }
-    match tokio::time::timeout(
-        limit,
-        state.store.prune_events(now - policy.audit_retention),
-    )
-    .await
-    {
-        Ok(Ok(0)) => {}
-        Ok(Ok(pruned)) => tracing::info!(pruned, "sweep pruned audit events past retention"),
-        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not prune audit events"),
-        Err(_) => tracing::warn!("sweep timed out pruning audit events"),
-    }
+async fn spawn_sweeper(
+    supervisor: &ActorRef<SupervisorMsg>,
+    args: &SupervisorArgs,
+) -> Result<ActorRef<SweeperMsg>, ActorProcessingErr> {
+    let sweeper_args = SweeperArgs {
+        store: args.store.clone(),
+        policy: args.policy.clone(),
+    };
+    let (sweeper, _handle) =
+        Actor::spawn_linked(None, Sweeper, sweeper_args, supervisor.get_cell()).await?;
+    Ok(sweeper)
+}
+
+/// Memory only: nothing here waits on the store or on an actor.
+fn tick(residents: &Residents) {
     // Other nodes' news is needed only while an actor that was loading could have missed it.
-    state.residents.prune_recent(RECENT_NEWS);
-    for actor in state.residents.actors() {
+    residents.prune_recent(RECENT_NEWS);
+    for actor in residents.actors() {
         // A closed mailbox means the actor is already stopping; nothing to tick.
         let _ = actor.cast(UserMsg::Tick);
     }
