@@ -16,7 +16,11 @@
 //! | `finsec_store_errors_total` | counter | `op` |
 //! | `finsec_cluster_confirm_duration_seconds` | histogram | (publish to every ack) |
 //! | `finsec_cluster_trusted` | gauge | 1 while this node may answer from memory |
+//! | `finsec_bus_publish_duration_seconds` | histogram | (one publish on NATS) |
+//! | `finsec_bus_publish_errors_total` | counter | |
 //! | `finsec_sweeps_total`, `finsec_sweep_sessions_ended_total` | counter | |
+//! | `finsec_sessions_ended_total` | counter | `reason` (`logout`, `logout_all`, `admin`, …, `expired` for the sweep) |
+//! | `finsec_live_sessions` | gauge | sessions not ended, all nodes' (from the store, each sweep) |
 
 use std::sync::OnceLock;
 use std::time::Duration;

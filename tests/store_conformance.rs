@@ -685,6 +685,31 @@ async fn the_sweep_ends_expired_and_idle_sessions_with_their_reasons(subject: Su
     );
 }
 
+async fn live_sessions_are_counted_until_they_end(subject: Subject) {
+    let store = subject.store;
+    let user = ada(&store).await;
+    let t = now();
+    assert_eq!(store.count_live_sessions().await.unwrap(), 0);
+    let kept = session(user.id, t, Duration::days(1));
+    let logged_out = session(user.id, t, Duration::days(1));
+    let past_its_end = session(user.id, t - Duration::days(2), Duration::days(1));
+    for s in [&kept, &logged_out, &past_its_end] {
+        store.insert_session(s).await.unwrap();
+    }
+    assert_eq!(store.count_live_sessions().await.unwrap(), 3);
+    store
+        .revoke_sessions(&[logged_out.id], &Revocation::new(t, RevokeReason::Logout))
+        .await
+        .unwrap();
+    assert_eq!(store.count_live_sessions().await.unwrap(), 2);
+    // Past its end but not yet swept: counted until the sweep ends it.
+    store
+        .expire_sessions(t, t - Duration::days(30), &Origin::default())
+        .await
+        .unwrap();
+    assert_eq!(store.count_live_sessions().await.unwrap(), 1);
+}
+
 async fn pruning_deletes_only_rows_that_ended_before_the_cutoff(subject: Subject) {
     let store = subject.store;
     let user = ada(&store).await;
@@ -1348,6 +1373,7 @@ conformance!(
     touches_move_last_seen,
     the_sweep_ends_expired_and_idle_sessions_with_their_reasons,
     pruning_deletes_only_rows_that_ended_before_the_cutoff,
+    live_sessions_are_counted_until_they_end,
     password_hashes_can_be_replaced,
     duplicate_session_ids_conflict,
     a_session_needs_an_existing_user,

@@ -193,6 +193,7 @@ impl Bus {
                 return;
             }
         };
+        let started = std::time::Instant::now();
         let sent = match ack {
             Some(_) => {
                 self.client
@@ -205,7 +206,10 @@ impl Bus {
                     .await
             }
         };
+        metrics::histogram!("finsec_bus_publish_duration_seconds")
+            .record(crate::metrics::seconds(started.elapsed()));
         if let Err(err) = sent {
+            metrics::counter!("finsec_bus_publish_errors_total").increment(1);
             tracing::warn!(error = %err, "cluster publish failed");
         }
     }

@@ -9,7 +9,8 @@
 //!    `touch_interval`, so only then is a session surely idle, even one whose actor holds a
 //!    fresher time in memory;
 //! 2. delete sessions that ended more than `session.retention` ago, failure records past
-//!    their window and lockout, and audit events past `audit.retention`.
+//!    their window and lockout, and audit events past `audit.retention`;
+//! 3. count the sessions not ended, for the `finsec_live_sessions` gauge.
 //!
 //! Each call is bounded by `sweep_interval`, and the next sweep is scheduled only when this
 //! one has finished: a database that hangs makes sweeps rarer, never a queue of them.
@@ -99,6 +100,12 @@ async fn sweep(state: &SweeperArgs) {
         store.prune_events(now - policy.audit_retention),
     )
     .await;
+    // Every node sets the same number (max() across instances in a dashboard).
+    match tokio::time::timeout(limit, store.count_live_sessions()).await {
+        Ok(Ok(live)) => metrics::gauge!("finsec_live_sessions").set(live as f64),
+        Ok(Err(err)) => tracing::warn!(error = %err, "sweep could not count live sessions"),
+        Err(_) => tracing::warn!("sweep timed out counting live sessions"),
+    }
 }
 
 /// One store call of the sweep, at most `limit` long, that ends or deletes rows; returns how

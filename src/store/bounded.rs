@@ -15,7 +15,7 @@ use super::{
 use crate::crypto::Keyring;
 use crate::domain::{
     AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
-    SealedSecret, Session, SessionId, User, UserId,
+    RevokeReason, SealedSecret, Session, SessionId, User, UserId,
 };
 
 pub struct Bounded {
@@ -48,6 +48,16 @@ impl Bounded {
             metrics::counter!("finsec_store_errors_total", "op" => op).increment(1);
         }
         outcome
+    }
+}
+
+/// Counts sessions this node's writes ended (`finsec_sessions_ended_total`), by reason. Counted
+/// where the write commits, so each ending is counted once across the cluster (a revocation
+/// write retried after a timeout that had in fact committed is the one exception: counted twice).
+fn ended(reason: &'static str, count: usize) {
+    if count > 0 {
+        metrics::counter!("finsec_sessions_ended_total", "reason" => reason)
+            .increment(count as u64);
     }
 }
 
@@ -106,12 +116,17 @@ impl SessionStore for Bounded {
         gate: &LoginGate,
         event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
-        self.within(
-            "open_session_within_limit",
-            self.inner
-                .open_session_within_limit(session, max_live, gate, event),
-        )
-        .await
+        let outcome = self
+            .within(
+                "open_session_within_limit",
+                self.inner
+                    .open_session_within_limit(session, max_live, gate, event),
+            )
+            .await;
+        if let Ok(Some(ids)) = &outcome {
+            ended(RevokeReason::SessionLimit.as_str(), ids.len());
+        }
+        outcome
     }
 
     async fn revoke_user_sessions(
@@ -120,11 +135,16 @@ impl SessionStore for Bounded {
         except: Option<SessionId>,
         revocation: &Revocation,
     ) -> Result<Vec<SessionId>, StoreError> {
-        self.within(
-            "revoke_user_sessions",
-            self.inner.revoke_user_sessions(user, except, revocation),
-        )
-        .await
+        let outcome = self
+            .within(
+                "revoke_user_sessions",
+                self.inner.revoke_user_sessions(user, except, revocation),
+            )
+            .await;
+        if let Ok(ids) = &outcome {
+            ended(revocation.reason.as_str(), ids.len());
+        }
+        outcome
     }
 
     async fn change_password(
@@ -135,12 +155,17 @@ impl SessionStore for Bounded {
         revocation: &Revocation,
         event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
-        self.within(
-            "change_password",
-            self.inner
-                .change_password(user, password_hash, keep, revocation, event),
-        )
-        .await
+        let outcome = self
+            .within(
+                "change_password",
+                self.inner
+                    .change_password(user, password_hash, keep, revocation, event),
+            )
+            .await;
+        if let Ok(Some(ids)) = &outcome {
+            ended(revocation.reason.as_str(), ids.len());
+        }
+        outcome
     }
 
     async fn set_user_active(
@@ -150,11 +175,16 @@ impl SessionStore for Bounded {
         revocation: &Revocation,
         event: &AuthEvent,
     ) -> Result<Option<Vec<SessionId>>, StoreError> {
-        self.within(
-            "set_user_active",
-            self.inner.set_user_active(user, active, revocation, event),
-        )
-        .await
+        let outcome = self
+            .within(
+                "set_user_active",
+                self.inner.set_user_active(user, active, revocation, event),
+            )
+            .await;
+        if let Ok(Some(ids)) = &outcome {
+            ended(revocation.reason.as_str(), ids.len());
+        }
+        outcome
     }
 
     async fn end_if_idle(
@@ -163,11 +193,16 @@ impl SessionStore for Bounded {
         idle_cutoff: DateTime<Utc>,
         revocation: &Revocation,
     ) -> Result<bool, StoreError> {
-        self.within(
-            "end_if_idle",
-            self.inner.end_if_idle(id, idle_cutoff, revocation),
-        )
-        .await
+        let outcome = self
+            .within(
+                "end_if_idle",
+                self.inner.end_if_idle(id, idle_cutoff, revocation),
+            )
+            .await;
+        if let Ok(true) = outcome {
+            ended(revocation.reason.as_str(), 1);
+        }
+        outcome
     }
 
     async fn set_pending_totp(
@@ -191,12 +226,17 @@ impl SessionStore for Bounded {
         end_others: Option<&Revocation>,
         event: &AuthEvent,
     ) -> Result<FactorOutcome, StoreError> {
-        self.within(
-            "change_factor",
-            self.inner
-                .change_factor(user, change, keep, end_others, event),
-        )
-        .await
+        let outcome = self
+            .within(
+                "change_factor",
+                self.inner
+                    .change_factor(user, change, keep, end_others, event),
+            )
+            .await;
+        if let (Ok(FactorOutcome::Changed(ids)), Some(revocation)) = (&outcome, end_others) {
+            ended(revocation.reason.as_str(), ids.len());
+        }
+        outcome
     }
 
     async fn unused_recovery_codes(&self, user: UserId) -> Result<Vec<HashedCode>, StoreError> {
@@ -332,11 +372,16 @@ impl SessionStore for Bounded {
         ids: &[SessionId],
         revocation: &Revocation,
     ) -> Result<(), StoreError> {
-        self.within(
-            "revoke_sessions",
-            self.inner.revoke_sessions(ids, revocation),
-        )
-        .await
+        let outcome = self
+            .within(
+                "revoke_sessions",
+                self.inner.revoke_sessions(ids, revocation),
+            )
+            .await;
+        if outcome.is_ok() {
+            ended(revocation.reason.as_str(), ids.len());
+        }
+        outcome
     }
 
     async fn expire_sessions(
@@ -345,15 +390,26 @@ impl SessionStore for Bounded {
         idle_cutoff: DateTime<Utc>,
         origin: &Origin,
     ) -> Result<u64, StoreError> {
-        self.within(
-            "expire_sessions",
-            self.inner.expire_sessions(now, idle_cutoff, origin),
-        )
-        .await
+        let outcome = self
+            .within(
+                "expire_sessions",
+                self.inner.expire_sessions(now, idle_cutoff, origin),
+            )
+            .await;
+        if let Ok(count) = outcome {
+            // Idle or past its lifetime: the sweep's one statement ends both.
+            ended("expired", count as usize);
+        }
+        outcome
     }
 
     async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError> {
         self.within("prune_sessions", self.inner.prune_sessions(ended_before))
+            .await
+    }
+
+    async fn count_live_sessions(&self) -> Result<u64, StoreError> {
+        self.within("count_live_sessions", self.inner.count_live_sessions())
             .await
     }
 

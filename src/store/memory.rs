@@ -629,6 +629,12 @@ impl SessionStore for MemoryStore {
         Ok((before - tables.sessions.len()) as u64)
     }
 
+    async fn count_live_sessions(&self) -> Result<u64, StoreError> {
+        let tables = self.tables();
+        let live = tables.sessions.values().filter(|s| s.revoked_at.is_none());
+        Ok(live.count() as u64)
+    }
+
     async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError> {
         let mut tables = self.tables();
         let user = tables

@@ -319,6 +319,10 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Deletes session rows that ended before `ended_before` (retention). Returns the count.
     async fn prune_sessions(&self, ended_before: DateTime<Utc>) -> Result<u64, StoreError>;
 
+    /// How many sessions are not ended (not revoked), every user's and every node's: the
+    /// `finsec_live_sessions` gauge, read right after a sweep has ended the expired ones.
+    async fn count_live_sessions(&self) -> Result<u64, StoreError>;
+
     async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError>;
 
     /// Replaces the hash only if it is still `old` (a rehash at a higher cost must not undo a

@@ -1292,6 +1292,16 @@ impl SessionStore for MySqlStore {
         Ok(conn.affected_rows())
     }
 
+    async fn count_live_sessions(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        // Covered by the `sessions_idle (revoked_at, last_seen_at)` index: no row is read.
+        let count: Option<u64> = conn
+            .query_first("SELECT COUNT(*) FROM sessions WHERE revoked_at IS NULL")
+            .await
+            .map_err(unavailable)?;
+        Ok(count.unwrap_or(0))
+    }
+
     async fn set_password_hash(&self, user: UserId, password_hash: &str) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
         conn.exec_drop(

@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, spawn_app, spawn_app_with};
 
 /// The value of the sample `name{labels}` (labels as rendered, in order), 0 when absent.
 fn sample(text: &str, series: &str) -> f64 {
@@ -79,6 +79,43 @@ async fn metrics_are_exposed_and_move_after_a_login() {
     {
         assert!(line.starts_with("finsec_"), "{line}");
     }
+}
+
+#[tokio::test]
+async fn ended_sessions_are_counted_by_reason_and_live_ones_by_the_sweep() {
+    let app = spawn_app_with(|f| f.merge(("session.sweep_interval", "100ms"))).await;
+    let user = app.user().await;
+    let logouts = r#"finsec_sessions_ended_total{reason="logout"}"#;
+    let all = r#"finsec_sessions_ended_total{reason="logout_all"}"#;
+    let before = scrape(&app).await;
+    let first = app.logged_in(&user).await;
+    assert_eq!(
+        app.logout(&first.token, None).await.status(),
+        StatusCode::OK
+    );
+    let second = app.logged_in(&user).await;
+    app.logged_in(&user).await;
+    app.logged_in(&user).await;
+    let ended = app
+        .logout_all(&second.token, &serde_json::json!({"keepCurrent": true}))
+        .await;
+    assert_eq!(ended.status(), StatusCode::OK);
+    let after = scrape(&app).await;
+    assert!(
+        sample(&after, logouts) >= sample(&before, logouts) + 1.0,
+        "{after}"
+    );
+    assert!(sample(&after, all) >= sample(&before, all) + 2.0, "{after}");
+    // The sweeper publishes the count of sessions not ended (a gauge; tests share one
+    // process, so only its presence is asserted here; the store conformance counts).
+    let swept = crate::helpers::eventually(|| async {
+        scrape(&app)
+            .await
+            .contains("finsec_live_sessions ")
+            .then_some(())
+    })
+    .await;
+    assert!(swept.is_some(), "finsec_live_sessions never appeared");
 }
 
 /// The Grafana dashboard (deploy/grafana/finsec.json) charts only metrics the code records.
