@@ -14,12 +14,17 @@ FROM debian:bookworm-slim
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 finsec
+    && useradd --system --uid 10001 finsec \
+    && mkdir -p /var/lib/finsec && chown finsec /var/lib/finsec
 WORKDIR /app
 COPY --from=build /src/target/release/finsec /usr/local/bin/finsec
 COPY config ./config
 USER finsec
 ENV FINSEC_ENV=production
+# The pending-revocation journal (revocations whose database write failed, kept until it lands):
+# mount a volume of this instance's own here, so a restart finds it.
+ENV FINSEC__DATABASE__PENDING_REVOCATIONS=/var/lib/finsec/pending-revocations.log
+VOLUME /var/lib/finsec
 # 5000: the API; 9100: metrics when FINSEC__METRICS__LISTEN=0.0.0.0:9100 (internal only).
 EXPOSE 5000 9100
 # Ready, not only alive: database answering, migrations applied, cluster lease held.

@@ -131,6 +131,9 @@ pub struct DatabaseSettings {
     /// Every store call answers within this, or the request gets 503.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// This instance's pending-revocation journal: revocations in force whose write has not
+    /// committed yet, kept on disk until it does. One file per instance (it is locked).
+    pub pending_revocations: std::path::PathBuf,
 }
 
 impl DatabaseSettings {

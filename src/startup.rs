@@ -19,6 +19,7 @@ use crate::crypto::Keyring;
 use crate::domain::FailureRule;
 use crate::http::{self, AdminKey, AppState};
 use crate::seed::{self, SeedError};
+use crate::sessions::journal::Journal;
 use crate::sessions::{
     RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig, Throttle,
 };
@@ -45,6 +46,8 @@ pub enum StartupError {
     Config { key: &'static str, reason: String },
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    #[error("{0}")]
+    Journal(#[from] crate::sessions::journal::JournalError),
     /// Another single-node instance, or clustered nodes, already serve this database.
     #[error("{0}")]
     DatabaseInUse(String),
@@ -281,6 +284,7 @@ impl Application {
             totp_skew: settings.auth.totp_skew_steps,
             audit_retention: chrono_duration(settings.audit.retention, "audit.retention")?,
             node_id,
+            journal: open_journal(settings).await?,
         };
         let idle_timeout = policy.idle_timeout;
         let sessions = Sessions::start(
@@ -399,6 +403,7 @@ impl Application {
         )
         .await;
         self.state.sessions.shutdown().await;
+        self.state.sessions.release_journal();
         if let Some(keeper) = self.lock_keeper {
             keeper.release().await;
         }
@@ -407,6 +412,20 @@ impl Application {
         }
         tracing::info!("stopped");
     }
+}
+
+/// The embedded store cannot fail a write, so it needs no file.
+async fn open_journal(settings: &Settings) -> Result<Journal, StartupError> {
+    if settings.database.is_memory() {
+        return Ok(Journal::in_memory());
+    }
+    let path = settings.database.pending_revocations.clone();
+    let opened = tokio::task::spawn_blocking(move || Journal::open(&path)).await;
+    let journal = opened.map_err(|e| StartupError::Config {
+        key: "database.pending_revocations",
+        reason: e.to_string(),
+    })??;
+    Ok(journal)
 }
 
 fn chrono_duration(

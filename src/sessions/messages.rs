@@ -169,8 +169,6 @@ pub enum UserMsg {
     Resync,
     /// From the supervisor's tick: end expired sessions; passivate when idle.
     Tick,
-    /// Timer: retry revocation writes that failed.
-    RetryRevocations,
     /// Test hook: make the actor panic, to exercise supervision.
     #[cfg(any(test, feature = "test-hooks"))]
     Crash,
@@ -206,7 +204,6 @@ impl UserMsg {
             self,
             Self::VerifyMfa { .. }
                 | Self::Tick
-                | Self::RetryRevocations
                 | Self::Forget { .. }
                 | Self::Adopt { .. }
                 | Self::ReloadUser

@@ -7,6 +7,7 @@
 //! session or an MFA challenge. Every change to a user's sessions happens inside that user's
 //! actor, which writes it to the store before it answers.
 
+pub mod journal;
 pub mod messages;
 pub mod registry;
 mod remote;

@@ -146,6 +146,7 @@ impl Sessions {
             residents: residents.clone(),
             store: store.clone(),
             policy: policy.clone(),
+            cluster: cluster.clone(),
         };
         let (supervisor, _handle) = Actor::spawn(None, SessionSupervisor, args)
             .await
@@ -172,7 +173,8 @@ impl Sessions {
     }
 
     /// Stops every user actor gracefully (each answers what is already in its mailbox and
-    /// makes a last attempt at any unwritten revocation), then the supervisor.
+    /// writes its touches), then the supervisor. Revocations not yet written stay in the
+    /// journal for the next start.
     pub async fn shutdown(&self) {
         // Out of the cluster first: nobody should wait for this node's confirmations while
         // it drains.
@@ -183,6 +185,12 @@ impl Sessions {
             .supervisor
             .stop_and_wait(Some("shutdown".into()), grace)
             .await;
+    }
+
+    /// Closes and unlocks the pending-revocation journal (after [`shutdown`](Self::shutdown)):
+    /// what it holds stays on disk for the next start.
+    pub fn release_journal(&self) {
+        self.policy.journal.release();
     }
 
     /// Whether this node can serve: the database answers (within `database.timeout`) with

@@ -1,11 +1,13 @@
-//! The parent of every user actor and of the sweeper; it supervises, and waits on nothing.
+//! The parent of every user actor, of the sweeper and of the pending-revocation writer; it
+//! supervises, and waits on nothing.
 //!
 //! Supervision: a user actor that panics or stops is reported here (ractor links children to
 //! their supervisor); the supervisor logs it and drops it from the registry, so the next
 //! request for that user spawns a fresh actor that reloads the user's sessions from the store.
 //! Nothing is lost: every acknowledged change was written through before the reply. ractor's
 //! default supervision stops the supervisor when any child stops; that would take every user
-//! down with one, so it is overridden. A failed sweeper is started again.
+//! down with one, so it is overridden. A failed sweeper or pending-revocation writer is
+//! started again.
 //!
 //! Ticks, every `session.sweep_interval`: every resident user actor is told to end its own
 //! expired sessions (it knows their true last activity) and to passivate if it has been idle
@@ -16,10 +18,12 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
+use super::journal::{PendingWriter, PendingWriterArgs, PendingWriterMsg};
 use super::messages::{SupervisorMsg, UserMsg};
 use super::registry::Residents;
 use super::sweeper::{Sweeper, SweeperArgs, SweeperMsg};
 use super::user_actor::SessionPolicy;
+use crate::cluster::Cluster;
 use crate::store::DynStore;
 
 /// How long news from other nodes is kept for actors that were loading when it came.
@@ -31,11 +35,14 @@ pub struct SupervisorArgs {
     pub residents: Arc<Residents>,
     pub store: DynStore,
     pub policy: Arc<SessionPolicy>,
+    /// For the pending-revocation writer, which tells other nodes what it wrote late.
+    pub cluster: Cluster,
 }
 
 pub struct SupervisorState {
     args: SupervisorArgs,
     sweeper: ActorRef<SweeperMsg>,
+    pending_writer: ActorRef<PendingWriterMsg>,
 }
 
 impl Actor for SessionSupervisor {
@@ -51,7 +58,12 @@ impl Actor for SessionSupervisor {
         // The timer task ends by itself once this actor stops and sends start failing.
         myself.send_interval(args.policy.sweep_interval, || SupervisorMsg::Tick);
         let sweeper = spawn_sweeper(&myself, &args).await?;
-        Ok(SupervisorState { args, sweeper })
+        let pending_writer = spawn_pending_writer(&myself, &args).await?;
+        Ok(SupervisorState {
+            args,
+            sweeper,
+            pending_writer,
+        })
     }
 
     async fn handle(
@@ -82,6 +94,12 @@ impl Actor for SessionSupervisor {
                 tracing::error!(error = %cause, "sweeper failed; starting it again");
                 state.sweeper = spawn_sweeper(&myself, &state.args).await?;
             }
+            SupervisionEvent::ActorFailed(cell, cause)
+                if cell.get_id() == state.pending_writer.get_id() =>
+            {
+                tracing::error!(error = %cause, "pending-revocation writer failed; starting it again");
+                state.pending_writer = spawn_pending_writer(&myself, &state.args).await?;
+            }
             SupervisionEvent::ActorFailed(cell, cause) => {
                 let user = state.args.residents.forget(cell.get_id());
                 tracing::error!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
@@ -109,6 +127,21 @@ async fn spawn_sweeper(
     let (sweeper, _handle) =
         Actor::spawn_linked(None, Sweeper, sweeper_args, supervisor.get_cell()).await?;
     Ok(sweeper)
+}
+
+async fn spawn_pending_writer(
+    supervisor: &ActorRef<SupervisorMsg>,
+    args: &SupervisorArgs,
+) -> Result<ActorRef<PendingWriterMsg>, ActorProcessingErr> {
+    let writer_args = PendingWriterArgs {
+        journal: args.policy.journal.clone(),
+        store: args.store.clone(),
+        cluster: args.cluster.clone(),
+        interval: args.policy.revoke_retry,
+    };
+    let (writer, _handle) =
+        Actor::spawn_linked(None, PendingWriter, writer_args, supervisor.get_cell()).await?;
+    Ok(writer)
 }
 
 /// Memory only: nothing here waits on the store or on an actor.

@@ -24,6 +24,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use sha2::{Digest, Sha256};
 
 use super::SessionError;
+use super::journal::Journal;
 use super::messages::{
     FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, UserMsg,
 };
@@ -65,6 +66,8 @@ pub struct SessionPolicy {
     pub audit_retention: chrono::Duration,
     /// This node, as the audit trail names it.
     pub node_id: String,
+    /// Revocations in force whose write has not committed yet (see `sessions::journal`).
+    pub journal: Journal,
 }
 
 impl SessionPolicy {
@@ -128,9 +131,6 @@ pub struct UserState {
     user_read_at: DateTime<Utc>,
     sessions: HashMap<SessionId, LiveSession>,
     refused: RefusedIds,
-    /// Revocations applied in memory whose write has not committed yet.
-    unwritten: Vec<(Vec<SessionId>, Revocation)>,
-    retry_scheduled: bool,
     /// The trust epoch this memory was loaded under; `None` when loaded while untrusted.
     synced_epoch: Option<u64>,
     /// `Residents::news_mark` when this memory was loaded: later news about this user that
@@ -220,17 +220,18 @@ impl Actor for UserActor {
             .await
             .map_err(StartError::from)?;
         tracing::debug!(user_id = %user.id, sessions = sessions.len(), "user actor started");
+        // A revocation whose write is still pending holds, whatever the store says.
+        let journal = &args.policy.journal;
         Ok(UserState {
             myself,
             user,
             user_read_at: now,
             sessions: sessions
                 .into_iter()
+                .filter(|s| !journal.is_pending(&s.id))
                 .map(|s| (s.id, LiveSession::from_store(s)))
                 .collect(),
             refused: RefusedIds::default(),
-            unwritten: Vec::new(),
-            retry_scheduled: false,
             synced_epoch,
             news_mark,
             last_activity: now,
@@ -347,32 +348,10 @@ impl Actor for UserActor {
                 }
             }
             UserMsg::Tick => state.tick(now).await,
-            UserMsg::RetryRevocations => {
-                state.retry_scheduled = false;
-                state.write_unwritten().await;
-            }
             #[cfg(any(test, feature = "test-hooks"))]
             UserMsg::Crash => panic!("test hook: user actor {} told to crash", state.user.id),
             #[cfg(any(test, feature = "test-hooks"))]
             UserMsg::Stall(how_long) => tokio::time::sleep(how_long).await,
-        }
-        Ok(())
-    }
-
-    /// Stopping (passivation never happens with unwritten revocations, so this is shutdown):
-    /// one last attempt at the writes, and a loud log line if a revocation is still unwritten,
-    /// because a restart would then find that session live.
-    async fn post_stop(
-        &self,
-        _myself: ActorRef<Self::Msg>,
-        state: &mut Self::State,
-    ) -> Result<(), ActorProcessingErr> {
-        if !state.unwritten.is_empty() {
-            state.write_unwritten().await;
-            for (ids, revocation) in &state.unwritten {
-                tracing::error!(user_id = %state.user.id, sessions = ?ids, reason = %revocation.reason,
-                    "revocation could not be written before shutdown");
-            }
         }
         Ok(())
     }
@@ -453,7 +432,7 @@ impl UserState {
     }
 
     fn is_known_dead(&self, id: &SessionId) -> bool {
-        self.refused.contains(id) || self.unwritten.iter().any(|(ids, _)| ids.contains(id))
+        self.refused.contains(id) || self.policy.journal.is_pending(id)
     }
 
     /// Reads one session from the store into memory, or out of it when it is not live.
@@ -1157,10 +1136,7 @@ impl UserState {
                 Ok(ended)
             }
             Err(err) => {
-                tracing::warn!(user_id = %self.user.id, error = %err,
-                    "sessions ended in memory; write failed, will retry");
-                self.unwritten.push((in_memory, revocation));
-                self.schedule_retry();
+                self.keep_pending(in_memory, revocation).await;
                 Err(SessionError::Store(err))
             }
         }
@@ -1247,21 +1223,11 @@ impl UserState {
         }
     }
 
-    /// Sessions this actor ended on its own (idle, or a revocation written late): the other
-    /// nodes are told in the background, since nobody waits for an answer and this mailbox
-    /// must not wait on the network.
+    /// Sessions this actor ended on its own (idle): the other nodes are told in the
+    /// background, since nobody waits for an answer and this mailbox must not wait on the
+    /// network.
     fn tell_cluster(&self, ids: Vec<SessionId>) {
-        if !self.cluster.is_clustered() || ids.is_empty() {
-            return;
-        }
-        let cluster = self.cluster.clone();
-        let user = self.user.id;
-        tokio::spawn(async move {
-            let event = crate::cluster::ClusterEvent::SessionsEnded { user, ids };
-            if let Err(err) = cluster.confirm(event).await {
-                tracing::warn!(user_id = %user, error = %err, "other nodes not told of ended sessions");
-            }
-        });
+        super::journal::tell_cluster(&self.cluster, self.user.id, ids);
     }
 
     /// Another node opened `session`: keep it unless we know it is dead or the news is old.
@@ -1282,7 +1248,8 @@ impl UserState {
     /// Ending sessions fails closed, so it is the exception to "write, then change memory":
     /// the sessions leave memory first and are refused from this instant, even if the
     /// database is down. The caller hears success only once the write has committed; if it
-    /// fails, the caller hears 503 and the actor retries the write on a timer until it lands.
+    /// fails, the revocation goes to the journal (on disk) before the caller hears 503, and
+    /// the journal's writer lands it once the store answers.
     async fn end_sessions(
         &mut self,
         ids: Vec<SessionId>,
@@ -1301,36 +1268,28 @@ impl UserState {
                 Ok(())
             }
             Err(err) => {
-                tracing::warn!(user_id = %self.user.id, sessions = ids.len(), error = %err,
-                    "sessions ended in memory; write failed, will retry");
-                self.unwritten.push((ids, revocation));
-                self.schedule_retry();
+                self.keep_pending(ids, revocation).await;
                 Err(SessionError::Store(err))
             }
         }
     }
 
-    fn schedule_retry(&mut self) {
-        if !self.unwritten.is_empty() && !self.retry_scheduled {
-            self.retry_scheduled = true;
-            self.myself
-                .send_after(self.policy.revoke_retry, || UserMsg::RetryRevocations);
+    /// A revocation in force whose write failed: durable in the journal before the caller
+    /// hears 503, so neither a crash nor a restart can bring the sessions back.
+    async fn keep_pending(&self, ids: Vec<SessionId>, revocation: Revocation) {
+        let count = ids.len();
+        match self
+            .policy
+            .journal
+            .record(self.user.id, ids, revocation)
+            .await
+        {
+            Ok(_) => tracing::warn!(user_id = %self.user.id, sessions = count,
+                "sessions ended in memory; write failed, kept in the journal until it lands"),
+            Err(err) => tracing::error!(user_id = %self.user.id, sessions = count, error = %err,
+                "sessions ended in memory; write failed and the journal could not keep it: \
+                 a crash before the store returns would revive them"),
         }
-    }
-
-    async fn write_unwritten(&mut self) {
-        for (ids, revocation) in std::mem::take(&mut self.unwritten) {
-            match self.store.revoke_sessions(&ids, &revocation).await {
-                Ok(()) => {
-                    tracing::info!(user_id = %self.user.id, sessions = ids.len(),
-                        "delayed revocation written");
-                    // Its caller heard 503; the other nodes hear of it now.
-                    self.tell_cluster(ids);
-                }
-                Err(_) => self.unwritten.push((ids, revocation)),
-            }
-        }
-        self.schedule_retry();
     }
 
     /// The supervisor's periodic tick: catch up on news the mailbox may have missed, end what
@@ -1367,7 +1326,7 @@ impl UserState {
     }
 
     fn should_passivate(&self, now: DateTime<Utc>) -> bool {
-        now - self.last_activity >= self.policy.idle_passivate && self.unwritten.is_empty()
+        now - self.last_activity >= self.policy.idle_passivate
     }
 
     /// Writes every touch not yet persisted, so the next actor loads exact activity times.

@@ -111,7 +111,7 @@ pub async fn spawn_app() -> TestApp {
 /// Starts the service with test settings, adjusted by `configure`.
 pub async fn spawn_app_with(configure: impl FnOnce(Figment) -> Figment) -> TestApp {
     let db = Arc::new(TestDatabase::create().await);
-    let settings = test_settings(&db.url, configure);
+    let settings = test_settings(&db.url, &fresh_journal(), configure);
     start(db, settings).await
 }
 
@@ -146,7 +146,7 @@ pub async fn spawn_node(
     bus_url: &str,
     configure: impl Fn(Figment) -> Figment,
 ) -> TestApp {
-    let settings = test_settings(&db.url, |f| {
+    let settings = test_settings(&db.url, &fresh_journal(), |f| {
         configure(f.merge(("cluster.bus_url", bus_url)))
     });
     let node = start(db.clone(), settings).await;
@@ -160,12 +160,25 @@ impl TestCluster {
     }
 }
 
-fn test_settings(url: &str, configure: impl FnOnce(Figment) -> Figment) -> Settings {
+/// A pending-revocation journal of this instance's own (a restart keeps it, as a real
+/// instance keeps its disk); deleted when the instance is dropped.
+pub fn fresh_journal() -> std::path::PathBuf {
+    std::env::temp_dir()
+        .join("finsec-tests")
+        .join(format!("{}.log", uuid::Uuid::new_v4()))
+}
+
+fn test_settings(
+    url: &str,
+    journal: &std::path::Path,
+    configure: impl FnOnce(Figment) -> Figment,
+) -> Settings {
     let config_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let figment = Settings::figment(&config_dir, None)
         .merge(("http.host", "127.0.0.1"))
         .merge(("http.port", 0))
         .merge(("database.url", url))
+        .merge(("database.pending_revocations", journal))
         .merge(("database.max_connections", 4))
         .merge(("jwt.secret", JWT_SECRET))
         .merge(("security.encryption_key", ENCRYPTION_KEY))
@@ -239,7 +252,8 @@ impl TestApp {
     /// key, say).
     pub async fn restart_with(&mut self, configure: impl FnOnce(Figment) -> Figment) {
         self.stop().await;
-        self.settings = test_settings(&self.db.url, configure);
+        let journal = self.settings.database.pending_revocations.clone();
+        self.settings = test_settings(&self.db.url, &journal, configure);
         let server = Server::launch(&self.settings).await;
         self.address = server.address.clone();
         self.state = server.state.clone();
@@ -426,6 +440,7 @@ impl Drop for TestApp {
         if let Some(server) = self.server.take() {
             let _ = server.shutdown.send(());
         }
+        let _ = std::fs::remove_file(&self.settings.database.pending_revocations);
     }
 }
 

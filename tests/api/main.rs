@@ -5,6 +5,7 @@ mod helpers;
 mod admin;
 mod cli;
 mod cluster;
+mod crash;
 mod events;
 mod expiry;
 mod health;
