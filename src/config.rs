@@ -134,6 +134,10 @@ pub struct DatabaseSettings {
     /// This instance's pending-revocation journal: revocations in force whose write has not
     /// committed yet, kept on disk until it does. One file per instance (it is locked).
     pub pending_revocations: std::path::PathBuf,
+    /// In a database outage, live sessions keep validating from memory for this long after
+    /// the database last answered; then they fail closed (503) until it answers again.
+    #[serde(with = "humantime_serde")]
+    pub outage_grace: Duration,
 }
 
 impl DatabaseSettings {

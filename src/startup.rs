@@ -20,11 +20,13 @@ use crate::domain::FailureRule;
 use crate::http::{self, AdminKey, AppState};
 use crate::seed::{self, SeedError};
 use crate::sessions::journal::Journal;
+use crate::sessions::user_actor::OutageGrace;
 use crate::sessions::{
     RemoteChanges, Residents, SessionError, SessionPolicy, Sessions, SessionsConfig, Throttle,
 };
 use crate::store::{
-    Bounded, CLUSTER_PRESENCE, DynStore, MemoryStore, MySqlStore, SingleNodeLock, StoreError,
+    Bounded, CLUSTER_PRESENCE, DynStore, MemoryStore, MySqlStore, Reachability, SingleNodeLock,
+    StoreError,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +140,8 @@ impl LockKeeper {
 /// How this process shares its database: the topology decided at start.
 struct Topology {
     store: DynStore,
+    /// When MySQL last answered (`None`: the embedded store, which always does).
+    reachability: Option<Arc<Reachability>>,
     residents: Arc<Residents>,
     cluster: Cluster,
     single_node_lock: Option<(SingleNodeLock, MySqlStore)>,
@@ -147,6 +151,7 @@ impl Topology {
     fn standalone(store: DynStore) -> Self {
         Self {
             store,
+            reachability: None,
             residents: Arc::new(Residents::default()),
             cluster: Cluster::standalone(),
             single_node_lock: None,
@@ -181,8 +186,15 @@ impl Topology {
                 Some((hold_database_alone(&mysql).await?, mysql.clone())),
             ),
         };
+        let reachability = Arc::new(Reachability::new());
+        let bounded = Bounded::new(
+            Arc::new(mysql),
+            settings.database.timeout,
+            reachability.clone(),
+        );
         Ok(Self {
-            store: Arc::new(Bounded::new(Arc::new(mysql), settings.database.timeout)),
+            store: Arc::new(bounded),
+            reachability: Some(reachability),
             residents,
             cluster,
             single_node_lock,
@@ -285,6 +297,7 @@ impl Application {
             audit_retention: chrono_duration(settings.audit.retention, "audit.retention")?,
             node_id,
             journal: open_journal(settings).await?,
+            outage: outage_grace(settings, topology.reachability.clone())?,
         };
         let idle_timeout = policy.idle_timeout;
         let sessions = Sessions::start(
@@ -412,6 +425,25 @@ impl Application {
         }
         tracing::info!("stopped");
     }
+}
+
+/// The sweeper asks the database every `session.sweep_interval`, so a grace no longer than
+/// that would end a quiet, healthy node's trust in its memory.
+fn outage_grace(
+    settings: &Settings,
+    reachability: Option<Arc<Reachability>>,
+) -> Result<Option<OutageGrace>, StartupError> {
+    let grace = settings.database.outage_grace;
+    if grace <= settings.session.sweep_interval {
+        return Err(StartupError::Config {
+            key: "database.outage_grace",
+            reason: "must be longer than session.sweep_interval".into(),
+        });
+    }
+    Ok(reachability.map(|reachability| OutageGrace {
+        reachability,
+        grace,
+    }))
 }
 
 /// The embedded store cannot fail a write, so it needs no file.

@@ -38,7 +38,9 @@ use crate::domain::{
     AuthEvent, Device, EventKind, Initiator, Origin, Revocation, RevokeReason, SealedSecret,
     Session, SessionId, User, UserId, UserProfile,
 };
-use crate::store::{DynStore, FactorChange, FactorOutcome, LoginGate, StoredChallenge};
+use crate::store::{
+    DynStore, FactorChange, FactorOutcome, LoginGate, Reachability, StoreError, StoredChallenge,
+};
 
 /// The rules the session actors apply, from config; shared by all of them.
 #[derive(Debug, Clone)]
@@ -68,6 +70,36 @@ pub struct SessionPolicy {
     pub node_id: String,
     /// Revocations in force whose write has not committed yet (see `sessions::journal`).
     pub journal: Journal,
+    /// How long memory may answer while MySQL is silent; `None` for the embedded store.
+    pub outage: Option<OutageGrace>,
+}
+
+/// A database outage: sessions already live keep validating from memory for `grace` after the
+/// database last answered, then every validation fails closed (503) until it answers again.
+/// Memory may have missed a change made meanwhile (by an operator in SQL, say), so the time
+/// it is trusted alone is bounded.
+#[derive(Debug, Clone)]
+pub struct OutageGrace {
+    pub reachability: Arc<Reachability>,
+    pub grace: Duration,
+}
+
+impl SessionPolicy {
+    /// `Err` (503) once the database has been silent longer than the outage grace.
+    fn memory_may_answer(&self) -> Result<(), SessionError> {
+        match &self.outage {
+            Some(outage) if outage.reachability.silent_for() > outage.grace => {
+                Err(SessionError::Store(StoreError::Unavailable(
+                    format!(
+                        "the database has not answered for longer than database.outage_grace ({:?})",
+                        outage.grace
+                    )
+                    .into(),
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 impl SessionPolicy {
@@ -999,6 +1031,7 @@ impl UserState {
         now: DateTime<Utc>,
     ) -> Result<SessionGrant, SessionError> {
         if self.sync(now).await? {
+            self.policy.memory_may_answer()?;
             self.refresh_user_if_stale(now).await;
             if !self.sessions.contains_key(&id) {
                 if self.is_known_dead(&id) {

@@ -4,6 +4,8 @@
 //! lives in one place and the two stores stay plain.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -21,11 +23,51 @@ use crate::domain::{
 pub struct Bounded {
     inner: DynStore,
     limit: Duration,
+    reachability: Arc<Reachability>,
+}
+
+/// When the database last answered (anything but "unavailable"), for the outage grace: a node
+/// answers from memory only while its database answered recently (`database.outage_grace`).
+#[derive(Debug)]
+pub struct Reachability {
+    /// Milliseconds since `epoch` at the last answer.
+    last_answer_ms: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl Reachability {
+    pub fn new() -> Self {
+        Self {
+            last_answer_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    fn answered(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_answer_ms.fetch_max(now, Ordering::Relaxed);
+    }
+
+    /// How long since the database last answered (zero at start).
+    pub fn silent_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_answer_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last)
+    }
+}
+
+impl Default for Reachability {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Bounded {
-    pub fn new(inner: DynStore, limit: Duration) -> Self {
-        Self { inner, limit }
+    pub fn new(inner: DynStore, limit: Duration, reachability: Arc<Reachability>) -> Self {
+        Self {
+            inner,
+            limit,
+            reachability,
+        }
     }
 
     /// The call `op`, bounded, timed (`finsec_store_call_duration_seconds`) and counted
@@ -46,6 +88,10 @@ impl Bounded {
             .record(crate::metrics::seconds(started.elapsed()));
         if outcome.is_err() {
             metrics::counter!("finsec_store_errors_total", "op" => op).increment(1);
+        }
+        // A refusal (a conflict, say) is an answer too; only "unavailable" is silence.
+        if !matches!(outcome, Err(StoreError::Unavailable(_))) {
+            self.reachability.answered();
         }
         outcome
     }

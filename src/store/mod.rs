@@ -17,7 +17,7 @@ use crate::domain::{
     SealedSecret, Session, SessionId, User, UserId,
 };
 
-pub use bounded::Bounded;
+pub use bounded::{Bounded, Reachability};
 pub use membership::{CLUSTER_PRESENCE, LiveMember, Renewal, SingleNodeLock};
 pub use memory::MemoryStore;
 pub use mysql::MySqlStore;

@@ -179,6 +179,7 @@ async fn an_idle_actor_passivates_and_comes_back_with_its_sessions() {
 async fn an_idle_session_is_refused_on_its_next_request_even_before_any_sweep() {
     let app = spawn_app_with(|f| {
         f.merge(("session.sweep_interval", "1h"))
+            .merge(("database.outage_grace", "2h"))
             .merge(("session.idle_timeout", "500ms"))
     })
     .await;

@@ -62,26 +62,8 @@ async fn alive_and_ready_on_a_single_node() {
 #[tokio::test]
 async fn an_unreachable_database_makes_the_node_not_ready_within_the_timeout() {
     // The node reaches MariaDB through a relay the test can cut.
-    let relay_db = crate::helpers::TestDatabase::create().await;
-    let port: u16 = relay_db
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the test database's port");
-    let relay = crate::helpers::Partition::relay_to(port).await;
-    // prefer_socket=false: mysql_async would otherwise switch a loopback connection to the
-    // server's Unix socket, around the relay.
-    let url = relay_db
-        .url
-        .replacen(&format!(":{port}/"), &format!(":{}/", relay.port), 1)
-        + "?prefer_socket=false";
-    let app = crate::helpers::spawn_app_with(move |f| {
-        f.merge(("database.url", url))
-            .merge(("database.timeout", "500ms"))
-    })
-    .await;
+    let (app, relay) =
+        crate::helpers::spawn_app_through_relay(|f| f.merge(("database.timeout", "500ms"))).await;
     assert_eq!(get(&app, "/health/ready").await.status(), StatusCode::OK);
 
     relay.cut();

@@ -115,6 +115,30 @@ pub async fn spawn_app_with(configure: impl FnOnce(Figment) -> Figment) -> TestA
     start(db, settings).await
 }
 
+/// Like [`spawn_app_with`], but the service reaches MariaDB through a relay the test can
+/// break (`cut`, `down`, `up`); the test's own fixture connections go straight to it.
+pub async fn spawn_app_through_relay(
+    configure: impl FnOnce(Figment) -> Figment,
+) -> (TestApp, Partition) {
+    let db = Arc::new(TestDatabase::create().await);
+    let port: u16 = db
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the test database's port");
+    let relay = Partition::relay_to(port).await;
+    // prefer_socket=false: mysql_async would otherwise switch a loopback connection to the
+    // server's Unix socket, around the relay.
+    let url = db
+        .url
+        .replacen(&format!(":{port}/"), &format!(":{}/", relay.port), 1)
+        + "?prefer_socket=false";
+    let settings = test_settings(&url, &fresh_journal(), configure);
+    (start(db, settings).await, relay)
+}
+
 /// Several instances of the service on one fresh database and one NATS server of the
 /// test's own, each trusting its memory before this returns.
 pub struct TestCluster {

@@ -15,6 +15,7 @@ mod metrics;
 mod mfa;
 mod mfa_lifecycle;
 mod openapi;
+mod outage;
 mod password;
 mod random_input;
 mod restart;

@@ -1,15 +1,20 @@
-//! A TCP relay between one node and the bus, which a test can cut without closing anything:
-//! bytes stop flowing both ways, as in a network partition, and nobody is told.
+//! A TCP relay between the service and a server (the bus, or MariaDB) that a test can break
+//! two ways: [`cut`](Partition::cut) stops bytes both ways without closing anything, as a
+//! network partition does, and nobody is told; [`down`](Partition::down) closes every
+//! connection and refuses new ones, as a server that has stopped does, until
+//! [`up`](Partition::up).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 
 pub struct Partition {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    down: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -19,19 +24,28 @@ impl Partition {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay port");
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(AtomicBool::new(false));
+        let (down, is_down) = watch::channel(false);
         let flag = cut.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
+                if *is_down.borrow() {
+                    continue; // dropped: closed at once
+                }
                 let Ok(server) = TcpStream::connect(("127.0.0.1", target)).await else {
                     continue;
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, flag.clone()));
-                tokio::spawn(pipe(sr, cw, flag.clone()));
+                tokio::spawn(pipe(cr, sw, flag.clone(), is_down.clone()));
+                tokio::spawn(pipe(sr, cw, flag.clone(), is_down.clone()));
             }
         });
-        Self { port, cut, task }
+        Self {
+            port,
+            cut,
+            down,
+            task,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -41,6 +55,16 @@ impl Partition {
     /// From now on nothing gets through, in either direction.
     pub fn cut(&self) {
         self.cut.store(true, Ordering::SeqCst);
+    }
+
+    /// Every relayed connection is closed and new ones are closed as they arrive.
+    pub fn down(&self) {
+        self.down.send_replace(true);
+    }
+
+    /// New connections are relayed again.
+    pub fn up(&self) {
+        self.down.send_replace(false);
     }
 }
 
@@ -54,12 +78,17 @@ async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     cut: Arc<AtomicBool>,
+    mut down: watch::Receiver<bool>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
+        let n = tokio::select! {
+            read = from.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            // Returning drops both halves: the connection closes.
+            _ = down.wait_for(|down| *down) => return,
         };
         if cut.load(Ordering::SeqCst) {
             // Swallow: the partition drops packets, it does not close connections.

@@ -1,0 +1,105 @@
+//! A database outage: logins answer 503 within `database.timeout`, live sessions keep
+//! validating from memory for `database.outage_grace` and then fail closed, and the service
+//! recovers by itself when the database returns, losing no write.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::helpers::{assert_error, spawn_app_through_relay};
+
+#[tokio::test]
+async fn live_sessions_ride_out_an_outage_for_the_grace_then_fail_closed_and_all_recovers() {
+    let grace = Duration::from_secs(3);
+    let (app, relay) = spawn_app_through_relay(|f| {
+        f.merge(("database.timeout", "500ms"))
+            .merge(("database.outage_grace", "3s"))
+            .merge(("session.sweep_interval", "500ms"))
+            .merge(("actors.revoke_retry", "200ms"))
+    })
+    .await;
+    let john = app.user().await;
+    let jane = app.user().await;
+    let johns = app.logged_in(&john).await;
+    let johns_other_device = app.logged_in(&john).await;
+
+    relay.down();
+    let outage_began = Instant::now();
+
+    // A login needs the database: 503 within the timeout, not a hang.
+    let asked = Instant::now();
+    assert_error(
+        app.login(&jane.credentials()).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert!(
+        asked.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // A logout in the outage: 503, in force at once, written later.
+    assert_error(
+        app.logout(&johns_other_device.token, None).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(
+        app.me(&johns_other_device.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+
+    // A live session keeps working from memory...
+    assert_eq!(app.me(&johns.token).await.status(), StatusCode::OK);
+    // ...until the grace has run out; then it fails closed, promptly.
+    let failed_closed = loop {
+        let status = app.me(&johns.token).await.status();
+        if status != StatusCode::OK {
+            break (status, outage_began.elapsed());
+        }
+        assert!(
+            outage_began.elapsed() < grace + Duration::from_secs(3),
+            "memory kept answering long past database.outage_grace"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(failed_closed.0, StatusCode::SERVICE_UNAVAILABLE);
+    // The grace counts from the last answer, which came at most a sweep before the outage.
+    assert!(
+        failed_closed.1 >= grace - Duration::from_millis(600),
+        "failed closed after {:?}, before the grace",
+        failed_closed.1
+    );
+    assert_error(
+        app.me(&johns.token).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+
+    // The database returns: no restart, everything works again, and no write was lost.
+    relay.up();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.me(&johns.token).await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "did not recover by itself");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        app.login(&jane.credentials()).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.me(&johns_other_device.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.eventual_revoke_reason(&johns_other_device.session_id)
+            .await
+            .as_deref(),
+        Some("logout"),
+        "the logout answered 503 in the outage was written when the database returned"
+    );
+}
