@@ -149,3 +149,70 @@ async fn a_request_answered_503_is_not_carried_out_later() {
         "only the first login's session"
     );
 }
+
+#[tokio::test]
+async fn one_users_slow_writes_never_delay_another_users_validations() {
+    // John's session rows are locked by someone else: every write that ends his sessions
+    // waits for the lock until database.timeout. Jane's requests go through her own actor and
+    // need no connection while her session is fresh.
+    let app = spawn_app_with(|f| f.merge(("database.timeout", "3s"))).await;
+    let john = app.user().await;
+    let jane = app.user().await;
+    let johns = app.logged_in(&john).await;
+    let janes = app.logged_in(&jane).await;
+    let mut holder = app.db.connection().await;
+    holder.query_drop("BEGIN").await.unwrap();
+    holder
+        .query_drop(format!(
+            "SELECT id FROM sessions WHERE user_id = {} FOR UPDATE",
+            john.id
+        ))
+        .await
+        .unwrap();
+
+    // Several of John's devices ask at once to end all his sessions; each waits on the lock.
+    let slow: Vec<_> = (0..4)
+        .map(|_| {
+            let client = app.client.clone();
+            let url = app.url("/api/auth/logout-all");
+            let token = johns.token.clone();
+            tokio::spawn(async move {
+                client
+                    .post(url)
+                    .bearer_auth(token)
+                    .json(&serde_json::json!({}))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let mut slowest = std::time::Duration::ZERO;
+    for _ in 0..20 {
+        let asked = std::time::Instant::now();
+        assert_eq!(app.me(&janes.token).await.status(), StatusCode::OK);
+        slowest = slowest.max(asked.elapsed());
+    }
+    // Far below the 3 s John's writes wait: Jane never queued behind them.
+    assert!(
+        slowest < std::time::Duration::from_millis(500),
+        "Jane's slowest validation took {slowest:?} while John's writes hung"
+    );
+
+    assert!(
+        slow.iter().all(|r| !r.is_finished()),
+        "John's writes were not held up: the test proves nothing"
+    );
+    holder.query_drop("ROLLBACK").await.unwrap();
+    for request in slow {
+        let status = request.await.unwrap().unwrap();
+        assert!(
+            status == StatusCode::OK
+                || status == StatusCode::SERVICE_UNAVAILABLE
+                || status == StatusCode::UNAUTHORIZED,
+            "{status}"
+        );
+    }
+}
