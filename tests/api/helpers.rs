@@ -25,7 +25,7 @@ mod nats;
 #[path = "../support/proxy.rs"]
 mod proxy;
 pub use database::TestDatabase;
-pub use nats::NatsServer;
+pub use nats::{NatsServer, free_port};
 pub use proxy::Partition;
 
 pub const JWT_SECRET: &str = "test-jwt-secret-that-is-long-enough-0123456789";
