@@ -3,6 +3,7 @@
 mod helpers;
 
 mod admin;
+mod chaos;
 mod cli;
 mod cluster;
 mod crash;

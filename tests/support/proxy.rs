@@ -2,10 +2,10 @@
 //! two ways: [`cut`](Partition::cut) stops bytes both ways without closing anything, as a
 //! network partition does, and nobody is told; [`down`](Partition::down) closes every
 //! connection and refuses new ones, as a server that has stopped does, until
-//! [`up`](Partition::up).
+//! [`up`](Partition::up). [`delay`](Partition::delay) adds latency to every chunk relayed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -14,6 +14,7 @@ use tokio::sync::watch;
 pub struct Partition {
     pub port: u16,
     cut: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
     down: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -26,6 +27,8 @@ impl Partition {
         let cut = Arc::new(AtomicBool::new(false));
         let (down, is_down) = watch::channel(false);
         let flag = cut.clone();
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let delay = delay_ms.clone();
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 if *is_down.borrow() {
@@ -36,13 +39,19 @@ impl Partition {
                 };
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
-                tokio::spawn(pipe(cr, sw, flag.clone(), is_down.clone()));
-                tokio::spawn(pipe(sr, cw, flag.clone(), is_down.clone()));
+                let faults = Faults {
+                    cut: flag.clone(),
+                    delay_ms: delay.clone(),
+                    down: is_down.clone(),
+                };
+                tokio::spawn(pipe(cr, sw, faults.clone()));
+                tokio::spawn(pipe(sr, cw, faults));
             }
         });
         Self {
             port,
             cut,
+            delay_ms,
             down,
             task,
         }
@@ -66,6 +75,12 @@ impl Partition {
     pub fn up(&self) {
         self.down.send_replace(false);
     }
+
+    /// Every chunk relayed from now on waits this long first (zero: none).
+    pub fn delay(&self, latency: std::time::Duration) {
+        self.delay_ms
+            .store(latency.as_millis() as u64, Ordering::SeqCst);
+    }
 }
 
 impl Drop for Partition {
@@ -74,12 +89,23 @@ impl Drop for Partition {
     }
 }
 
+#[derive(Clone)]
+struct Faults {
+    cut: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    down: watch::Receiver<bool>,
+}
+
 async fn pipe(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
-    cut: Arc<AtomicBool>,
-    mut down: watch::Receiver<bool>,
+    faults: Faults,
 ) {
+    let Faults {
+        cut,
+        delay_ms,
+        mut down,
+    } = faults;
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let n = tokio::select! {
@@ -93,6 +119,10 @@ async fn pipe(
         if cut.load(Ordering::SeqCst) {
             // Swallow: the partition drops packets, it does not close connections.
             continue;
+        }
+        let delay = delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
