@@ -1256,9 +1256,9 @@ impl UserState {
         }
     }
 
-    /// Sessions this actor ended on its own (idle): the other nodes are told in the
-    /// background, since nobody waits for an answer and this mailbox must not wait on the
-    /// network.
+    /// Sessions this actor ended without a confirmed answer (idle, or a revocation whose write
+    /// failed): the other nodes are told in the background, since nobody waits for their
+    /// answer and this mailbox must not wait on the network.
     fn tell_cluster(&self, ids: Vec<SessionId>) {
         super::journal::tell_cluster(&self.cluster, self.user.id, ids);
     }
@@ -1308,8 +1308,12 @@ impl UserState {
     }
 
     /// A revocation in force whose write failed: durable in the journal before the caller
-    /// hears 503, so neither a crash nor a restart can bring the sessions back.
+    /// hears 503, so neither a crash nor a restart can bring the sessions back; and told to
+    /// the other nodes at once, so that their memory refuses the sessions too (the bus may be
+    /// up while the database is not; their confirmations cannot be collected without it, so
+    /// this is best effort, and the journal's writer tells them again once it lands).
     async fn keep_pending(&self, ids: Vec<SessionId>, revocation: Revocation) {
+        self.tell_cluster(ids.clone());
         let count = ids.len();
         match self
             .policy

@@ -103,6 +103,7 @@ fn check_status(ledger: &Mutex<Ledger>, status: StatusCode, what: &str) {
 
 #[tokio::test]
 async fn chaos_loses_and_revives_nothing() {
+    let _machine = crate::process::MACHINE.lock().await;
     let seconds: u64 = std::env::var("FINSEC_CHAOS_SECONDS")
         .ok()
         .and_then(|s| s.parse().ok())

@@ -57,6 +57,54 @@ async fn a_logout_on_one_node_is_refused_on_every_other_node_at_once() {
 }
 
 #[tokio::test]
+async fn a_logout_answered_503_is_refused_on_the_other_nodes_too() {
+    let cluster = spawn_cluster(3).await;
+    let john = cluster.node(0).user().await;
+    let session = cluster.node(0).logged_in(&john).await;
+    let other = cluster.node(0).logged_in(&john).await;
+    // Every node holds both sessions in memory.
+    everywhere(&cluster, &session, StatusCode::OK).await;
+    everywhere(&cluster, &other, StatusCode::OK).await;
+    // Session writes fail; the bus, the leases and the users table still work.
+    cluster
+        .db
+        .execute("RENAME TABLE sessions TO sessions_offline")
+        .await;
+    let logout = cluster.node(1).logout(&session.token, None).await;
+    assert_eq!(logout.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // Not acknowledged, yet accepted nowhere: nodes 0 and 2 heard of it on the bus (they
+    // refuse it, or, unable to reload John's sessions from the broken table, answer 503).
+    for i in 0..3 {
+        let refused = crate::helpers::eventually(|| async {
+            let status = cluster.node(i).me(&session.token).await.status();
+            (status == StatusCode::UNAUTHORIZED || status == StatusCode::SERVICE_UNAVAILABLE)
+                .then_some(())
+        })
+        .await;
+        assert!(
+            refused.is_some(),
+            "node {i} still accepts a session ended on node 1"
+        );
+    }
+    assert_eq!(
+        cluster.node(1).me(&other.token).await.status(),
+        StatusCode::OK
+    );
+    cluster
+        .db
+        .execute("RENAME TABLE sessions_offline TO sessions")
+        .await;
+    assert_eq!(
+        cluster
+            .node(0)
+            .eventual_revoke_reason(&session.session_id)
+            .await
+            .as_deref(),
+        Some("logout")
+    );
+}
+
+#[tokio::test]
 async fn logout_all_ends_sessions_opened_on_every_node() {
     let cluster = spawn_cluster(3).await;
     let john = cluster.node(0).user().await;

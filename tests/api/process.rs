@@ -9,6 +9,10 @@ use serde_json::Value;
 
 use crate::helpers::{LoggedIn, TestUser};
 
+/// Held by the tests that load the machine with processes of their own (overload, chaos), so
+/// that they do not run at the same time and each measures its own load, not the other's.
+pub static MACHINE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// One `finsec serve` process on a test database, with its own journal and port (kept across
 /// restarts, as a real instance keeps its disk and address).
 pub struct ServiceProcess {
