@@ -163,7 +163,7 @@ impl VerifyMfaRequest {
 #[derive(ToSchema)]
 #[schema(rename_all = "camelCase")]
 pub struct LogoutRequest {
-    #[schema(schema_with = super::extract::user_id_schema, required = false)]
+    #[schema(schema_with = super::extract::optional_user_id_schema, required = false)]
     user_id: Option<UserId>,
     #[schema(value_type = Option<String>, format = Uuid, min_length = 1)]
     session_id: Option<SessionId>,

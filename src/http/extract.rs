@@ -178,23 +178,35 @@ pub fn parse_object(bytes: &[u8], optional: bool) -> Result<JsonObject, ApiError
 /// How a user id may be sent: a positive integer, or its digits as a string (the original
 /// clients sent both). For `#[schema(schema_with = ...)]`.
 pub fn user_id_schema() -> utoipa::openapi::schema::Schema {
+    user_id_shapes(false)
+}
+
+/// An optional user id: as [`user_id_schema`], or `null` (read as absent).
+pub fn optional_user_id_schema() -> utoipa::openapi::schema::Schema {
+    user_id_shapes(true)
+}
+
+fn user_id_shapes(nullable: bool) -> utoipa::openapi::schema::Schema {
     use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-    Schema::OneOf(
-        OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::Integer)
-                    .minimum(Some(1))
-                    .maximum(Some(i64::MAX)),
-            )
-            .item(
-                // Up to 18 digits: every such number is below `i64::MAX`.
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some("^0*[1-9][0-9]{0,17}$")),
-            )
-            .build(),
-    )
+    let shapes = OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(1))
+                .maximum(Some(i64::MAX)),
+        )
+        .item(
+            // Up to 18 digits: every such number is below `i64::MAX`.
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some("^0*[1-9][0-9]{0,17}$")),
+        );
+    let shapes = if nullable {
+        shapes.item(ObjectBuilder::new().schema_type(Type::Null))
+    } else {
+        shapes
+    };
+    Schema::OneOf(shapes.build())
 }
 
 /// A float with no fractional part, as the integer it is (exactly representable: at most 2^53).
