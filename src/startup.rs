@@ -142,6 +142,8 @@ struct Topology {
     store: DynStore,
     /// When MySQL last answered (`None`: the embedded store, which always does).
     reachability: Option<Arc<Reachability>>,
+    /// Revocations whose write failed, this node's and those other nodes told of.
+    journal: Journal,
     residents: Arc<Residents>,
     cluster: Cluster,
     single_node_lock: Option<(SingleNodeLock, MySqlStore)>,
@@ -152,6 +154,7 @@ impl Topology {
         Self {
             store,
             reachability: None,
+            journal: Journal::in_memory(),
             residents: Arc::new(Residents::default()),
             cluster: Cluster::standalone(),
             single_node_lock: None,
@@ -171,6 +174,8 @@ impl Topology {
         )
         .await?;
         mysql.migrate().await?;
+        // Before the bus: what other nodes tell of goes into it from the first message.
+        let journal = open_journal(settings).await?;
         let (cluster, single_node_lock) = match settings.cluster.bus_url() {
             Some(bus_url) => {
                 let config = ClusterConfig {
@@ -178,7 +183,10 @@ impl Topology {
                     name: settings.cluster.name.clone(),
                     lease: settings.cluster.lease,
                 };
-                let applier = Arc::new(RemoteChanges(residents.clone()));
+                let applier = Arc::new(RemoteChanges {
+                    residents: residents.clone(),
+                    journal: journal.clone(),
+                });
                 (Cluster::join(&config, mysql.clone(), applier).await?, None)
             }
             None => (
@@ -195,6 +203,7 @@ impl Topology {
         Ok(Self {
             store: Arc::new(bounded),
             reachability: Some(reachability),
+            journal,
             residents,
             cluster,
             single_node_lock,
@@ -296,7 +305,7 @@ impl Application {
             totp_skew: settings.auth.totp_skew_steps,
             audit_retention: chrono_duration(settings.audit.retention, "audit.retention")?,
             node_id,
-            journal: open_journal(settings).await?,
+            journal: topology.journal.clone(),
             outage: outage_grace(settings, topology.reachability.clone())?,
         };
         let idle_timeout = policy.idle_timeout;
@@ -446,13 +455,12 @@ fn outage_grace(
     }))
 }
 
-/// The embedded store cannot fail a write, so it needs no file.
+/// This node's journal file (MySQL only: the embedded store cannot fail a write).
 async fn open_journal(settings: &Settings) -> Result<Journal, StartupError> {
-    if settings.database.is_memory() {
-        return Ok(Journal::in_memory());
-    }
     let path = settings.database.pending_revocations.clone();
-    let opened = tokio::task::spawn_blocking(move || Journal::open(&path)).await;
+    // Settled ids stay dead past any store read that could have begun before the write.
+    let keep_settled = settings.database.timeout * 4;
+    let opened = tokio::task::spawn_blocking(move || Journal::open(&path, keep_settled)).await;
     let journal = opened.map_err(|e| StartupError::Config {
         key: "database.pending_revocations",
         reason: e.to_string(),

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 
 use super::trust::Trust;
 use super::{Apply, ClusterError, ClusterEvent};
-use crate::domain::{Device, Session, SessionId, UserId};
+use crate::domain::{Device, RevocationRecord, Session, SessionId, UserId};
 
 /// What travels on `<name>.events`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,6 +52,11 @@ enum Wire {
     },
     SessionOpened {
         session: WireSession,
+    },
+    SessionsEndedUnwritten {
+        user: UserId,
+        ids: Vec<SessionId>,
+        revocation: RevocationRecord,
     },
 }
 
@@ -305,6 +310,15 @@ impl From<&ClusterEvent> for Wire {
                 user: *user,
                 ids: ids.clone(),
             },
+            ClusterEvent::SessionsEndedUnwritten {
+                user,
+                ids,
+                revocation,
+            } => Self::SessionsEndedUnwritten {
+                user: *user,
+                ids: ids.clone(),
+                revocation: revocation.into(),
+            },
             ClusterEvent::UserChanged { user } => Self::UserChanged { user: *user },
             ClusterEvent::SessionOpened(s) => Self::SessionOpened {
                 session: WireSession {
@@ -326,6 +340,19 @@ impl Wire {
         Some(match self {
             Self::Ping { .. } => return None,
             Self::SessionsEnded { user, ids } => ClusterEvent::SessionsEnded { user, ids },
+            Self::SessionsEndedUnwritten {
+                user,
+                ids,
+                revocation,
+            } => match revocation.parse() {
+                Some(revocation) => ClusterEvent::SessionsEndedUnwritten {
+                    user,
+                    ids,
+                    revocation,
+                },
+                // Still ended, whatever the details: at least forget them.
+                None => ClusterEvent::SessionsEnded { user, ids },
+            },
             Self::UserChanged { user } => ClusterEvent::UserChanged { user },
             Self::SessionOpened { session: s } => ClusterEvent::SessionOpened(Session {
                 id: s.id,

@@ -26,7 +26,7 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::domain::{Session, SessionId, UserId};
+use crate::domain::{Revocation, Session, SessionId, UserId};
 use crate::store::{MySqlStore, Renewal, StoreError};
 use std::collections::HashSet;
 
@@ -38,6 +38,14 @@ use trust::Trust;
 pub enum ClusterEvent {
     /// These sessions ended (logout, revocation, password change, limit, deactivation).
     SessionsEnded { user: UserId, ids: Vec<SessionId> },
+    /// These sessions ended, but the ending node could not write it to MySQL (it answered
+    /// 503): every node that hears it keeps it in its own journal until it is written, so
+    /// that no node reloads the sessions from the stale rows meanwhile.
+    SessionsEndedUnwritten {
+        user: UserId,
+        ids: Vec<SessionId>,
+        revocation: Revocation,
+    },
     /// The user's row changed (deactivated, reactivated; later: factors): reload it.
     UserChanged { user: UserId },
     /// A session was opened: a hint, so the first request elsewhere needs no read.

@@ -13,6 +13,6 @@ pub use email::Email;
 pub use event::{AuthEvent, EventKind, Initiator, Origin, RecordedEvent};
 pub use ids::{SessionId, UserId};
 pub use secrets::{HashedCode, SealedSecret};
-pub use session::{Device, Revocation, RevokeReason, Session};
+pub use session::{Device, Revocation, RevocationRecord, RevokeReason, Session};
 pub use throttle::{FailureRule, Lockout};
 pub use user::{NewUser, User, UserProfile};

@@ -65,6 +65,50 @@ impl Revocation {
     }
 }
 
+/// A [`Revocation`] as it travels (on the bus) and rests (in the journal): plain names, as the
+/// store keeps them. Read back with [`RevocationRecord::parse`].
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RevocationRecord {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+    pub note: Option<String>,
+    pub initiator: String,
+    pub node: Option<String>,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+impl From<&Revocation> for RevocationRecord {
+    fn from(r: &Revocation) -> Self {
+        Self {
+            at: r.at,
+            reason: r.reason.as_str().to_owned(),
+            note: r.note.clone(),
+            initiator: r.origin.initiator.as_str().to_owned(),
+            node: r.origin.node.clone(),
+            ip: r.origin.ip.clone(),
+            user_agent: r.origin.user_agent.clone(),
+        }
+    }
+}
+
+impl RevocationRecord {
+    /// `None` for names this build does not know (a newer build's, or a damaged record).
+    pub fn parse(self) -> Option<Revocation> {
+        let origin = Origin {
+            initiator: self.initiator.parse().ok()?,
+            node: self.node,
+            ip: self.ip,
+            user_agent: self.user_agent,
+        };
+        Some(
+            Revocation::new(self.at, self.reason.parse().ok()?)
+                .by(origin)
+                .with_note(self.note),
+        )
+    }
+}
+
 impl Session {
     pub fn open(
         user_id: UserId,

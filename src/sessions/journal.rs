@@ -15,19 +15,20 @@
 //! as durable (the caller was still waiting). The file is locked while open, so two instances
 //! can never share one. The embedded store cannot fail, so it gets a journal in memory.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, ClusterEvent};
-use crate::domain::{Initiator, Origin, Revocation, RevokeReason, SessionId, UserId};
-use crate::store::DynStore;
+use crate::domain::{Revocation, RevocationRecord, SessionId, UserId};
+use crate::store::{DynStore, StoreError};
 
 /// One revocation waiting for its write.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,26 +39,48 @@ pub struct PendingRevocation {
     pub revocation: Revocation,
 }
 
+/// How long a settled entry's ids stay dead here after the entry is settled: an actor whose
+/// store read began before the write committed may still see the row live when it finishes,
+/// and a store read lasts at most `database.timeout`. Kept far longer than that.
+const TOMBSTONE_MIN: Duration = Duration::from_secs(60);
+
 /// Cheap to clone: every clone is the same journal.
 #[derive(Clone)]
-pub struct Journal(Arc<Mutex<Inner>>);
+pub struct Journal(Arc<Shared>);
 
-struct Inner {
-    /// `None` for the in-memory journal, and once released at shutdown.
-    file: Option<File>,
+struct Shared {
+    /// What is pending and which ids are dead: asked on the request path, so never held
+    /// during file I/O.
+    index: Mutex<Index>,
+    /// The file, and `None` once released (or for the in-memory journal). Lock order: `file`
+    /// before `index`, never the other way.
+    file: Mutex<Option<File>>,
     path: Option<PathBuf>,
+    /// How long settled ids stay dead ([`TOMBSTONE_MIN`] at least).
+    keep_settled: Duration,
+}
+
+#[derive(Default)]
+struct Index {
     next_seq: u64,
     pending: BTreeMap<u64, PendingRevocation>,
-    /// Every session id in `pending`: what actors ask on the request path.
-    dead: HashSet<SessionId>,
+    /// Every session id in `pending`, with how many entries name it.
+    dead: HashMap<SessionId, usize>,
+    /// Ids of settled entries, until their tombstone expires.
+    settled: HashMap<SessionId, Instant>,
+}
+
+impl Index {
+    fn is_dead(&self, id: &SessionId, now: Instant) -> bool {
+        self.dead.contains_key(id) || self.settled.get(id).is_some_and(|until| *until > now)
+    }
 }
 
 impl std::fmt::Debug for Journal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let inner = self.lock();
         f.debug_struct("Journal")
-            .field("path", &inner.path)
-            .field("pending", &inner.pending.len())
+            .field("path", &self.0.path)
+            .field("pending", &self.index().pending.len())
             .finish()
     }
 }
@@ -71,34 +94,53 @@ pub enum JournalError {
          its own database.pending_revocations)"
     )]
     Locked(PathBuf),
+    /// A whole line that cannot be read back: its revocation would be lost, so the service
+    /// refuses to start rather than revive sessions. (A line cut short by a crash is only
+    /// ever the last, and is skipped.)
+    #[error(
+        "the pending-revocation journal {path} has an unreadable entry on line {line}; it may \
+         hold revocations in force: inspect it (each line is JSON) and repair or remove it"
+    )]
+    Unreadable { path: PathBuf, line: usize },
 }
 
 impl Journal {
-    /// For the embedded store, whose writes cannot fail: nothing to keep across a restart.
-    pub fn in_memory() -> Self {
-        Self(Arc::new(Mutex::new(Inner {
-            file: None,
-            path: None,
-            next_seq: 1,
-            pending: BTreeMap::new(),
-            dead: HashSet::new(),
-        })))
+    fn with(file: Option<File>, path: Option<PathBuf>, index: Index, keep: Duration) -> Self {
+        Self(Arc::new(Shared {
+            index: Mutex::new(index),
+            file: Mutex::new(file),
+            path,
+            keep_settled: keep.max(TOMBSTONE_MIN),
+        }))
     }
 
-    /// Opens (creating it and its folder if need be) and locks the journal at `path`, and
-    /// reads back every entry not settled. Blocking: called once at start.
-    pub fn open(path: &Path) -> Result<Self, JournalError> {
+    /// For the embedded store, whose writes cannot fail: nothing to keep across a restart.
+    pub fn in_memory() -> Self {
+        let index = Index {
+            next_seq: 1,
+            ..Index::default()
+        };
+        Self::with(None, None, index, TOMBSTONE_MIN)
+    }
+
+    /// Opens (creating it and its folder if need be, readable by this user only) and locks
+    /// the journal at `path`, and reads back every entry not settled. Settled ids stay dead
+    /// for `keep_settled` (give it a few `database.timeout`s). Blocking: called once at start.
+    pub fn open(path: &Path, keep_settled: Duration) -> Result<Self, JournalError> {
         let failed = |source| JournalError::Open {
             path: path.to_owned(),
             source,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if let Some(dir) = dir {
             std::fs::create_dir_all(dir).map_err(failed)?;
         }
+        let created = !path.exists();
         let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
+            .mode(0o600)
             .open(path)
             .map_err(failed)?;
         match file.try_lock() {
@@ -108,140 +150,177 @@ impl Journal {
             }
             Err(std::fs::TryLockError::Error(err)) => return Err(failed(err)),
         }
-        let mut pending = BTreeMap::new();
-        let mut next_seq = 1;
-        let mut text = String::new();
-        io::Read::read_to_string(&mut &file, &mut text).map_err(failed)?;
-        if !text.is_empty() && !text.ends_with('\n') {
-            // End the line a crash cut short, so the next entry starts a line of its own.
-            (&file).write_all(b"\n").map_err(failed)?;
+        if created && let Some(dir) = dir {
+            // The new file's name must survive a power loss too.
+            File::open(dir).and_then(|d| d.sync_all()).map_err(failed)?;
         }
-        for line in text.lines() {
-            match serde_json::from_str::<Line>(line) {
-                Ok(Line::Entry(entry)) => {
-                    next_seq = next_seq.max(entry.seq + 1);
-                    if let Some(entry) = entry.into_pending() {
-                        pending.insert(entry.seq, entry);
+        let mut bytes = Vec::new();
+        io::Read::read_to_end(&mut &file, &mut bytes).map_err(failed)?;
+        let mut index = Index {
+            next_seq: 1,
+            ..Index::default()
+        };
+        let complete = bytes.ends_with(b"\n");
+        let lines: Vec<&[u8]> = bytes.split(|b| *b == b'\n').collect();
+        let whole = lines.len() - 1; // after the last newline: the unterminated tail, if any
+        for (n, line) in lines.iter().enumerate() {
+            if n == whole {
+                if !line.is_empty() {
+                    // Cut short by a crash mid-append: never acknowledged as durable.
+                    tracing::warn!(path = %path.display(), "journal ends in a partial line; skipped");
+                }
+                break;
+            }
+            let unreadable = || JournalError::Unreadable {
+                path: path.to_owned(),
+                line: n + 1,
+            };
+            match serde_json::from_slice::<Line>(line).map_err(|_| unreadable())? {
+                Line::Entry(entry) => {
+                    index.next_seq = index.next_seq.max(entry.seq + 1);
+                    let entry = entry.into_pending().ok_or_else(unreadable)?;
+                    for id in &entry.ids {
+                        *index.dead.entry(*id).or_default() += 1;
                     }
+                    index.pending.insert(entry.seq, entry);
                 }
-                Ok(Line::Settled { settled }) => {
-                    pending.remove(&settled);
-                }
-                // Cut short by a crash mid-append: never acknowledged as durable.
-                Err(_) => {
-                    tracing::warn!(path = %path.display(), "journal line unreadable; skipped")
+                Line::Settled { settled } => {
+                    if let Some(entry) = index.pending.remove(&settled) {
+                        forget_ids(&mut index.dead, &entry.ids);
+                    }
                 }
             }
         }
-        let dead = pending
-            .values()
-            .flat_map(|p| p.ids.iter().copied())
-            .collect();
-        if !pending.is_empty() {
-            tracing::warn!(pending = pending.len(), path = %path.display(),
+        if !complete && !bytes.is_empty() {
+            // Cut the partial line off, so the next entry starts a line of its own.
+            let whole_len = bytes.len() - lines[whole].len();
+            file.set_len(whole_len as u64).map_err(failed)?;
+        }
+        if !index.pending.is_empty() {
+            tracing::warn!(pending = index.pending.len(), path = %path.display(),
                 "revocations not yet written to the store are in force again");
         }
-        Ok(Self(Arc::new(Mutex::new(Inner {
-            file: Some(file),
-            path: Some(path.to_owned()),
-            next_seq,
-            pending,
-            dead,
-        }))))
+        Ok(Self::with(
+            Some(file),
+            Some(path.to_owned()),
+            index,
+            keep_settled,
+        ))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        // A panic while holding the lock leaves the maps consistent (each step is one insert
-        // or remove), so a poisoned lock is still usable.
-        self.0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    fn index(&self) -> MutexGuard<'_, Index> {
+        // Each step under the lock is a few inserts or removes; a panic between them leaves
+        // at worst an id dead too long, never one alive too soon. Poison is not fatal.
+        self.0.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn file(&self) -> MutexGuard<'_, Option<File>> {
+        self.0.file.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Keeps `revocation` of `ids` until [`settle`](Self::settle): in force in this process
     /// at once, and on disk (flushed) when this returns `Ok`. `Err` means it is in force until
     /// this process ends but would not survive a crash; the caller must say so loudly.
-    /// Blocking file I/O runs off the runtime.
+    /// Nothing to keep (no ids) is `Ok(None)`. Blocking file I/O runs off the runtime.
     pub async fn record(
         &self,
         user: UserId,
         ids: Vec<SessionId>,
         revocation: Revocation,
-    ) -> io::Result<u64> {
-        let journal = self.clone();
-        let written = tokio::task::spawn_blocking(move || {
-            let mut inner = journal.lock();
-            let seq = inner.next_seq;
-            inner.next_seq += 1;
+    ) -> io::Result<Option<u64>> {
+        if ids.is_empty() {
+            return Ok(None);
+        }
+        // In force first (before the write, so no request slips through meanwhile).
+        let entry = {
+            let mut index = self.index();
+            let seq = index.next_seq;
+            index.next_seq += 1;
+            for id in &ids {
+                *index.dead.entry(*id).or_default() += 1;
+            }
             let entry = PendingRevocation {
                 seq,
                 user,
                 ids,
                 revocation,
             };
-            inner.dead.extend(entry.ids.iter().copied());
-            let line = Line::Entry(Entry::from(&entry));
-            inner.pending.insert(seq, entry);
-            inner.append(&line, true).map(|()| seq)
-        })
-        .await;
-        written.unwrap_or_else(|join| Err(io::Error::other(join)))
+            index.pending.insert(seq, entry.clone());
+            entry
+        };
+        let journal = self.clone();
+        let line = Line::Entry(Entry::from(&entry));
+        let written = tokio::task::spawn_blocking(move || journal.append(&line, true)).await;
+        written
+            .unwrap_or_else(|join| Err(io::Error::other(join)))
+            .map(|()| Some(entry.seq))
     }
 
-    /// The entry is in the store now: forget it. When nothing is left pending, the file is
-    /// emptied. Not flushed: a settlement lost in a crash only means one idempotent rewrite.
-    pub fn settle(&self, seq: u64) {
-        let mut inner = self.lock();
-        let Some(entry) = inner.pending.remove(&seq) else {
-            return;
-        };
-        for id in &entry.ids {
-            inner.dead.remove(id);
+    /// The entry is in the store now: forget it (its ids stay dead a while longer, see
+    /// [`TOMBSTONE_MIN`]). When nothing is left pending, the file is emptied. Not flushed: a
+    /// settlement lost in a crash only means one idempotent rewrite.
+    pub async fn settle(&self, seq: u64) {
+        {
+            let mut index = self.index();
+            let Some(entry) = index.pending.remove(&seq) else {
+                return;
+            };
+            forget_ids(&mut index.dead, &entry.ids);
+            let until = Instant::now() + self.0.keep_settled;
+            let now = Instant::now();
+            index.settled.retain(|_, expires| *expires > now);
+            for id in entry.ids {
+                index.settled.insert(id, until);
+            }
         }
-        // An id may sit in two entries (a logout, then a logout-all): keep the others'.
-        let still: Vec<SessionId> = inner
-            .pending
-            .values()
-            .flat_map(|p| p.ids.iter().copied())
-            .filter(|id| entry.ids.contains(id))
-            .collect();
-        inner.dead.extend(still);
-        let outcome = if inner.pending.is_empty() {
-            inner.truncate()
-        } else {
-            inner.append(&Line::Settled { settled: seq }, false)
-        };
+        let journal = self.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let mut file = journal.file();
+            // Under the file lock: a record that lands in the index after this check
+            // appends after the truncation, never before it.
+            if journal.index().pending.is_empty() {
+                match file.as_mut() {
+                    Some(file) => file.set_len(0).and_then(|()| file.sync_data()),
+                    None => Ok(()),
+                }
+            } else {
+                drop(file);
+                journal.append(&Line::Settled { settled: seq }, false)
+            }
+        })
+        .await
+        .unwrap_or_else(|join| Err(io::Error::other(join)));
         if let Err(err) = outcome {
             tracing::warn!(error = %err, "journal settlement not recorded (the entry will be written again)");
         }
     }
 
-    /// Whether `id` was revoked by an entry still pending (so it is dead, whatever the store
-    /// says).
+    /// Whether `id` was ended by an entry still pending, or settled moments ago (so it is
+    /// dead, whatever a store read that began earlier says).
     pub fn is_pending(&self, id: &SessionId) -> bool {
-        self.lock().dead.contains(id)
+        self.index().is_dead(id, Instant::now())
     }
 
     /// Every entry still pending, oldest first.
     pub fn pending(&self) -> Vec<PendingRevocation> {
-        self.lock().pending.values().cloned().collect()
+        self.index().pending.values().cloned().collect()
     }
 
     /// Unlocks and closes the file (shutdown), so another process, or a new instance in this
     /// one, may open it. What is pending stays in the file.
     pub fn release(&self) {
-        let mut inner = self.lock();
-        if let Some(file) = inner.file.take() {
+        if let Some(file) = self.file().take() {
             let _ = file.sync_data();
             let _ = file.unlock();
         }
     }
-}
 
-impl Inner {
-    fn append(&mut self, line: &Line, flush: bool) -> io::Result<()> {
-        let Some(file) = self.file.as_mut() else {
-            return if self.path.is_some() {
+    /// One line, written whole or not at all: a write that fails half way is cut back off,
+    /// so the next line never continues a broken one. Blocking.
+    fn append(&self, line: &Line, flush: bool) -> io::Result<()> {
+        let mut guard = self.file();
+        let Some(file) = guard.as_mut() else {
+            return if self.0.path.is_some() {
                 Err(io::Error::other("journal already released"))
             } else {
                 Ok(())
@@ -249,18 +328,23 @@ impl Inner {
         };
         let mut bytes = serde_json::to_vec(line).map_err(io::Error::other)?;
         bytes.push(b'\n');
-        // One write of the whole line: a crash leaves it whole or cut short, never interleaved.
-        file.write_all(&bytes)?;
+        let before = file.metadata()?.len();
+        if let Err(err) = file.write_all(&bytes) {
+            let _ = file.set_len(before);
+            return Err(err);
+        }
         if flush { file.sync_data() } else { Ok(()) }
     }
+}
 
-    fn truncate(&mut self) -> io::Result<()> {
-        match self.file.as_mut() {
-            Some(file) => {
-                file.set_len(0)?;
-                file.sync_data()
+/// One fewer entry names each of `ids`.
+fn forget_ids(dead: &mut HashMap<SessionId, usize>, ids: &[SessionId]) {
+    for id in ids {
+        if let Some(count) = dead.get_mut(id) {
+            *count -= 1;
+            if *count == 0 {
+                dead.remove(id);
             }
-            None => Ok(()),
         }
     }
 }
@@ -278,63 +362,40 @@ struct Entry {
     seq: u64,
     user: u64,
     ids: Vec<String>,
-    at: DateTime<Utc>,
-    reason: String,
-    note: Option<String>,
-    initiator: String,
-    node: Option<String>,
-    ip: Option<String>,
-    user_agent: Option<String>,
+    #[serde(flatten)]
+    revocation: RevocationRecord,
 }
 
 impl From<&PendingRevocation> for Entry {
     fn from(p: &PendingRevocation) -> Self {
-        let r = &p.revocation;
         Self {
             seq: p.seq,
             user: p.user.get(),
             ids: p.ids.iter().map(ToString::to_string).collect(),
-            at: r.at,
-            reason: r.reason.as_str().to_owned(),
-            note: r.note.clone(),
-            initiator: r.origin.initiator.as_str().to_owned(),
-            node: r.origin.node.clone(),
-            ip: r.origin.ip.clone(),
-            user_agent: r.origin.user_agent.clone(),
+            revocation: (&p.revocation).into(),
         }
     }
 }
 
 impl Entry {
-    /// `None` (and a warning) for an entry this build cannot read back.
+    /// `None` (and an error logged) for an entry this build cannot read back.
     fn into_pending(self) -> Option<PendingRevocation> {
-        let parsed = (|| {
-            let user = UserId::new(self.user);
-            let ids = self
-                .ids
-                .iter()
-                .map(|id| id.parse().ok())
-                .collect::<Option<Vec<SessionId>>>()?;
-            let reason: RevokeReason = self.reason.parse().ok()?;
-            let initiator: Initiator = self.initiator.parse().ok()?;
-            let origin = Origin {
-                initiator,
-                node: self.node,
-                ip: self.ip,
-                user_agent: self.user_agent,
-            };
-            let revocation = Revocation::new(self.at, reason)
-                .by(origin)
-                .with_note(self.note);
-            Some(PendingRevocation {
-                seq: self.seq,
-                user,
+        let seq = self.seq;
+        let ids = self
+            .ids
+            .iter()
+            .map(|id| id.parse().ok())
+            .collect::<Option<Vec<SessionId>>>();
+        let parsed = ids
+            .zip(self.revocation.parse())
+            .map(|(ids, revocation)| PendingRevocation {
+                seq,
+                user: UserId::new(self.user),
                 ids,
                 revocation,
-            })
-        })();
+            });
         if parsed.is_none() {
-            tracing::error!(seq = self.seq, "journal entry unreadable; skipped");
+            tracing::error!(seq, "journal entry unreadable");
         }
         parsed
     }
@@ -389,7 +450,8 @@ impl Actor for PendingWriter {
     }
 }
 
-/// Oldest first; stops at the first failure (the store is down: the rest would fail too).
+/// Oldest first. The store unreachable: stop (the rest would wait out the same timeout). Any
+/// other failure is this entry's: log it and go on with the others.
 async fn write_pending(state: &PendingWriterArgs) {
     for entry in state.journal.pending() {
         // Idempotent: a session already ended keeps its first reason and time.
@@ -399,37 +461,66 @@ async fn write_pending(state: &PendingWriterArgs) {
             .await
         {
             Ok(()) => {
-                state.journal.settle(entry.seq);
+                state.journal.settle(entry.seq).await;
                 tracing::info!(user_id = %entry.user, sessions = entry.ids.len(),
                     reason = %entry.revocation.reason, "delayed revocation written");
                 tell_cluster(&state.cluster, entry.user, entry.ids);
             }
-            Err(err) => {
+            Err(err @ StoreError::Unavailable(_)) => {
                 tracing::warn!(error = %err, pending = state.journal.pending().len(),
                     "pending revocations not written yet; will retry");
                 return;
             }
+            Err(err) => tracing::error!(user_id = %entry.user, seq = entry.seq, error = %err,
+                "a pending revocation cannot be written; it stays in force and is retried"),
         }
     }
 }
 
 /// Sessions ended without a confirmed 200: the other nodes hear of it in the background.
 pub fn tell_cluster(cluster: &Cluster, user: UserId, ids: Vec<SessionId>) {
-    if !cluster.is_clustered() || ids.is_empty() {
+    if ids.is_empty() {
+        return;
+    }
+    tell(cluster, ClusterEvent::SessionsEnded { user, ids });
+}
+
+/// A revocation whose write failed: the other nodes keep it in their journals too.
+pub fn tell_cluster_unwritten(
+    cluster: &Cluster,
+    user: UserId,
+    ids: Vec<SessionId>,
+    revocation: Revocation,
+) {
+    if ids.is_empty() {
+        return;
+    }
+    let event = ClusterEvent::SessionsEndedUnwritten {
+        user,
+        ids,
+        revocation,
+    };
+    tell(cluster, event);
+}
+
+fn tell(cluster: &Cluster, event: ClusterEvent) {
+    if !cluster.is_clustered() {
         return;
     }
     let cluster = cluster.clone();
     tokio::spawn(async move {
-        let event = ClusterEvent::SessionsEnded { user, ids };
         if let Err(err) = cluster.confirm(event).await {
-            tracing::warn!(user_id = %user, error = %err, "other nodes not told of ended sessions");
+            tracing::warn!(error = %err, "other nodes not told of ended sessions");
         }
     });
 }
 
 #[cfg(test)]
 mod tests {
+    use chrono::Utc;
+
     use super::*;
+    use crate::domain::{Initiator, Origin, RevokeReason};
 
     fn revocation() -> Revocation {
         Revocation::new(Utc::now(), RevokeReason::Logout)
@@ -453,32 +544,41 @@ mod tests {
         let path = temp_path("reopen");
         let user = UserId::new(7);
         let (a, b) = (SessionId::random(), SessionId::random());
-        let journal = Journal::open(&path).unwrap();
-        let first = journal.record(user, vec![a], revocation()).await.unwrap();
-        let second = journal.record(user, vec![b], revocation()).await.unwrap();
-        journal.settle(first);
+        let journal = Journal::open(&path, Duration::ZERO).unwrap();
+        let first = record(&journal, vec![a]).await;
+        let second = record(&journal, vec![b]).await;
+        journal.settle(first).await;
         // No release: as after kill -9 (the lock goes with the process; here, with the file).
         drop(journal);
 
-        let reopened = Journal::open(&path).unwrap();
+        let reopened = Journal::open(&path, Duration::ZERO).unwrap();
         assert!(!reopened.is_pending(&a), "settled entries stay settled");
         assert!(reopened.is_pending(&b));
         let pending = reopened.pending();
         assert_eq!(pending.len(), 1);
         assert_eq!(pending[0].seq, second);
         assert_eq!(pending[0].ids, vec![b]);
+        assert_eq!(pending[0].user, user);
         assert_eq!(
             pending[0].revocation,
             revocation_like(&pending[0].revocation)
         );
         // New entries never reuse a number.
-        let third = reopened.record(user, vec![a], revocation()).await.unwrap();
+        let third = record(&reopened, vec![a]).await;
         assert!(third > second);
-        reopened.settle(second);
-        reopened.settle(third);
+        reopened.settle(second).await;
+        reopened.settle(third).await;
         assert!(reopened.pending().is_empty());
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 0, "emptied");
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    async fn record(journal: &Journal, ids: Vec<SessionId>) -> u64 {
+        journal
+            .record(UserId::new(7), ids, revocation())
+            .await
+            .unwrap()
+            .expect("an entry")
     }
 
     /// The fields that travel through the file, compared with what was recorded.
@@ -491,52 +591,86 @@ mod tests {
     #[tokio::test]
     async fn a_line_cut_short_by_a_crash_is_skipped() {
         let path = temp_path("torn");
-        let user = UserId::new(7);
         let kept = SessionId::random();
-        let journal = Journal::open(&path).unwrap();
-        journal
-            .record(user, vec![kept], revocation())
-            .await
-            .unwrap();
+        let journal = Journal::open(&path, Duration::ZERO).unwrap();
+        record(&journal, vec![kept]).await;
         drop(journal);
         let mut file = OpenOptions::new().append(true).open(&path).unwrap();
         file.write_all(br#"{"seq":2,"user":7,"ids":["#).unwrap();
         drop(file);
-        let reopened = Journal::open(&path).unwrap();
+        let reopened = Journal::open(&path, Duration::ZERO).unwrap();
         assert!(reopened.is_pending(&kept));
         assert_eq!(reopened.pending().len(), 1);
         // The next entry starts a line of its own and reads back.
         let next = SessionId::random();
-        reopened
-            .record(user, vec![next], revocation())
-            .await
-            .unwrap();
+        record(&reopened, vec![next]).await;
         drop(reopened);
-        let again = Journal::open(&path).unwrap();
+        let again = Journal::open(&path, Duration::ZERO).unwrap();
         assert!(again.is_pending(&kept) && again.is_pending(&next));
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 
     #[tokio::test]
-    async fn an_id_in_two_entries_stays_dead_until_both_settle() {
+    async fn a_whole_line_that_cannot_be_read_refuses_to_start() {
+        let path = temp_path("corrupt");
+        let journal = Journal::open(&path, Duration::ZERO).unwrap();
+        record(&journal, vec![SessionId::random()]).await;
+        drop(journal);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(b"{\"seq\":2,\"user\":7,\"ids\":[\"not-a-uuid\"],\"at\":\"x\"}\n")
+            .unwrap();
+        drop(file);
+        assert!(matches!(
+            Journal::open(&path, Duration::ZERO),
+            Err(JournalError::Unreadable { line: 2, .. })
+        ));
+        let _ = std::fs::remove_dir_all(path.parent().unwrap());
+    }
+
+    #[tokio::test]
+    async fn settled_ids_stay_dead_for_a_while_and_shared_ids_until_every_entry_settles() {
         let journal = Journal::in_memory();
-        let user = UserId::new(7);
         let id = SessionId::random();
-        let one = journal.record(user, vec![id], revocation()).await.unwrap();
-        let two = journal.record(user, vec![id], revocation()).await.unwrap();
-        journal.settle(one);
+        let one = record(&journal, vec![id]).await;
+        let two = record(&journal, vec![id]).await;
+        journal.settle(one).await;
         assert!(journal.is_pending(&id));
-        journal.settle(two);
-        assert!(!journal.is_pending(&id));
+        journal.settle(two).await;
+        // A store read that began before the write committed may still return the row live:
+        // the tombstone outlasts it.
+        let later = Instant::now() + Duration::from_secs(30);
+        assert!(journal.index().is_dead(&id, later));
+        let much_later = Instant::now() + TOMBSTONE_MIN + Duration::from_secs(1);
+        assert!(!journal.index().is_dead(&id, much_later));
+    }
+
+    #[tokio::test]
+    async fn nothing_to_keep_is_no_entry() {
+        let journal = Journal::in_memory();
+        let kept = journal
+            .record(UserId::new(7), vec![], revocation())
+            .await
+            .unwrap();
+        assert_eq!(kept, None);
+        assert!(journal.pending().is_empty());
     }
 
     #[test]
-    fn two_instances_cannot_share_a_file() {
+    fn two_instances_cannot_share_a_file_which_only_its_user_reads() {
+        use std::os::unix::fs::PermissionsExt;
         let path = temp_path("locked");
-        let first = Journal::open(&path).unwrap();
-        assert!(matches!(Journal::open(&path), Err(JournalError::Locked(_))));
+        let first = Journal::open(&path, Duration::ZERO).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(matches!(
+            Journal::open(&path, Duration::ZERO),
+            Err(JournalError::Locked(_))
+        ));
         first.release();
-        assert!(Journal::open(&path).is_ok(), "released at shutdown");
+        assert!(
+            Journal::open(&path, Duration::ZERO).is_ok(),
+            "released at shutdown"
+        );
         let _ = std::fs::remove_dir_all(path.parent().unwrap());
     }
 }

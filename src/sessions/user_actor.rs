@@ -1313,7 +1313,15 @@ impl UserState {
     /// up while the database is not; their confirmations cannot be collected without it, so
     /// this is best effort, and the journal's writer tells them again once it lands).
     async fn keep_pending(&self, ids: Vec<SessionId>, revocation: Revocation) {
-        self.tell_cluster(ids.clone());
+        if ids.is_empty() {
+            return;
+        }
+        super::journal::tell_cluster_unwritten(
+            &self.cluster,
+            self.user.id,
+            ids.clone(),
+            revocation.clone(),
+        );
         let count = ids.len();
         match self
             .policy

@@ -7,9 +7,11 @@
 //! - **lost**: a session whose login was answered 200, and that no request ever tried to end,
 //!   is refused (during the run or at the end, on any node);
 //! - **revived**: a session whose end was answered 200 (logout, logout-all, password change)
-//!   is accepted by a request sent after that answer, on any node;
+//!   is accepted by a request sent after that answer, on any node; or, once everything is
+//!   healed, a session whose logout was answered 503 (the journal's promise);
 //! - **5xx**: any server error other than 503;
-//! - **memory**: any node above `MAX_RSS_MIB` at the end.
+//! - **memory**: any node above `MAX_RSS_MIB` at the end;
+//! - a **journal** not drained once everything is healed.
 //!
 //! `scripts/test` runs a short seeded run (`FINSEC_CHAOS_SECONDS`, default 20;
 //! `FINSEC_CHAOS_SEED`, default 1). `scripts/chaos --minutes 10 --seed N` runs a long one and
@@ -58,6 +60,8 @@ struct Tracked {
     ending_sent: bool,
     /// When a request that ended it was answered 200: from then on it must be refused.
     ended_acked: Option<Instant>,
+    /// Its logout was answered 503: kept in a journal, it must be refused once all is healed.
+    ended_unacked: bool,
 }
 
 #[derive(Default)]
@@ -67,6 +71,7 @@ struct Ledger {
     acked_logins: u64,
     acked_ends: u64,
     shed: u64,
+    unacked_logouts: u64,
     violations: Vec<String>,
 }
 
@@ -205,18 +210,22 @@ async fn chaos_loses_and_revives_nothing() {
 
     // The final check, on every node.
     let client = reqwest::Client::new();
+    // Must be dead: ended with a 200, or logged out with a 503 (journalled). Must be live:
+    // never the target of a request that could end it.
     let checks: Vec<(String, LoggedIn, bool)> = {
         let ledger = ledger.lock().unwrap();
         ledger
             .sessions
             .iter()
-            .filter(|t| t.ended_acked.is_some() || !t.ending_sent)
+            .filter(|t| t.ended_acked.is_some() || t.ended_unacked || !t.ending_sent)
             .map(|t| {
-                (
-                    format!("user {}", t.user),
-                    t.session.clone(),
-                    t.ended_acked.is_some(),
-                )
+                let dead = t.ended_acked.is_some() || t.ended_unacked;
+                let how = if t.ended_acked.is_none() && t.ended_unacked {
+                    " (its logout answered 503)"
+                } else {
+                    ""
+                };
+                (format!("user {}{how}", t.user), t.session.clone(), dead)
             })
             .collect()
     };
@@ -244,6 +253,20 @@ async fn chaos_loses_and_revives_nothing() {
             }
         }
     }
+    // And every journal drains once the database is back.
+    for journal in &journals {
+        let drained = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(&journal.0).map_or(0, |m| m.len()) > 0 {
+            if Instant::now() > drained {
+                ledger
+                    .lock()
+                    .unwrap()
+                    .violation(format!("journal {} not drained", journal.0.display()));
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     let mut max_rss_mib = 0;
     for node in &cluster.nodes {
         max_rss_mib = max_rss_mib.max(node.read().await.rss_kib() / 1024);
@@ -269,6 +292,7 @@ async fn chaos_loses_and_revives_nothing() {
         "acknowledged_logins": ledger.acked_logins,
         "acknowledged_ends": ledger.acked_ends,
         "shed_503": ledger.shed,
+        "logouts_answered_503": ledger.unacked_logouts,
         "sessions_checked_at_end": checks.len() * NODES,
         "faults": injected,
         "lost": lost,
@@ -450,6 +474,7 @@ async fn sign_in(
             session: LoggedIn::from_body(&body),
             ending_sent: false,
             ended_acked: None,
+            ended_unacked: false,
         });
         return;
     }
@@ -490,7 +515,11 @@ async fn logout_one(client: &reqwest::Client, url: &str, rng: &mut Rng, ledger: 
             let tracked = &mut ledger.sessions[picked.0];
             tracked.ended_acked.get_or_insert(Instant::now());
         }
-        StatusCode::SERVICE_UNAVAILABLE => ledger.shed += 1,
+        StatusCode::SERVICE_UNAVAILABLE => {
+            ledger.shed += 1;
+            ledger.unacked_logouts += 1;
+            ledger.sessions[picked.0].ended_unacked = true;
+        }
         _ => {}
     }
 }
