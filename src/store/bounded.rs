@@ -97,9 +97,10 @@ impl Bounded {
     }
 }
 
-/// Counts sessions this node's writes ended (`finsec_sessions_ended_total`), by reason. Counted
-/// where the write commits, so each ending is counted once across the cluster (a revocation
-/// write retried after a timeout that had in fact committed is the one exception: counted twice).
+/// Counts sessions this node's writes ended (`finsec_sessions_ended_total`), by reason, where
+/// the write commits. Writes by session id (`revoke_sessions`) count the ids written, whether
+/// or not each was still live: a journalled revocation that several nodes land, or a session
+/// two nodes expire at once, counts more than once. A rate, not an exact tally.
 fn ended(reason: &'static str, count: usize) {
     if count > 0 {
         metrics::counter!("finsec_sessions_ended_total", "reason" => reason)
