@@ -1,8 +1,8 @@
 //! The chaos test: three real `finsec` processes on one MariaDB database (reached through a
-//! relay the test can take down or slow) and one `nats-server` of the test's own, a mixed load
-//! from many concurrent clients recording every acknowledged outcome, and faults injected at
-//! seeded random moments: `kill -9` a node and restart it, take the database down, slow it,
-//! stop the bus. Then a checker holds the record to the promise:
+//! relay the test can take down or slow) and one `nats-server` of the test's own (each node
+//! through a relay of its own), a mixed load from many concurrent clients recording every
+//! acknowledged outcome, and faults injected at seeded random moments: `kill -9` a node and
+//! restart it, take the database down, slow it, stop the bus, cut one node off the bus. Then a checker holds the record to the promise:
 //!
 //! - **lost**: a session whose login was answered 200, and that no request ever tried to end,
 //!   is refused (during the run or at the end, on any node);
@@ -144,16 +144,22 @@ async fn chaos_loses_and_revives_nothing() {
             .replacen(&format!(":{db_port}/"), &format!(":{}/", database.port), 1)
             + "?prefer_socket=false";
     let bus = Arc::new(Mutex::new(NatsServer::start()));
-    let bus_url = bus.lock().unwrap().url();
+    let bus_port = bus.lock().unwrap().port;
+    // Each node reaches the bus through a relay of its own: one node can be partitioned.
+    let mut links = Vec::new();
+    for _ in 0..NODES {
+        links.push(Partition::relay_to(bus_port).await);
+    }
+    let links = Arc::new(links);
     let journals: Vec<TempJournal> = (0..NODES).map(|_| TempJournal::new()).collect();
     let mut nodes = Vec::new();
-    for journal in &journals {
+    for (journal, link) in journals.iter().zip(links.iter()) {
         nodes.push(
             ServiceProcess::start(
                 &db_url,
                 &journal.0,
                 &[
-                    ("FINSEC__CLUSTER__BUS_URL", &bus_url),
+                    ("FINSEC__CLUSTER__BUS_URL", &link.url()),
                     ("FINSEC__SESSION__MAX_PER_USER", "100000"),
                     ("FINSEC__PASSWORD__LOG_N", "4"),
                 ],
@@ -184,8 +190,11 @@ async fn chaos_loses_and_revives_nothing() {
     let faults = tokio::spawn(inject_faults(
         Rng(seed),
         cluster.clone(),
-        database.clone(),
-        bus.clone(),
+        Targets {
+            database: database.clone(),
+            bus: bus.clone(),
+            links: links.clone(),
+        },
         deadline,
     ));
     for worker in workers {
@@ -196,6 +205,9 @@ async fn chaos_loses_and_revives_nothing() {
     // Everything healed: every node up and ready, the journals drained.
     database.up();
     database.delay(Duration::ZERO);
+    for link in links.iter() {
+        link.heal();
+    }
     let settle = Instant::now() + Duration::from_secs(30);
     for node in &cluster.nodes {
         while !node.read().await.ready().await {
@@ -631,17 +643,28 @@ async fn change_password(
     }
 }
 
+/// What the faults break: the database's relay, the bus, each node's link to the bus.
+struct Targets {
+    database: Arc<Partition>,
+    bus: Arc<Mutex<NatsServer>>,
+    links: Arc<Vec<Partition>>,
+}
+
 /// One fault at a time, at seeded random moments, each healed before the next. The kinds take
 /// turns in a seeded order, so even a short run has each of them.
 async fn inject_faults(
     mut rng: Rng,
     cluster: Arc<Cluster>,
-    database: Arc<Partition>,
-    bus: Arc<Mutex<NatsServer>>,
+    targets: Targets,
     deadline: Instant,
 ) -> Value {
-    let (mut kills, mut outages, mut slowdowns, mut bus_stops) = (0, 0, 0, 0);
-    let mut kinds = [0, 1, 2, 3];
+    let Targets {
+        database,
+        bus,
+        links,
+    } = targets;
+    let (mut kills, mut outages, mut slowdowns, mut bus_stops, mut partitions) = (0, 0, 0, 0, 0);
+    let mut kinds = [0, 1, 2, 3, 4];
     for i in (1..kinds.len()).rev() {
         kinds.swap(i, rng.below(i + 1));
     }
@@ -669,14 +692,22 @@ async fn inject_faults(
                 database.delay(Duration::ZERO);
                 slowdowns += 1;
             }
-            _ => {
+            3 => {
                 bus.lock().unwrap().stop();
                 tokio::time::sleep(rng.millis(500, 2500)).await;
                 bus.lock().unwrap().resume();
                 bus_stops += 1;
             }
+            _ => {
+                // One node cut off from the bus, silently: the others must fence it.
+                let link = &links[rng.below(NODES)];
+                link.cut();
+                tokio::time::sleep(rng.millis(1000, 3000)).await;
+                link.heal();
+                partitions += 1;
+            }
         }
     }
     json!({"kills": kills, "database_outages": outages, "database_slowdowns": slowdowns,
-           "bus_stops": bus_stops})
+           "bus_stops": bus_stops, "bus_partitions": partitions})
 }

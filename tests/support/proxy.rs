@@ -1,11 +1,12 @@
 //! A TCP relay between the service and a server (the bus, or MariaDB) that a test can break
-//! two ways: [`cut`](Partition::cut) stops bytes both ways without closing anything, as a
-//! network partition does, and nobody is told; [`down`](Partition::down) closes every
-//! connection and refuses new ones, as a server that has stopped does, until
-//! [`up`](Partition::up). [`delay`](Partition::delay) adds latency to every chunk relayed.
+//! three ways: [`cut`](Partition::cut) stops bytes both ways without closing anything, as a
+//! network partition does, and nobody is told, until [`heal`](Partition::heal) lets them flow
+//! again (held, not lost, as TCP would retransmit them); [`down`](Partition::down) closes
+//! every connection and refuses new ones, as a server that has stopped does, until
+//! [`up`](Partition::up); [`delay`](Partition::delay) adds latency to every chunk relayed.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -13,7 +14,7 @@ use tokio::sync::watch;
 
 pub struct Partition {
     pub port: u16,
-    cut: Arc<AtomicBool>,
+    cut: watch::Sender<bool>,
     delay_ms: Arc<AtomicU64>,
     down: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
@@ -24,9 +25,8 @@ impl Partition {
     pub async fn relay_to(target: u16) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("relay port");
         let port = listener.local_addr().unwrap().port();
-        let cut = Arc::new(AtomicBool::new(false));
+        let (cut, is_cut) = watch::channel(false);
         let (down, is_down) = watch::channel(false);
-        let flag = cut.clone();
         let delay_ms = Arc::new(AtomicU64::new(0));
         let delay = delay_ms.clone();
         let task = tokio::spawn(async move {
@@ -40,7 +40,7 @@ impl Partition {
                 let (cr, cw) = client.into_split();
                 let (sr, sw) = server.into_split();
                 let faults = Faults {
-                    cut: flag.clone(),
+                    cut: is_cut.clone(),
                     delay_ms: delay.clone(),
                     down: is_down.clone(),
                 };
@@ -63,7 +63,12 @@ impl Partition {
 
     /// From now on nothing gets through, in either direction.
     pub fn cut(&self) {
-        self.cut.store(true, Ordering::SeqCst);
+        self.cut.send_replace(true);
+    }
+
+    /// The partition ends: what was held flows on.
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
     }
 
     /// Every relayed connection is closed and new ones are closed as they arrive.
@@ -91,7 +96,7 @@ impl Drop for Partition {
 
 #[derive(Clone)]
 struct Faults {
-    cut: Arc<AtomicBool>,
+    cut: watch::Receiver<bool>,
     delay_ms: Arc<AtomicU64>,
     down: watch::Receiver<bool>,
 }
@@ -102,7 +107,7 @@ async fn pipe(
     faults: Faults,
 ) {
     let Faults {
-        cut,
+        mut cut,
         delay_ms,
         mut down,
     } = faults;
@@ -116,9 +121,10 @@ async fn pipe(
             // Returning drops both halves: the connection closes.
             _ = down.wait_for(|down| *down) => return,
         };
-        if cut.load(Ordering::SeqCst) {
-            // Swallow: the partition drops packets, it does not close connections.
-            continue;
+        // Cut: hold the bytes (and, by not reading, everything behind them) until healed.
+        tokio::select! {
+            _ = cut.wait_for(|cut| !*cut) => {}
+            _ = down.wait_for(|down| *down) => return,
         }
         let delay = delay_ms.load(Ordering::SeqCst);
         if delay > 0 {
