@@ -1,0 +1,260 @@
+//! `GET /api/auth/me` against the bare route `GET /`, on the same server, with `wrk`: the
+//! ratio issue 12 sets a target for. Run through `scripts/bench` (which installs wrk from
+//! Debian's packages when it is missing), or `cargo bench --bench http`.
+//!
+//! The server runs in this process (a release build) on 127.0.0.1 over a fresh MySQL database
+//! of its own (`FINSEC_BENCH_SERVER_URL`, default `mysql://root@127.0.0.1:3306`; dropped
+//! after). 1,000 users with three
+//! sessions each; wrk (`-t2 -c32`, `FINSEC_BENCH_SECONDS` per run, default 10) spreads its
+//! requests over the 3,000 tokens. Each route is measured `FINSEC_BENCH_RUNS` times (default
+//! 3), alternating, and the medians are compared: the machine is shared and noisy, so only
+//! ratios from one run mean anything. Loopback only; every run is bounded in time.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use finsec::auth::PasswordHasher;
+use finsec::config::Settings;
+use finsec::domain::{Email, NewUser};
+use finsec::startup::Application;
+use finsec::store::{MySqlStore, SessionStore};
+use mysql_async::prelude::Queryable;
+use serde_json::{Value, json};
+
+const USERS: usize = 1_000;
+const SESSIONS_PER_USER: usize = 3;
+const PASSWORD: &str = "bench-password-0123456789";
+
+/// One wrk run: requests per second and the latency percentiles it printed.
+#[derive(Debug, Clone, Copy)]
+struct Run {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn wrk(url: &str, script: Option<&Path>, seconds: u64) -> Run {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t2", "-c32", "--latency", "--timeout", "5s"])
+        .arg(format!("-d{seconds}s"));
+    if let Some(script) = script {
+        command.arg("-s").arg(script);
+    }
+    let output = command
+        .arg(url)
+        .output()
+        .expect("wrk runs (scripts/bench installs it: apt-get install -y wrk)");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "wrk failed: {text}");
+    assert!(
+        !text.contains("Non-2xx"),
+        "some requests were refused:\n{text}"
+    );
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("wrk printed Requests/sec");
+    let percentile = |p: &str| {
+        text.lines()
+            .map(str::trim)
+            .find_map(|l| l.strip_prefix(p))
+            .map(|v| millis(v.trim()))
+            .expect("wrk printed the latency distribution")
+    };
+    Run {
+        rps,
+        p50_ms: percentile("50%"),
+        p99_ms: percentile("99%"),
+    }
+}
+
+/// wrk's durations: `812.00us`, `1.20ms`, `2.01s`.
+fn millis(value: &str) -> f64 {
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => number / 1e3,
+        "ms" => number,
+        "s" => number * 1e3,
+        "m" => number * 60e3,
+        _ => f64::NAN,
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+#[tokio::main]
+async fn main() {
+    let seconds: u64 = env_or("FINSEC_BENCH_SECONDS", 10);
+    let runs: usize = env_or("FINSEC_BENCH_RUNS", 3);
+    let server = std::env::var("FINSEC_BENCH_SERVER_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let database = format!(
+        "finsec_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    admin(&server, &format!("CREATE DATABASE `{database}`")).await;
+    let url = format!("{}/{database}", server.trim_end_matches('/'));
+
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let figment = Settings::figment(&dir, None)
+        .merge(("http.port", 0))
+        .merge(("database.url", url.clone()))
+        .merge(("database.pending_revocations", "target/bench-journal.log"))
+        .merge(("log.level", "warn"))
+        .merge(("jwt.secret", "bench-jwt-secret-0123456789abcdef0123456789"))
+        .merge((
+            "security.encryption_key",
+            "YmVuY2ggZW5jcnlwdGlvbiBrZXksIDMyIGJ5dGVzISE=",
+        ))
+        .merge(("security.ip_rate", 0))
+        .merge(("password.log_n", 4));
+    let settings = Settings::from_figment(figment).expect("bench settings");
+    finsec::telemetry::init(&settings.log);
+    {
+        let store = MySqlStore::connect(&url, 4).await.expect("bench database");
+        store.migrate().await.expect("migrations");
+        let hasher = PasswordHasher::new(&settings.password)
+            .await
+            .expect("hasher");
+        // One hash for every user: the bench measures validations, not hashing.
+        let hash = hasher.hash(PASSWORD.to_owned().into()).await.unwrap();
+        for i in 0..USERS {
+            store
+                .insert_user(NewUser {
+                    email: Email::parse(&format!("bench-{i}@example.com")).unwrap(),
+                    password_hash: hash.clone(),
+                    first_name: "Bench".into(),
+                    last_name: format!("User {i}"),
+                    phone_number: None,
+                    is_active: true,
+                    mfa_enabled: false,
+                    totp_secret: None,
+                })
+                .await
+                .expect("bench user");
+        }
+        store.close().await.ok();
+    }
+
+    let app = Application::build(&settings).await.expect("service starts");
+    let base = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+
+    let http = reqwest::Client::new();
+    let mut tokens = Vec::with_capacity(USERS * SESSIONS_PER_USER);
+    for round in 0..SESSIONS_PER_USER {
+        for i in 0..USERS {
+            let body: Value = http
+                .post(format!("{base}/api/auth/login"))
+                .json(&json!({"email": format!("bench-{i}@example.com"), "password": PASSWORD}))
+                .send()
+                .await
+                .expect("login")
+                .json()
+                .await
+                .expect("login body");
+            let token = body["access_token"].as_str().unwrap_or_else(|| {
+                panic!("login {round}/{i} failed: {body}");
+            });
+            tokens.push(token.to_owned());
+        }
+    }
+    let tokens_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tokens.txt");
+    std::fs::write(&tokens_file, tokens.join("\n") + "\n").unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-me.lua");
+    std::fs::write(
+        &script,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("GET", "/api/auth/me", {{["Authorization"] = "Bearer " .. tokens[i]}})
+end
+"#,
+            tokens_file.display()
+        ),
+    )
+    .unwrap();
+
+    // wrk blocks its thread: run it off the runtime, which serves the requests.
+    let mut bare = Vec::new();
+    let mut me = Vec::new();
+    for _ in 0..runs {
+        let root = format!("{base}/");
+        bare.push(
+            tokio::task::spawn_blocking(move || wrk(&root, None, seconds))
+                .await
+                .unwrap(),
+        );
+        let (url, script) = (format!("{base}/api/auth/me"), script.clone());
+        me.push(
+            tokio::task::spawn_blocking(move || wrk(&url, Some(&script), seconds))
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+
+    let _ = stop.send(());
+    let _ = server_task.await;
+    admin(&server, &format!("DROP DATABASE `{database}`")).await;
+    let _ = std::fs::remove_file(&tokens_file);
+
+    let row = |name: &str, runs: &[Run]| {
+        let rps: Vec<String> = runs.iter().map(|r| format!("{:.0}", r.rps)).collect();
+        println!(
+            "| {name:<28} | {:>24} | {:>9.0} | {:>8.2} | {:>8.2} |",
+            rps.join(" · "),
+            median(runs.iter().map(|r| r.rps).collect()),
+            median(runs.iter().map(|r| r.p50_ms).collect()),
+            median(runs.iter().map(|r| r.p99_ms).collect()),
+        );
+    };
+    println!(
+        "wrk -t2 -c32 -d{seconds}s, {runs} runs each, alternating; {} tokens over {USERS} users; \
+         MySQL store",
+        tokens.len(),
+    );
+    println!(
+        "| route                        | req/s, each run          | median/s  | p50 (ms) | p99 (ms) |"
+    );
+    println!(
+        "|------------------------------|--------------------------|-----------|----------|----------|"
+    );
+    row("GET /", &bare);
+    row("GET /api/auth/me", &me);
+    println!(
+        "\n/me ÷ / (medians): **{:.2}** (target ≥ 0.80)",
+        median(me.iter().map(|r| r.rps).collect()) / median(bare.iter().map(|r| r.rps).collect())
+    );
+}
+
+fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn admin(server: &str, sql: &str) {
+    let mut conn = mysql_async::Conn::from_url(server)
+        .await
+        .expect("the bench's MySQL server answers");
+    conn.query_drop(sql).await.expect(sql);
+    conn.disconnect().await.ok();
+}
