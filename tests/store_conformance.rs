@@ -866,6 +866,25 @@ async fn ping_answers(subject: Subject) {
     subject.store.close().await.unwrap();
 }
 
+async fn concurrent_failures_all_count(subject: Subject) {
+    let store = subject.store;
+    let rule = FailureRule {
+        max_failures: 1000,
+        window: Duration::minutes(15),
+        first_lockout: Duration::minutes(1),
+        max_lockout: Duration::minutes(15),
+    };
+    let t = now();
+    let key = [9u8; 32];
+    // Many first failures at once, for a key with no record yet: each counts.
+    let attempts = (0..200).map(|_| store.record_failure(&key, &rule, t));
+    for outcome in futures_util::future::join_all(attempts).await {
+        outcome.expect("every attempt is recorded");
+    }
+    let record = store.failure_record(&key).await.unwrap().expect("a record");
+    assert_eq!(record.failures, 200, "concurrent failures were lost");
+}
+
 async fn failures_lock_an_account_key_and_clear_on_success(subject: Subject) {
     let store = subject.store;
     let rule = FailureRule {
@@ -1386,6 +1405,7 @@ conformance!(
     idle_ends_only_when_the_stored_activity_agrees,
     mfa_challenges_count_failures_and_are_answered_once,
     failures_lock_an_account_key_and_clear_on_success,
+    concurrent_failures_all_count,
     a_rehash_replaces_only_the_hash_it_read,
     factor_changes_commit_with_their_sessions_and_event,
     recovery_codes_are_spent_once,

@@ -1134,7 +1134,20 @@ impl SessionStore for MySqlStore {
     ) -> Result<Lockout, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
-            // The row lock makes read-count-write one step for concurrent attempts.
+            // The row lock makes read-count-write one step for concurrent attempts. The row
+            // must exist to be locked: under READ COMMITTED a locking read of a missing row
+            // locks nothing, and two first failures could both count from zero. An empty
+            // record (no failures, window from now) counts exactly as no record does. `ON
+            // DUPLICATE KEY UPDATE` takes the existing row's exclusive lock at once (`INSERT
+            // IGNORE` would take a shared one, and two attempts upgrading it deadlock).
+            tx.exec_drop(
+                "INSERT INTO auth_failures \
+                 (key_hash, failures, window_start, locked_until, lockouts, updated_at) \
+                 VALUES (?, 0, ?, NULL, 0, ?) ON DUPLICATE KEY UPDATE key_hash = key_hash",
+                (key.to_vec(), to_db(now), to_db(now)),
+            )
+            .await
+            .map_err(unavailable)?;
             let row: Option<Row> = tx
                 .exec_first(
                     "SELECT failures, window_start, locked_until, lockouts FROM auth_failures \
