@@ -143,21 +143,7 @@ async fn main() {
             .expect("hasher");
         // One hash for every user: the bench measures validations, not hashing.
         let hash = hasher.hash(PASSWORD.to_owned().into()).await.unwrap();
-        for i in 0..USERS {
-            store
-                .insert_user(NewUser {
-                    email: Email::parse(&format!("bench-{i}@example.com")).unwrap(),
-                    password_hash: hash.clone(),
-                    first_name: "Bench".into(),
-                    last_name: format!("User {i}"),
-                    phone_number: None,
-                    is_active: true,
-                    mfa_enabled: false,
-                    totp_secret: None,
-                })
-                .await
-                .expect("bench user");
-        }
+        insert_users(&store, "bench", USERS, &hash).await;
         // The login load: real hashing cost, so logins compete for the cores as in production.
         let mut costly = settings.password.clone();
         costly.log_n = PRODUCTION_LOG_N;
@@ -165,21 +151,7 @@ async fn main() {
         let started = std::time::Instant::now();
         let hash = costly.hash(PASSWORD.to_owned().into()).await.unwrap();
         verify_cost = started.elapsed();
-        for i in 0..LOAD_USERS {
-            store
-                .insert_user(NewUser {
-                    email: Email::parse(&format!("load-{i}@example.com")).unwrap(),
-                    password_hash: hash.clone(),
-                    first_name: "Load".into(),
-                    last_name: format!("User {i}"),
-                    phone_number: None,
-                    is_active: true,
-                    mfa_enabled: false,
-                    totp_secret: None,
-                })
-                .await
-                .expect("load user");
-        }
+        insert_users(&store, "load", LOAD_USERS, &hash).await;
         store.close().await.ok();
     }
 
@@ -340,6 +312,25 @@ end
         verify_cost.as_secs_f64() * 1e3,
         login_rate / capacity
     );
+}
+
+/// `count` users `{prefix}-{i}@example.com`, all with the password hash `hash`.
+async fn insert_users(store: &MySqlStore, prefix: &str, count: usize, hash: &str) {
+    for i in 0..count {
+        store
+            .insert_user(NewUser {
+                email: Email::parse(&format!("{prefix}-{i}@example.com")).unwrap(),
+                password_hash: hash.to_owned(),
+                first_name: "Bench".into(),
+                last_name: format!("User {i}"),
+                phone_number: None,
+                is_active: true,
+                mfa_enabled: false,
+                totp_secret: None,
+            })
+            .await
+            .expect("bench user");
+    }
 }
 
 fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {

@@ -128,21 +128,8 @@ async fn chaos_loses_and_revives_nothing() {
         });
     }
     fixture.stop().await;
-    let db_port: u16 = fixture
-        .db
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the test database's port");
-    let database = Arc::new(Partition::relay_to(db_port).await);
-    let db_url =
-        fixture
-            .db
-            .url
-            .replacen(&format!(":{db_port}/"), &format!(":{}/", database.port), 1)
-            + "?prefer_socket=false";
+    let database = Arc::new(Partition::relay_to(fixture.db.port()).await);
+    let db_url = fixture.db.url_through(database.port);
     let bus = Arc::new(Mutex::new(NatsServer::start()));
     let bus_port = bus.lock().unwrap().port;
     // Each node reaches the bus through a relay of its own: one node can be partitioned.

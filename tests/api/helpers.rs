@@ -121,20 +121,8 @@ pub async fn spawn_app_through_relay(
     configure: impl FnOnce(Figment) -> Figment,
 ) -> (TestApp, Partition) {
     let db = Arc::new(TestDatabase::create().await);
-    let port: u16 = db
-        .url
-        .rsplit(':')
-        .next()
-        .and_then(|rest| rest.split('/').next())
-        .and_then(|p| p.parse().ok())
-        .expect("the test database's port");
-    let relay = Partition::relay_to(port).await;
-    // prefer_socket=false: mysql_async would otherwise switch a loopback connection to the
-    // server's Unix socket, around the relay.
-    let url = db
-        .url
-        .replacen(&format!(":{port}/"), &format!(":{}/", relay.port), 1)
-        + "?prefer_socket=false";
+    let relay = Partition::relay_to(db.port()).await;
+    let url = db.url_through(relay.port);
     let settings = test_settings(&url, &fresh_journal(), configure);
     (start(db, settings).await, relay)
 }

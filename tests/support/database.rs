@@ -41,6 +41,26 @@ impl TestDatabase {
         Self { name, url, server }
     }
 
+    /// The server's TCP port (to put a relay in front of it).
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|p| p.parse().ok())
+            .expect("the test database's URL names a port")
+    }
+
+    /// This database's URL through a relay listening on `relay_port` instead of the server.
+    /// prefer_socket=false: mysql_async would otherwise switch a loopback connection to the
+    /// server's Unix socket, around the relay.
+    pub fn url_through(&self, relay_port: u16) -> String {
+        let port = self.port();
+        self.url
+            .replacen(&format!(":{port}/"), &format!(":{relay_port}/"), 1)
+            + "?prefer_socket=false"
+    }
+
     /// Runs one statement against this database (tests use it to break and mend the schema).
     pub async fn execute(&self, sql: &str) {
         let mut conn = admin_connection(&self.url).await;
