@@ -10,6 +10,7 @@
 //! | `finsec_lockouts_total` | counter | |
 //! | `finsec_resident_actors` | gauge | |
 //! | `finsec_actor_call_duration_seconds` | histogram | (mailbox wait and handling) |
+//! | `finsec_validations_total` | counter | `answered_by` (`publication`: the read path, no message; `actor`) |
 //! | `finsec_password_hash_queue` | gauge | (admitted: waiting or running) |
 //! | `finsec_password_hash_wait_seconds`, `_run_seconds` | histogram | |
 //! | `finsec_store_call_duration_seconds` | histogram | `op` |

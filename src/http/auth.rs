@@ -227,7 +227,8 @@ pub enum LoginResponse {
 /// `GET /api/auth/me`.
 #[derive(Serialize, ToSchema)]
 pub struct Me {
-    user: UserProfile,
+    #[schema(value_type = UserProfile)]
+    user: Arc<UserProfile>,
     session: SessionView,
 }
 

@@ -1,6 +1,8 @@
 //! The actors' whole vocabulary. A handler talks to a user's sessions only through these
 //! messages; every question carries an `RpcReplyPort` and is asked with a timeout.
 
+use std::sync::Arc;
+
 use ractor::RpcReplyPort;
 
 use super::SessionError;
@@ -13,7 +15,7 @@ use crate::domain::{
 #[derive(Debug, Clone)]
 pub struct SessionGrant {
     pub session: Session,
-    pub user: UserProfile,
+    pub user: Arc<UserProfile>,
 }
 
 /// A session just opened, and the older sessions the per-user limit ended to make room

@@ -9,6 +9,7 @@
 
 pub mod journal;
 pub mod messages;
+mod published;
 pub mod registry;
 mod remote;
 mod service;

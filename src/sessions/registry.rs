@@ -17,7 +17,8 @@ use ractor::{Actor, ActorCell, ActorId, ActorRef, MessagingErr, SpawnErr};
 use tokio::sync::OnceCell;
 
 use super::SessionError;
-use super::messages::{Reply, UserMsg};
+use super::messages::{Reply, SessionGrant, UserMsg};
+use super::published::{Publications, ReadRules};
 use super::user_actor::{SessionPolicy, StartError, UserActor, UserActorArgs};
 use crate::cluster::Cluster;
 use crate::domain::{SessionId, UserId};
@@ -35,6 +36,8 @@ pub struct Residents {
     recent: DashMap<UserId, RecentChange>,
     /// Numbers the news; an actor remembers the number that was next when it loaded.
     next_news: AtomicU64,
+    /// What each actor published for the read path (`sessions::published`).
+    pub(super) publications: Publications,
 }
 
 struct RecentChange {
@@ -51,6 +54,7 @@ impl Residents {
     /// a newer actor, it stays.
     pub fn forget(&self, actor: ActorId) -> Option<UserId> {
         let (_, user) = self.by_actor.remove(&actor)?;
+        self.publications.withdraw_if_from(user, actor);
         self.by_user.remove_if(&user, |_, cell| {
             cell.get().map(|a| a.get_id()) == Some(actor)
         });
@@ -88,6 +92,8 @@ impl Residents {
         entry.at = Instant::now();
         entry.number = number;
         entry.ended.extend(ended);
+        // Readers would skip the publication anyway (it predates this news); it goes now.
+        self.publications.withdraw(user);
         while entry.ended.len() > RECENT_ENDED {
             entry.ended.pop_front();
         }
@@ -111,6 +117,24 @@ impl Residents {
         self.recent
             .get(&user)
             .is_some_and(|change| change.ended.contains(&session))
+    }
+
+    /// The answer `user`'s actor has published for `session` at `now`, if its publication
+    /// alone may give it (see `sessions::published`); `None` means: ask the actor.
+    pub fn published_grant(
+        &self,
+        user: UserId,
+        session: SessionId,
+        now: chrono::DateTime<chrono::Utc>,
+        rules: &ReadRules,
+    ) -> Option<SessionGrant> {
+        let publication = self.publications.current(user)?;
+        publication.grant(session, now, rules, |mark| self.news_since(user, mark))
+    }
+
+    /// How many users have a publication (diagnostics and tests).
+    pub fn published_count(&self) -> usize {
+        self.publications.len()
     }
 
     /// Forgets news older than `age` (the supervisor's sweep). Every actor looks at the news
@@ -198,12 +222,31 @@ impl Registry {
         ))
     }
 
-    /// The user's resident actor, if any, without spawning one.
+    /// Validates `session` from its actor's publication, without a message, when that may
+    /// answer (see `sessions::published`); `None` means: ask the actor.
+    pub fn validate_published(&self, user: UserId, session: SessionId) -> Option<SessionGrant> {
+        self.policy.memory_may_answer().ok()?;
+        let rules = ReadRules {
+            epoch: self.cluster.trust_epoch(),
+            idle_timeout: self.policy.idle_timeout,
+            touch_interval: self.policy.touch_interval,
+            user_refresh: self.policy.user_refresh,
+        };
+        self.residents
+            .published_grant(user, session, chrono::Utc::now(), &rules)
+    }
+
+    /// How many users' actors have published for the read path on this node.
+    pub fn published_count(&self) -> usize {
+        self.residents.published_count()
+    }
+
     /// How many user actors are resident on this node.
     pub fn resident_count(&self) -> usize {
         self.residents.len()
     }
 
+    /// The user's resident actor, if any, without spawning one.
     pub fn resident(&self, user: UserId) -> Option<ActorRef<UserMsg>> {
         self.residents.actor_of(user)
     }

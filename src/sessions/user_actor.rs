@@ -28,6 +28,7 @@ use super::journal::Journal;
 use super::messages::{
     FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, UserMsg,
 };
+use super::published::{Activity, Publication, PublishedSession};
 use super::registry::Residents;
 use super::throttle::Throttle;
 use crate::auth::totp::TotpCode;
@@ -86,7 +87,7 @@ pub struct OutageGrace {
 
 impl SessionPolicy {
     /// `Err` (503) once the database has been silent longer than the outage grace.
-    fn memory_may_answer(&self) -> Result<(), SessionError> {
+    pub(super) fn memory_may_answer(&self) -> Result<(), SessionError> {
         match &self.outage {
             Some(outage) if outage.reachability.silent_for() > outage.grace => {
                 Err(SessionError::Store(StoreError::Unavailable(
@@ -168,27 +169,40 @@ pub struct UserState {
     /// `Residents::news_mark` when this memory was loaded: later news about this user that
     /// the mailbox may not have carried (it came while we were loading) means reload.
     news_mark: u64,
-    /// The last message from a client (not a timer tick): passivation counts from here.
+    /// The last message from a client (not a timer tick), or the newest request answered
+    /// from the publication: passivation counts from here.
     last_activity: DateTime<Utc>,
+    /// `user` as the API shows it, shared with the publication and every grant.
+    profile: Arc<UserProfile>,
+    /// Passivating: answers what is queued, publishes nothing more.
+    draining: bool,
     store: DynStore,
     policy: Arc<SessionPolicy>,
     cluster: Cluster,
     residents: Arc<Residents>,
 }
 
-/// A session and the last activity time the store has for it (touches are coalesced).
+/// A session and its activity: the newest request time (readers of the publication move it
+/// too) and the newest one written to the store (touches are coalesced).
 struct LiveSession {
     session: Session,
-    persisted_last_seen: DateTime<Utc>,
+    activity: Arc<Activity>,
 }
 
 impl LiveSession {
     fn from_store(session: Session) -> Self {
-        let persisted_last_seen = session.last_seen_at;
-        Self {
-            session,
-            persisted_last_seen,
-        }
+        let activity = Activity::stored(session.last_seen_at);
+        Self { session, activity }
+    }
+
+    /// Takes in the requests the publication answered since the actor last looked.
+    fn absorb(&mut self) {
+        self.session.last_seen_at = self.session.last_seen_at.max(self.activity.last_seen());
+    }
+
+    fn see(&mut self, at: DateTime<Utc>) {
+        self.session.last_seen_at = self.session.last_seen_at.max(at);
+        self.activity.see(at);
     }
 }
 
@@ -256,6 +270,8 @@ impl Actor for UserActor {
         let journal = &args.policy.journal;
         Ok(UserState {
             myself,
+            profile: Arc::new(UserProfile::from(&user)),
+            draining: false,
             user,
             user_read_at: now,
             sessions: sessions
@@ -290,6 +306,16 @@ impl Actor for UserActor {
         if message.is_from_client() {
             state.last_activity = now;
         }
+        state.absorb_activity();
+        state.handle(message, now).await;
+        state.publish();
+        Ok(())
+    }
+}
+
+impl UserState {
+    async fn handle(&mut self, message: UserMsg, now: DateTime<Utc>) {
+        let state = self;
         match message {
             UserMsg::Login {
                 user,
@@ -385,16 +411,87 @@ impl Actor for UserActor {
             #[cfg(any(test, feature = "test-hooks"))]
             UserMsg::Stall(how_long) => tokio::time::sleep(how_long).await,
         }
-        Ok(())
     }
-}
 
-impl UserState {
     fn grant(&self, session: Session) -> SessionGrant {
         SessionGrant {
             session,
-            user: UserProfile::from(&self.user),
+            user: self.profile.clone(),
         }
+    }
+
+    /// Activity the publication's readers recorded since the last message.
+    fn absorb_activity(&mut self) {
+        for live in self.sessions.values_mut() {
+            live.absorb();
+        }
+    }
+
+    /// After every message: publishes what a validation reads, when memory may answer (see
+    /// `sessions::published`); else makes sure nothing stale is published. Unchanged memory
+    /// keeps its publication.
+    fn publish(&mut self) {
+        let publications = &self.residents.publications;
+        let user = self.user.id;
+        let epoch = match self.synced_epoch {
+            Some(epoch)
+                if !self.draining
+                    && self.user.is_active
+                    && self.cluster.trust_epoch() == Some(epoch)
+                    && self.policy.memory_may_answer().is_ok() =>
+            {
+                epoch
+            }
+            _ => return publications.withdraw(user),
+        };
+        let me = self.myself.get_id();
+        if let Some(current) = publications.current(user)
+            && current.publisher == me
+            && current.epoch == epoch
+            && current.news_mark == self.news_mark
+            && Arc::ptr_eq(&current.user, &self.profile)
+            && current.user_read_at == self.user_read_at
+            && current.sessions.len() == self.sessions.len()
+            && current
+                .sessions
+                .iter()
+                .all(|p| self.sessions.contains_key(&p.session.id))
+        {
+            return;
+        }
+        let sessions = self
+            .sessions
+            .values()
+            .map(|live| PublishedSession {
+                session: live.session.clone(),
+                activity: live.activity.clone(),
+            })
+            .collect();
+        publications.publish(
+            user,
+            Publication {
+                publisher: me,
+                user: self.profile.clone(),
+                user_read_at: self.user_read_at,
+                epoch,
+                news_mark: self.news_mark,
+                sessions,
+            },
+        );
+    }
+
+    /// Nothing published for this user until the next `publish`: called before memory drops
+    /// a session or takes a new user row, so no reader answers from what is about to change.
+    fn withdraw(&self) {
+        self.residents.publications.withdraw(self.user.id);
+    }
+
+    /// The user's row, as read at `now`.
+    fn set_user(&mut self, user: User, now: DateTime<Utc>) {
+        self.withdraw();
+        self.profile = Arc::new(UserProfile::from(&user));
+        self.user = user;
+        self.user_read_at = now;
     }
 
     /// Makes memory fit to answer from, and says whether it may be trusted. Memory loaded
@@ -428,10 +525,15 @@ impl UserState {
             }
             let mut live = LiveSession::from_store(session);
             if let Some(old) = self.sessions.get(&live.session.id) {
-                live.session.last_seen_at = live.session.last_seen_at.max(old.session.last_seen_at);
+                // The same activity cell: readers of the publication keep moving it.
+                old.activity.see(live.session.last_seen_at);
+                old.activity.persist(live.session.last_seen_at);
+                live.activity = old.activity.clone();
+                live.absorb();
             }
             sessions.insert(live.session.id, live);
         }
+        self.withdraw();
         self.sessions = sessions;
         self.synced_epoch = epoch;
         self.news_mark = news_mark;
@@ -444,8 +546,7 @@ impl UserState {
             .user_by_id(self.user.id)
             .await?
             .ok_or(SessionError::UnknownUser)?;
-        self.user = user;
-        self.user_read_at = now;
+        self.set_user(user, now);
         if !self.user.is_active {
             // Deactivated elsewhere: whatever ended its sessions did so in the store.
             self.forget_all_but(None);
@@ -482,13 +583,10 @@ impl UserState {
                     .sessions
                     .entry(id)
                     .or_insert_with(|| LiveSession::from_store(stored.clone()));
-                live.session.last_seen_at = live.session.last_seen_at.max(stored.last_seen_at);
-                live.persisted_last_seen = live.persisted_last_seen.max(stored.last_seen_at);
+                live.see(stored.last_seen_at);
+                live.activity.persist(stored.last_seen_at);
             }
-            _ => {
-                self.sessions.remove(&id);
-                self.refused.insert(id);
-            }
+            _ => self.forget(&[id]),
         }
         Ok(())
     }
@@ -501,8 +599,7 @@ impl UserState {
     ) -> Result<LoginStep, SessionError> {
         // The row the password was just checked against is the freshest we can have.
         let checked_hash = user.password_hash.clone();
-        self.user = user;
-        self.user_read_at = now;
+        self.set_user(user, now);
         // Twice at most: once with that row, once more if the account changed under it.
         for _ in 0..2 {
             if self.user.password_hash != checked_hash {
@@ -645,10 +742,7 @@ impl UserState {
         let invalid = || SessionError::from(AuthError::InvalidMfaCode);
         let password_verified = attempt.password_verified.is_some();
         match attempt.password_verified {
-            Some(user) => {
-                self.user = *user;
-                self.user_read_at = now;
-            }
+            Some(user) => self.set_user(*user, now),
             // The replay guard (totp_last_step) and the factor must be current.
             None => self.reload_user(now).await?,
         }
@@ -1070,10 +1164,10 @@ impl UserState {
             }
         }
         let live = self.sessions.get_mut(&id).ok_or(SessionError::Ended)?;
-        live.session.last_seen_at = now;
-        if now - live.persisted_last_seen >= self.policy.touch_interval {
+        live.see(now);
+        if now - live.activity.persisted() >= self.policy.touch_interval {
             match self.store.touch_session(id, now).await {
-                Ok(()) => live.persisted_last_seen = now,
+                Ok(()) => live.activity.persist(now),
                 Err(err) => tracing::warn!(session_id = %id, error = %err, "touch not persisted"),
             }
         }
@@ -1226,8 +1320,9 @@ impl UserState {
             .set_user_active(self.user.id, active, &revocation, &event)
             .await?
             .ok_or(SessionError::UnknownUser)?;
-        self.user.is_active = active;
-        self.user_read_at = now;
+        let mut user = self.user.clone();
+        user.is_active = active;
+        self.set_user(user, now);
         if !active {
             self.forget_all_but(None);
         }
@@ -1250,6 +1345,10 @@ impl UserState {
 
     /// Sessions that ended (here or on another node) leave memory and are remembered as dead.
     fn forget(&mut self, ids: &[SessionId]) {
+        if ids.is_empty() {
+            return;
+        }
+        self.withdraw();
         for id in ids {
             self.sessions.remove(id);
             self.refused.insert(*id);
@@ -1365,19 +1464,26 @@ impl UserState {
             tracing::debug!(user_id = %self.user.id, "user actor passivating");
             // Drain, not stop: messages already queued are still answered, later sends are
             // refused and the registry waits for this actor to exit before it spawns the
-            // next one, so two actors never hold one user's sessions at once.
+            // next one, so two actors never hold one user's sessions at once. Its
+            // publication goes first: the successor loads what this one wrote.
+            self.draining = true;
+            self.withdraw();
             let _ = self.myself.drain();
         }
     }
 
     fn should_passivate(&self, now: DateTime<Utc>) -> bool {
-        now - self.last_activity >= self.policy.idle_passivate
+        // Requests the publication answered are activity too.
+        let last_request = self.sessions.values().map(|l| l.session.last_seen_at).max();
+        let last_activity =
+            last_request.map_or(self.last_activity, |at| at.max(self.last_activity));
+        now - last_activity >= self.policy.idle_passivate
     }
 
     /// Writes every touch not yet persisted, so the next actor loads exact activity times.
     async fn flush_touches(&mut self) -> bool {
         for live in self.sessions.values_mut() {
-            if live.session.last_seen_at > live.persisted_last_seen {
+            if live.session.last_seen_at > live.activity.persisted() {
                 if self
                     .store
                     .touch_session(live.session.id, live.session.last_seen_at)
@@ -1386,7 +1492,7 @@ impl UserState {
                 {
                     return false;
                 }
-                live.persisted_last_seen = live.session.last_seen_at;
+                live.activity.persist(live.session.last_seen_at);
             }
         }
         true

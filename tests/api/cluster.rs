@@ -42,8 +42,14 @@ async fn a_logout_on_one_node_is_refused_on_every_other_node_at_once() {
     let john = cluster.node(0).user().await;
     for round in 0..100 {
         let session = cluster.node(round % 3).logged_in(&john).await;
-        // Every node holds the session in memory, so a stale cache would accept it.
+        // Every node holds the session in memory, so a stale cache would accept it; the
+        // second round of validations is answered from each node's publication (the read
+        // path beside the actors), which must not outlive the logout either.
         everywhere(&cluster, &session, StatusCode::OK).await;
+        everywhere(&cluster, &session, StatusCode::OK).await;
+        for node in &cluster.nodes {
+            assert_eq!(node.state.sessions.registry().published_count(), 1);
+        }
         let logout = cluster.node(1).logout(&session.token, None).await;
         assert_eq!(logout.status(), StatusCode::OK, "round {round}");
         for i in [0, 2] {
@@ -675,5 +681,35 @@ async fn a_factor_change_on_one_node_ends_the_other_sessions_on_every_node_at_on
             .await
             .unwrap();
         assert!(body["access_token"].is_string(), "node {i}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn a_logout_is_refused_on_nodes_whose_actors_are_busy_when_it_arrives() {
+    // The other nodes answer John's validations from their publications (no message). Their
+    // actors are busy when the logout's news arrives, so its `Forget` waits in their
+    // mailboxes: the news itself, recorded before the node confirms, must stop the
+    // publication from answering.
+    use finsec::sessions::UserMsg;
+    let cluster = spawn_cluster(3).await;
+    let john = cluster.node(0).user().await;
+    let session = cluster.node(0).logged_in(&john).await;
+    everywhere(&cluster, &session, StatusCode::OK).await;
+    everywhere(&cluster, &session, StatusCode::OK).await;
+    for i in [0, 2] {
+        cluster
+            .node(i)
+            .actor_of(&john)
+            .cast(UserMsg::Stall(Duration::from_millis(800)))
+            .unwrap();
+    }
+    let logout = cluster.node(1).logout(&session.token, None).await;
+    assert_eq!(logout.status(), StatusCode::OK);
+    for i in [0, 2] {
+        assert_eq!(
+            cluster.node(i).me(&session.token).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "node {i} accepted a session logged out on node 1"
+        );
     }
 }

@@ -436,6 +436,44 @@ impl TestApp {
         panic!("node {} never came to trust its memory", self.address);
     }
 
+    /// `user`'s actor, resident on this node (tests cast their hooks to it).
+    pub fn actor_of(&self, user: &TestUser) -> ractor::ActorRef<finsec::sessions::UserMsg> {
+        self.state
+            .sessions
+            .registry()
+            .resident(user.id)
+            .expect("the user's actor is resident")
+    }
+
+    /// Another connection holding `user`'s session rows locked (`SELECT … FOR UPDATE` in an
+    /// open transaction) until it rolls back: every write that ends those sessions waits.
+    pub async fn lock_sessions_of(&self, user: &TestUser) -> mysql_async::Conn {
+        use mysql_async::prelude::Queryable;
+        let mut holder = self.db.connection().await;
+        holder.query_drop("BEGIN").await.unwrap();
+        holder
+            .query_drop(format!(
+                "SELECT id FROM sessions WHERE user_id = {} FOR UPDATE",
+                user.id
+            ))
+            .await
+            .unwrap();
+        holder
+    }
+
+    /// `POST /api/auth/logout-all` with `token`, in a task of its own (it may have to wait).
+    pub fn spawn_logout_all(
+        &self,
+        token: &str,
+    ) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
+        let request = self
+            .client
+            .post(self.url("/api/auth/logout-all"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({}));
+        tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+    }
+
     /// The number of user actors resident right now.
     pub async fn resident_actors(&self) -> usize {
         ractor::call_t!(

@@ -21,6 +21,7 @@ mod overload;
 mod password;
 mod process;
 mod random_input;
+mod read_path;
 mod restart;
 mod secrets;
 mod sessions;

@@ -116,13 +116,7 @@ async fn a_request_answered_503_is_not_carried_out_later() {
     let john = app.user().await;
     let first = app.logged_in(&john).await;
     // John's actor is stuck (a slow database, say) for longer than a caller waits.
-    let actor = app
-        .state
-        .sessions
-        .registry()
-        .resident(john.id)
-        .expect("john's actor is resident");
-    actor
+    app.actor_of(&john)
         .cast(UserMsg::Stall(std::time::Duration::from_secs(1)))
         .unwrap();
     let login = app.login(&john.credentials()).await;
@@ -160,33 +154,10 @@ async fn one_users_slow_writes_never_delay_another_users_validations() {
     let jane = app.user().await;
     let johns = app.logged_in(&john).await;
     let janes = app.logged_in(&jane).await;
-    let mut holder = app.db.connection().await;
-    holder.query_drop("BEGIN").await.unwrap();
-    holder
-        .query_drop(format!(
-            "SELECT id FROM sessions WHERE user_id = {} FOR UPDATE",
-            john.id
-        ))
-        .await
-        .unwrap();
+    let mut holder = app.lock_sessions_of(&john).await;
 
     // Several of John's devices ask at once to end all his sessions; each waits on the lock.
-    let slow: Vec<_> = (0..4)
-        .map(|_| {
-            let client = app.client.clone();
-            let url = app.url("/api/auth/logout-all");
-            let token = johns.token.clone();
-            tokio::spawn(async move {
-                client
-                    .post(url)
-                    .bearer_auth(token)
-                    .json(&serde_json::json!({}))
-                    .send()
-                    .await
-                    .map(|r| r.status())
-            })
-        })
-        .collect();
+    let slow: Vec<_> = (0..4).map(|_| app.spawn_logout_all(&johns.token)).collect();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
     let mut slowest = std::time::Duration::ZERO;

@@ -112,8 +112,25 @@ impl Drop for TestDatabase {
                 .expect("clean-up runtime");
             runtime.block_on(async move {
                 let mut conn = admin_connection(&server).await;
-                conn.query_drop(format!("DROP DATABASE IF EXISTS `{name}`"))
-                    .await
+                // A test that failed mid-transaction may leave a connection holding locks
+                // in the database (its runtime is gone, its socket not yet closed): DROP
+                // would wait on them for a year. Wait briefly, end those connections, drop.
+                conn.query_drop("SET SESSION lock_wait_timeout = 5").await?;
+                let drop = format!("DROP DATABASE IF EXISTS `{name}`");
+                if conn.query_drop(&drop).await.is_ok() {
+                    return Ok(());
+                }
+                let holders: Vec<u64> = conn
+                    .exec(
+                        "SELECT id FROM information_schema.processlist \
+                         WHERE db = ? AND id <> CONNECTION_ID()",
+                        (name.as_str(),),
+                    )
+                    .await?;
+                for id in holders {
+                    let _ = conn.query_drop(format!("KILL {id}")).await;
+                }
+                conn.query_drop(&drop).await
             })
         })
         .join();
