@@ -17,11 +17,11 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(&settings.log);
-    // The blocking pool runs the scrypt hashes (bounded by password.max_concurrent_hashes)
-    // and little else (name lookups): no more threads than that work needs.
+    // Hashes run on threads of their own (auth::password); the blocking pool does little
+    // (name lookups, the journal's file): no more threads than that needs.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(settings.password.max_concurrent_hashes + 16)
+        .max_blocking_threads(16)
         .build();
     match runtime {
         Ok(runtime) => runtime.block_on(run(cli, settings)),

@@ -2,9 +2,12 @@
 //!
 //! Hashing costs tens of milliseconds of CPU by design. Run on a runtime worker it would stall
 //! every request scheduled there, and run inside a user actor it would stall that user's every
-//! request, so it runs on tokio's blocking pool. A semaphore bounds how many hashes run at
-//! once: a burst of logins queues here instead of spawning dozens of blocking threads that
-//! would each take a core.
+//! request, so it runs on a pool of its own ([`HashingPool`]): at most as many threads as
+//! cores, each at a lower scheduling priority (nice 10), so when a runtime worker and a hash
+//! both want a core the worker gets it. Logins still use every core the requests leave idle,
+//! and an authenticated request is not queued behind a burst of logins. A semaphore bounds how
+//! many hashes are in the pool at once: a burst of logins queues here instead of piling jobs
+//! onto the threads.
 //!
 //! The permit travels *into* the blocking job and is released when the hash is done, not when
 //! the request goes away: a client that hangs up cannot free a slot while its scrypt (and its
@@ -26,6 +29,7 @@ use crate::config::PasswordSettings;
 
 #[derive(Clone)]
 pub struct PasswordHasher {
+    pool: Arc<HashingPool>,
     scrypt: Scrypt,
     /// The cost new hashes get.
     params: Params,
@@ -45,6 +49,7 @@ impl PasswordHasher {
         let params = Params::new(settings.log_n, settings.r, settings.p)
             .map_err(|e| AuthError::Hashing(e.to_string()))?;
         let mut hasher = Self {
+            pool: Arc::new(HashingPool::new(settings.max_concurrent_hashes)?),
             scrypt: Scrypt::new_with_params(params),
             params,
             permits: Arc::new(Semaphore::new(settings.max_concurrent_hashes)),
@@ -130,21 +135,81 @@ impl PasswordHasher {
             .record(crate::metrics::seconds(queued.elapsed()));
         let running = self.running.clone();
         let admitted = self.admitted.clone();
-        tokio::task::spawn_blocking(move || {
-            // Held until the hash is done, whatever becomes of the request that asked.
-            let (_permit, _slot) = (permit, slot);
-            running.fetch_add(1, Ordering::SeqCst);
-            metrics::gauge!("finsec_password_hash_queue")
-                .set(admitted.load(Ordering::SeqCst) as f64);
-            let started = std::time::Instant::now();
-            let outcome = work();
-            metrics::histogram!("finsec_password_hash_run_seconds")
-                .record(crate::metrics::seconds(started.elapsed()));
-            running.fetch_sub(1, Ordering::SeqCst);
-            outcome
-        })
-        .await
-        .map_err(|e| AuthError::Hashing(format!("hashing task failed: {e}")))?
+        self.pool
+            .run(move || {
+                // Held until the hash is done, whatever becomes of the request that asked.
+                let (_permit, _slot) = (permit, slot);
+                running.fetch_add(1, Ordering::SeqCst);
+                metrics::gauge!("finsec_password_hash_queue")
+                    .set(admitted.load(Ordering::SeqCst) as f64);
+                let started = std::time::Instant::now();
+                let outcome = work();
+                metrics::histogram!("finsec_password_hash_run_seconds")
+                    .record(crate::metrics::seconds(started.elapsed()));
+                running.fetch_sub(1, Ordering::SeqCst);
+                outcome
+            })
+            .await?
+    }
+}
+
+/// The threads that hash: `min(max_concurrent_hashes, cores)` of them (more would only
+/// share the cores and make each hash slower), each lowered to nice 10 as it starts. Under
+/// Linux's scheduler a nice-10 thread gets about a tenth of a core's share against a nice-0
+/// one, so the runtime's workers preempt hashing whenever they have requests; when they are
+/// idle, hashing has the cores to itself.
+struct HashingPool {
+    threads: rayon::ThreadPool,
+}
+
+/// The niceness of hashing threads: low enough that request handling always wins the CPU.
+#[cfg(target_os = "linux")]
+const HASHING_NICE: libc::c_int = 10;
+
+impl HashingPool {
+    fn new(max_concurrent: usize) -> Result<Self, AuthError> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let threads = rayon::ThreadPoolBuilder::new()
+            .num_threads(max_concurrent.clamp(1, cores))
+            .thread_name(|i| format!("finsec-hash-{i}"))
+            .start_handler(|_| lower_priority())
+            // A job's panic must not abort the process: its caller hears an error instead.
+            .panic_handler(|_| tracing::error!("a password hashing job panicked"))
+            .build()
+            .map_err(|e| AuthError::Hashing(format!("hashing threads: {e}")))?;
+        Ok(Self { threads })
+    }
+
+    /// Runs `work` on a hashing thread and waits for its result without blocking the runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, AuthError> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        self.threads.spawn(move || {
+            let _ = done.send(work());
+        });
+        result
+            .await
+            .map_err(|_| AuthError::Hashing("the hashing job failed".into()))
+    }
+}
+
+/// Lowers the calling thread's scheduling priority (on Linux `setpriority` with a thread id
+/// acts on that thread alone). Raising niceness needs no privilege; if it fails anyway, hashing
+/// runs at normal priority, as it did on tokio's blocking pool.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: plain system calls on the calling thread's own id; no memory is shared.
+        let outcome = unsafe {
+            let tid = libc::gettid();
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, HASHING_NICE)
+        };
+        if outcome != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(),
+                "hashing thread left at normal priority");
+        }
     }
 }
 
@@ -204,6 +269,28 @@ mod tests {
                 .await
                 .unwrap()
         );
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_on_lowered_priority_threads_at_most_cores_wide() {
+        let hasher = PasswordHasher::new(&PasswordSettings {
+            max_concurrent_hashes: 64,
+            ..cheap()
+        })
+        .await
+        .unwrap();
+        let niceness = hasher
+            .pool
+            .run(|| {
+                // SAFETY: reads the calling thread's own priority.
+                unsafe { libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t) }
+            })
+            .await
+            .unwrap();
+        assert_eq!(niceness, HASHING_NICE);
+        let cores = std::thread::available_parallelism().unwrap().get();
+        assert_eq!(hasher.pool.threads.current_num_threads(), cores.min(64));
     }
 
     #[tokio::test]

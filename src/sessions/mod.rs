@@ -3,7 +3,7 @@
 //! and [`Sessions`], the operations the HTTP layer calls.
 //!
 //! Flow of a login: `Sessions::login` looks the email up in the store (a read), verifies the
-//! password on the blocking pool (never in an actor), then asks the user's actor to open a
+//! password on the hashing threads (never in an actor), then asks the user's actor to open a
 //! session or an MFA challenge. Every change to a user's sessions happens inside that user's
 //! actor, which writes it to the store before it answers.
 

@@ -1,6 +1,6 @@
 //! [`Sessions`]: the operations the HTTP layer (and the CLI, through it) performs on live
 //! sessions. It does the work that must not happen inside an actor (password checks on the
-//! blocking pool, token signing), then asks the user's actor to make the change.
+//! hashing threads, token signing), then asks the user's actor to make the change.
 
 use std::sync::Arc;
 
@@ -494,7 +494,7 @@ impl Sessions {
     }
 
     /// The caller proves it is the user again (ASVS 5.0 7.5.1: before changing a factor or
-    /// the password): the current password, on the blocking pool, behind the same per-account
+    /// the password): the current password, on the hashing threads, behind the same per-account
     /// throttle as a login, and a wrong one counts like a wrong login.
     async fn reauthenticate(
         &self,
