@@ -1,0 +1,292 @@
+//! Memory per resident user and per session, and the first request for a user whose actor is
+//! not resident (issue 12, targets 3 and 4). Run through `scripts/bench`, or
+//! `cargo bench --bench residents`.
+//!
+//! The real `finsec` binary (release) runs as a child process over a fresh MySQL database
+//! (`FINSEC_BENCH_SERVER_URL`, default `mysql://root@127.0.0.1:3306`; dropped after), so its
+//! RSS (`/proc/PID/status`) holds the service alone. Users and their live sessions are
+//! inserted in bulk with SQL, tokens are signed here with the service's key, and one
+//! `GET /api/auth/me` per user makes that user resident (its actor loads the user and every
+//! live session from MySQL). Two populations of `FINSEC_BENCH_USERS` users each (default
+//! 100,000): first with one session each, then with three, so the RSS each adds gives the cost
+//! of a user and of a session. Then actors passivate (`actors.idle_passivate`, shortened
+//! here) and the RSS is read again.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use finsec::auth::TokenIssuer;
+use finsec::config::Settings;
+use finsec::domain::{Device, Session, UserId};
+use finsec::store::MySqlStore;
+use mysql_async::prelude::Queryable;
+
+const SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
+const KEY: &str = "YmVuY2ggZW5jcnlwdGlvbiBrZXksIDMyIGJ5dGVzISE=";
+/// A browser's user agent, as most sessions carry one.
+const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
+                          (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
+/// Concurrent first requests.
+const CONCURRENCY: usize = 16;
+const PASSIVATE_AFTER: &str = "60s";
+
+#[tokio::main]
+async fn main() {
+    let users: usize = std::env::var("FINSEC_BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let server = std::env::var("FINSEC_BENCH_SERVER_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
+    let database = format!(
+        "finsec_bench_{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    let mut admin = mysql_async::Conn::from_url(server.as_str())
+        .await
+        .expect("the bench's MySQL server answers");
+    admin
+        .query_drop(format!("CREATE DATABASE `{database}`"))
+        .await
+        .unwrap();
+    let url = format!("{}/{database}", server.trim_end_matches('/'));
+    let store = MySqlStore::connect(&url, 2).await.expect("bench database");
+    store.migrate().await.expect("migrations");
+    drop(store);
+
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let settings = Settings::from_figment(
+        Settings::figment(&dir, None)
+            .merge(("jwt.secret", SECRET))
+            .merge(("security.encryption_key", KEY)),
+    )
+    .expect("bench settings");
+    let issuer = TokenIssuer::new(&settings.jwt);
+
+    let mut db = mysql_async::Conn::from_url(url.as_str()).await.unwrap();
+    let started = Instant::now();
+    let one = insert_population(&mut db, &issuer, 0, users, 1).await;
+    let three = insert_population(&mut db, &issuer, users, users, 3).await;
+    eprintln!(
+        "inserted {} users and {} sessions in {:.1?}",
+        2 * users,
+        4 * users,
+        started.elapsed()
+    );
+
+    let port = free_port();
+    let journal = std::env::temp_dir().join(format!("{database}.journal"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
+        .arg("--config-dir")
+        .arg(&dir)
+        .env("FINSEC__DATABASE__URL", &url)
+        .env("FINSEC__DATABASE__PENDING_REVOCATIONS", &journal)
+        .env("FINSEC__HTTP__PORT", port.to_string())
+        .env("FINSEC__JWT__SECRET", SECRET)
+        .env("FINSEC__SECURITY__ENCRYPTION_KEY", KEY)
+        .env("FINSEC__SECURITY__IP_RATE", "0")
+        .env("FINSEC__ACTORS__IDLE_PASSIVATE", PASSIVATE_AFTER)
+        .env("FINSEC__SESSION__SWEEP_INTERVAL", "10s")
+        .env("FINSEC__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("finsec starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    wait_ready(&client, &base).await;
+    let pid = child.id();
+    // Warm: a few users resident, so allocator arenas and pools exist before the baseline.
+    first_requests(&client, &base, &one[..CONCURRENCY * 4]).await;
+    let baseline = rss_kib(pid);
+
+    let first_one = first_requests(&client, &base, &one[CONCURRENCY * 4..]).await;
+    let with_one = rss_kib(pid);
+    let first_three = first_requests(&client, &base, &three).await;
+    let with_three = rss_kib(pid);
+    let residents = resident_actors(&client, &base).await;
+
+    // Passivation: every actor idle for PASSIVATE_AFTER is stopped by a later tick.
+    let waited = Instant::now();
+    while resident_actors(&client, &base).await > 0 && waited.elapsed() < Duration::from_secs(180) {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    let passivated = rss_kib(pid);
+    let left = resident_actors(&client, &base).await;
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_file(&journal);
+    admin
+        .query_drop(format!("DROP DATABASE `{database}`"))
+        .await
+        .unwrap();
+
+    let n = users as f64;
+    let per_user_one = (with_one - baseline) as f64 * 1024.0 / (n - (CONCURRENCY * 4) as f64);
+    let per_user_three = (with_three - with_one) as f64 * 1024.0 / n;
+    let per_session = (per_user_three - per_user_one) / 2.0;
+    println!(
+        "{users} users with one session, then {users} with three; the `finsec` binary's RSS \
+         (KiB): {baseline} at start, {with_one} and {with_three} with them resident \
+         ({residents} actors), {passivated} after passivation ({left} actors left, {:.0} s)",
+        waited.elapsed().as_secs_f64()
+    );
+    println!(
+        "| per resident user, 1 session | per resident user, 3 sessions | per session |\n\
+         |------------------------------|--------------------------------|-------------|\n\
+         | {:.0} B | {:.0} B | {:.0} B |",
+        per_user_one, per_user_three, per_session
+    );
+    for (name, latencies) in [("one session", first_one), ("three sessions", first_three)] {
+        let (p50, p99) = percentiles(latencies);
+        println!(
+            "first request of a non-resident user ({name}, {CONCURRENCY} concurrent): \
+             p50 {p50:.2} ms, p99 **{p99:.2} ms** (target ≤ 5 ms)"
+        );
+    }
+}
+
+/// `count` users from id `first + 1`, each with `sessions` live sessions; their tokens, one
+/// per user.
+async fn insert_population(
+    db: &mut mysql_async::Conn,
+    issuer: &TokenIssuer,
+    first: usize,
+    count: usize,
+    sessions: usize,
+) -> Vec<String> {
+    let now = Utc::now();
+    let at = now.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
+    let mut tokens = Vec::with_capacity(count);
+    for chunk in (first..first + count).collect::<Vec<_>>().chunks(1000) {
+        let users: Vec<String> = chunk
+            .iter()
+            .map(|i| {
+                format!(
+                    "({id}, 'resident-{i}@example.com', 'x', 'Bench', 'User {i}', '{at}', '{at}')",
+                    id = i + 1
+                )
+            })
+            .collect();
+        db.query_drop(format!(
+            "INSERT INTO users (id, email, password_hash, first_name, last_name, created_at, \
+             updated_at) VALUES {}",
+            users.join(",")
+        ))
+        .await
+        .unwrap();
+        let mut rows = Vec::new();
+        for i in chunk {
+            for s in 0..sessions {
+                let device = Device {
+                    user_agent: Some(USER_AGENT.into()),
+                    ip: Some("203.0.113.7".into()),
+                };
+                let session = Session::open(
+                    UserId::new(*i as u64 + 1),
+                    device,
+                    now,
+                    chrono::Duration::hours(8),
+                );
+                if s == 0 {
+                    tokens.push(issuer.issue(&session, now).unwrap());
+                }
+                rows.push(format!(
+                    "('{}', {}, '{at}', '{at}', '{}', '{USER_AGENT}', '203.0.113.7')",
+                    session.id,
+                    i + 1,
+                    session.expires_at.format("%Y-%m-%d %H:%M:%S%.6f")
+                ));
+            }
+        }
+        db.query_drop(format!(
+            "INSERT INTO sessions (id, user_id, created_at, last_seen_at, expires_at, \
+             user_agent, ip) VALUES {}",
+            rows.join(",")
+        ))
+        .await
+        .unwrap();
+    }
+    tokens
+}
+
+/// One `GET /api/auth/me` per token, `CONCURRENCY` at a time; the latency of each.
+async fn first_requests(client: &reqwest::Client, base: &str, tokens: &[String]) -> Vec<Duration> {
+    let tokens = Arc::new(tokens.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (client, tokens, next) = (client.clone(), tokens.clone(), next.clone());
+            let url = format!("{base}/api/auth/me");
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let Some(token) = tokens.get(i) else {
+                        return latencies;
+                    };
+                    let sent = Instant::now();
+                    let response = client.get(&url).bearer_auth(token).send().await.unwrap();
+                    assert!(response.status().is_success(), "{}", response.status());
+                    latencies.push(sent.elapsed());
+                }
+            })
+        })
+        .collect();
+    let mut all = Vec::with_capacity(tokens.len());
+    for worker in workers {
+        all.extend(worker.await.unwrap());
+    }
+    all
+}
+
+fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    (at(0.50), at(0.99))
+}
+
+fn rss_kib(pid: u32) -> i64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+async fn resident_actors(client: &reqwest::Client, base: &str) -> u64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("finsec_resident_actors "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+async fn wait_ready(client: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let ready = client.get(format!("{base}/health/ready")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("finsec did not become ready");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
