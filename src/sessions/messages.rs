@@ -214,6 +214,25 @@ impl UserMsg {
     }
 }
 
+impl UserMsg {
+    /// Messages whose handling may end sessions or change the user's row, and which write to
+    /// the store before memory changes (a password change, a factor change, deactivation, a
+    /// login past the session limit, …): the actor's publication is withdrawn before they
+    /// are handled, so no validation is answered from what the write is about to end (see
+    /// `sessions::published`). `Validate`, `ListSessions`, `Adopt` and `Tick` end sessions
+    /// only through `forget`, which withdraws first itself.
+    pub fn may_end_sessions(&self) -> bool {
+        match self {
+            Self::Validate { .. } | Self::ListSessions { .. } | Self::Adopt { .. } | Self::Tick => {
+                false
+            }
+            #[cfg(any(test, feature = "test-hooks"))]
+            Self::Crash | Self::Stall(_) => false,
+            _ => true,
+        }
+    }
+}
+
 /// Messages to the [`SessionSupervisor`](super::supervisor::SessionSupervisor). Its main work
 /// arrives as supervision events from its children; these are its timer and its diagnostics.
 pub enum SupervisorMsg {

@@ -77,6 +77,11 @@ impl Activity {
     }
 }
 
+/// `at` to the microsecond: the resolution of the store and of [`Activity`].
+pub fn to_micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    from_micros(at.timestamp_micros())
+}
+
 fn from_micros(micros: i64) -> DateTime<Utc> {
     DateTime::from_timestamp_micros(micros).unwrap_or(DateTime::<Utc>::MIN_UTC)
 }
@@ -184,9 +189,8 @@ mod tests {
         chrono::Duration::minutes(n)
     }
 
-    /// Now, to the microsecond activity is kept at.
     fn now() -> DateTime<Utc> {
-        from_micros(Utc::now().timestamp_micros())
+        to_micros(Utc::now())
     }
 
     fn rules(epoch: u64) -> ReadRules {

@@ -18,7 +18,7 @@ use tokio::sync::OnceCell;
 
 use super::SessionError;
 use super::messages::{Reply, SessionGrant, UserMsg};
-use super::published::{Publications, ReadRules};
+use super::published::{Publications, ReadRules, to_micros};
 use super::user_actor::{SessionPolicy, StartError, UserActor, UserActorArgs};
 use crate::cluster::Cluster;
 use crate::domain::{SessionId, UserId};
@@ -233,7 +233,7 @@ impl Registry {
             user_refresh: self.policy.user_refresh,
         };
         self.residents
-            .published_grant(user, session, chrono::Utc::now(), &rules)
+            .published_grant(user, session, to_micros(chrono::Utc::now()), &rules)
     }
 
     /// How many users' actors have published for the read path on this node.

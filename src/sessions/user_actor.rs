@@ -268,6 +268,7 @@ impl Actor for UserActor {
         tracing::debug!(user_id = %user.id, sessions = sessions.len(), "user actor started");
         // A revocation whose write is still pending holds, whatever the store says.
         let journal = &args.policy.journal;
+        let residents = &args.residents;
         Ok(UserState {
             myself,
             profile: Arc::new(UserProfile::from(&user)),
@@ -276,7 +277,9 @@ impl Actor for UserActor {
             user_read_at: now,
             sessions: sessions
                 .into_iter()
-                .filter(|s| !journal.is_pending(&s.id))
+                .filter(|s| {
+                    !journal.is_pending(&s.id) && !residents.recently_ended(s.user_id, s.id)
+                })
                 .map(|s| (s.id, LiveSession::from_store(s)))
                 .collect(),
             refused: RefusedIds::default(),
@@ -302,9 +305,14 @@ impl Actor for UserActor {
             tracing::debug!(user_id = %state.user.id, "request dropped: its caller gave up waiting");
             return Ok(());
         }
-        let now = Utc::now();
+        // To the microsecond, as the store and the activity atomics keep times: a time with
+        // nanoseconds would always look newer than the same time persisted.
+        let now = super::published::to_micros(Utc::now());
         if message.is_from_client() {
             state.last_activity = now;
+        }
+        if message.may_end_sessions() {
+            state.withdraw();
         }
         state.absorb_activity();
         state.handle(message, now).await;
@@ -564,8 +572,13 @@ impl UserState {
         }
     }
 
+    /// Refused here, held by the journal, or ended by another node lately (its news is
+    /// recorded before the `Forget` reaches this mailbox, and before a reload could read the
+    /// row of a revocation not yet written).
     fn is_known_dead(&self, id: &SessionId) -> bool {
-        self.refused.contains(id) || self.policy.journal.is_pending(id)
+        self.refused.contains(id)
+            || self.policy.journal.is_pending(id)
+            || self.residents.recently_ended(self.user.id, *id)
     }
 
     /// Reads one session from the store into memory, or out of it when it is not live.

@@ -466,12 +466,12 @@ impl TestApp {
         &self,
         token: &str,
     ) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
-        let request = self
-            .client
-            .post(self.url("/api/auth/logout-all"))
-            .bearer_auth(token)
-            .json(&serde_json::json!({}));
-        tokio::spawn(async move { request.send().await.map(|r| r.status()) })
+        spawn_request(
+            self.client
+                .post(self.url("/api/auth/logout-all"))
+                .bearer_auth(token)
+                .json(&serde_json::json!({})),
+        )
     }
 
     /// The number of user actors resident right now.
@@ -492,6 +492,13 @@ impl Drop for TestApp {
         }
         let _ = std::fs::remove_file(&self.settings.database.pending_revocations);
     }
+}
+
+/// Sends `request` in a task of its own (it may have to wait); its status when it answers.
+pub fn spawn_request(
+    request: reqwest::RequestBuilder,
+) -> tokio::task::JoinHandle<reqwest::Result<StatusCode>> {
+    tokio::spawn(async move { request.send().await.map(|r| r.status()) })
 }
 
 #[derive(Debug, Clone)]

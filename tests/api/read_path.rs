@@ -6,7 +6,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 
-use crate::helpers::{assert_error, spawn_app_with};
+use tokio::task::JoinHandle;
+
+use crate::helpers::{
+    ADMIN_KEY, LoggedIn, TestApp, TestUser, assert_error, spawn_app_with, spawn_request,
+};
 
 #[tokio::test]
 async fn validations_are_answered_while_the_users_actor_is_busy() {
@@ -39,14 +43,19 @@ async fn validations_are_answered_while_the_users_actor_is_busy() {
     .await;
 }
 
-#[tokio::test]
-async fn a_session_is_refused_from_the_moment_its_revocation_begins() {
-    // John's session rows are locked by someone else, so his logout's write waits (up to
-    // database.timeout). The session left the publication before the write began: no request
-    // meanwhile is accepted, though the write has not committed.
+/// John on his phone and his laptop, both validated once (so published); his session rows
+/// held locked by another connection while `end` (a request that ends the laptop's session)
+/// waits on them. The laptop's session is never accepted meanwhile: its actor withdrew its
+/// publication before the write began (at worst the busy actor answers 503). Once the lock
+/// goes, the write commits and the store records `reason`.
+async fn refused_from_the_moment_its_end_begins(
+    end: impl FnOnce(&TestApp, &TestUser, &LoggedIn) -> JoinHandle<reqwest::Result<StatusCode>>,
+    reason: &str,
+) {
     let app = spawn_app_with(|f| {
         f.merge(("database.timeout", "3s"))
             .merge(("actors.call_timeout", "300ms"))
+            .merge(("admin.api_key", ADMIN_KEY))
     })
     .await;
     let john = app.user().await;
@@ -62,30 +71,72 @@ async fn a_session_is_refused_from_the_moment_its_revocation_begins() {
     );
 
     let mut holder = app.lock_sessions_of(&john).await;
-    let logout = app.spawn_logout_all(&phone.token);
+    let ending = end(&app, &john, &phone);
     tokio::time::sleep(Duration::from_millis(100)).await;
-
-    // The laptop's session is in the revocation under way: never accepted again (the actor,
-    // busy with the write, answers 503 at worst; the publication no longer answers at all).
     let mut during = Vec::new();
     for _ in 0..4 {
         during.push(app.me(&laptop.token).await.status());
     }
-    // Released before any assertion: a test that fails must not leave the lock held (the
-    // test database could not be dropped).
+    // Released before any assertion: a test that fails must not leave the lock held.
     use mysql_async::prelude::Queryable;
     holder.query_drop("ROLLBACK").await.unwrap();
     drop(holder);
     assert!(
         during.iter().all(|status| *status != StatusCode::OK),
-        "accepted during its revocation: {during:?}"
+        "accepted while its end was being written: {during:?}"
     );
-    // The caller waited actors.call_timeout (503, not acknowledged); the actor's write
-    // goes on and commits once the lock is released.
-    let status = logout.await.unwrap().unwrap();
+    // The caller waited actors.call_timeout (503, not acknowledged) or the write was quick
+    // enough; either way it commits once the lock is released.
+    let status = ending.await.unwrap().unwrap();
     assert!(
         status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
         "{status}"
     );
-    app.assert_ended(&laptop, "logout_all").await;
+    app.assert_ended(&laptop, reason).await;
+}
+
+#[tokio::test]
+async fn a_session_is_refused_from_the_moment_its_revocation_begins() {
+    refused_from_the_moment_its_end_begins(
+        |app, _, phone| app.spawn_logout_all(&phone.token),
+        "logout_all",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_password_change_refuses_the_other_sessions_before_it_is_written() {
+    refused_from_the_moment_its_end_begins(
+        |app, john, phone| {
+            spawn_request(
+                app.client
+                    .post(app.url("/api/auth/change-password"))
+                    .bearer_auth(&phone.token)
+                    .json(&serde_json::json!({
+                        "currentPassword": john.password,
+                        "newPassword": "a-new-password-for-john-42",
+                    })),
+            )
+        },
+        "password_changed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_deactivation_refuses_every_session_before_it_is_written() {
+    refused_from_the_moment_its_end_begins(
+        |app, john, _| {
+            spawn_request(
+                app.admin(
+                    reqwest::Method::POST,
+                    &format!("/api/admin/users/{}/deactivate", john.id),
+                    Some(ADMIN_KEY),
+                )
+                .json(&serde_json::json!({"reason": "card reported stolen"})),
+            )
+        },
+        "account_disabled",
+    )
+    .await;
 }
