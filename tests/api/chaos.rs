@@ -60,12 +60,16 @@ struct Tracked {
     ending_sent: bool,
     /// When a request that ended it was answered 200: from then on it must be refused.
     ended_acked: Option<Instant>,
+    /// Which request that was, where, and when (for the report of a violation).
+    ended_by: Option<String>,
     /// Its logout was answered 503: kept in a journal, it must be refused once all is healed.
     ended_unacked: bool,
 }
 
-#[derive(Default)]
 struct Ledger {
+    started: Instant,
+    /// The faults as they were injected and healed, with their times (for the report).
+    timeline: Vec<String>,
     sessions: Vec<Tracked>,
     operations: u64,
     acked_logins: u64,
@@ -76,6 +80,45 @@ struct Ledger {
 }
 
 impl Ledger {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            timeline: Vec::new(),
+            sessions: Vec::new(),
+            operations: 0,
+            acked_logins: 0,
+            acked_ends: 0,
+            shed: 0,
+            unacked_logouts: 0,
+            violations: Vec::new(),
+        }
+    }
+
+    /// Milliseconds into the run.
+    fn ms(&self, at: Instant) -> u128 {
+        at.saturating_duration_since(self.started).as_millis()
+    }
+
+    /// Records that a request sent at `sent` ended session `i` with a 200.
+    fn ended(&mut self, i: usize, how: &str, url: &str, sent: Instant) {
+        let now = Instant::now();
+        let what = format!(
+            "{how} on {url}, sent at {} ms, answered 200 at {} ms",
+            self.ms(sent),
+            self.ms(now)
+        );
+        let tracked = &mut self.sessions[i];
+        if tracked.ended_acked.is_none() {
+            tracked.ended_acked = Some(now);
+            tracked.ended_by = Some(what);
+        }
+    }
+
+    fn fault(&mut self, what: String) {
+        let line = format!("{} ms: {what}", self.ms(Instant::now()));
+        self.timeline.push(line);
+    }
+
     fn violation(&mut self, what: String) {
         if self.violations.len() < 50 {
             self.violations.push(what);
@@ -158,7 +201,7 @@ async fn chaos_loses_and_revives_nothing() {
         urls: nodes.iter().map(|n| n.base.clone()).collect(),
         nodes: nodes.into_iter().map(tokio::sync::RwLock::new).collect(),
     });
-    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let ledger = Arc::new(Mutex::new(Ledger::new()));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
 
@@ -177,6 +220,7 @@ async fn chaos_loses_and_revives_nothing() {
     let faults = tokio::spawn(inject_faults(
         Rng(seed),
         cluster.clone(),
+        ledger.clone(),
         Targets {
             database: database.clone(),
             bus: bus.clone(),
@@ -305,8 +349,9 @@ async fn chaos_loses_and_revives_nothing() {
     }
     assert!(
         ledger.violations.is_empty(),
-        "the record shows violations:\n{}",
-        ledger.violations.join("\n")
+        "the record shows violations:\n{}\nthe faults:\n{}",
+        ledger.violations.join("\n"),
+        ledger.timeline.join("\n")
     );
     assert!(
         ledger.acked_logins > 0 && ledger.acked_ends > 0,
@@ -400,10 +445,15 @@ async fn validate(client: &reqwest::Client, url: &str, rng: &mut Rng, ledger: &M
         tracked.user,
     );
     match status {
-        StatusCode::OK if ended_before => ledger.violation(format!(
-            "revived: user {user} session {} accepted on {url} after its end was acknowledged",
-            picked.1.session_id
-        )),
+        StatusCode::OK if ended_before => {
+            let ended_by = tracked.ended_by.clone().unwrap_or_default();
+            let (sent, answered) = (ledger.ms(sent), ledger.ms(Instant::now()));
+            ledger.violation(format!(
+                "revived: user {user} session {} accepted on {url} (sent at {sent} ms, \
+                 answered at {answered} ms) after its end was acknowledged: {ended_by}",
+                picked.1.session_id
+            ))
+        }
         StatusCode::UNAUTHORIZED if !ending_sent => ledger.violation(format!(
             "lost: user {user} session {} refused on {url}, never ended",
             picked.1.session_id
@@ -473,6 +523,7 @@ async fn sign_in(
             session: LoggedIn::from_body(&body),
             ending_sent: false,
             ended_acked: None,
+            ended_by: None,
             ended_unacked: false,
         });
         return;
@@ -497,6 +548,7 @@ async fn logout_one(client: &reqwest::Client, url: &str, rng: &mut Rng, ledger: 
         ledger.sessions[i].ending_sent = true;
         (i, ledger.sessions[i].session.clone())
     };
+    let sent = Instant::now();
     let Some((status, _)) = send(
         client
             .post(format!("{url}/api/auth/logout"))
@@ -511,8 +563,7 @@ async fn logout_one(client: &reqwest::Client, url: &str, rng: &mut Rng, ledger: 
     match status {
         StatusCode::OK => {
             ledger.acked_ends += 1;
-            let tracked = &mut ledger.sessions[picked.0];
-            tracked.ended_acked.get_or_insert(Instant::now());
+            ledger.ended(picked.0, "a logout", url, sent);
         }
         StatusCode::SERVICE_UNAVAILABLE => {
             ledger.shed += 1;
@@ -542,6 +593,7 @@ async fn logout_all(client: &reqwest::Client, url: &str, w: usize, ledger: &Mute
         }
         (mine, ledger.sessions[from].session.clone())
     };
+    let sent = Instant::now();
     let Some((status, _)) = send(
         client
             .post(format!("{url}/api/auth/logout-all"))
@@ -557,9 +609,8 @@ async fn logout_all(client: &reqwest::Client, url: &str, w: usize, ledger: &Mute
     match status {
         StatusCode::OK => {
             ledger.acked_ends += 1;
-            let now = Instant::now();
             for i in mine {
-                ledger.sessions[i].ended_acked.get_or_insert(now);
+                ledger.ended(i, "a logout-all", url, sent);
             }
         }
         StatusCode::SERVICE_UNAVAILABLE => ledger.shed += 1,
@@ -599,6 +650,7 @@ async fn change_password(
         (others, ledger.sessions[from].session.clone())
     };
     let body = json!({"currentPassword": user.password, "newPassword": new_password});
+    let sent = Instant::now();
     let Some((status, _)) = send(
         client
             .post(format!("{url}/api/auth/change-password"))
@@ -617,9 +669,8 @@ async fn change_password(
         StatusCode::OK => {
             ledger.acked_ends += 1;
             *candidates = vec![new_password];
-            let now = Instant::now();
             for i in others {
-                ledger.sessions[i].ended_acked.get_or_insert(now);
+                ledger.ended(i, "a password change", url, sent);
             }
         }
         StatusCode::SERVICE_UNAVAILABLE => {
@@ -642,9 +693,11 @@ struct Targets {
 async fn inject_faults(
     mut rng: Rng,
     cluster: Arc<Cluster>,
+    ledger: Arc<Mutex<Ledger>>,
     targets: Targets,
     deadline: Instant,
 ) -> Value {
+    let log = |what: String| ledger.lock().unwrap().fault(what);
     let Targets {
         database,
         bus,
@@ -662,35 +715,47 @@ async fn inject_faults(
         match kinds[turn % kinds.len()] {
             0 => {
                 let i = rng.below(NODES);
+                log(format!("kill -9 {}", cluster.urls[i]));
                 cluster.nodes[i].write().await.kill().await;
                 tokio::time::sleep(rng.millis(300, 1500)).await;
                 cluster.nodes[i].write().await.restart().await;
+                log(format!("{} restarted", cluster.urls[i]));
                 kills += 1;
             }
             1 => {
+                log("database down".into());
                 database.down();
                 tokio::time::sleep(rng.millis(500, 2500)).await;
                 database.up();
+                log("database up".into());
                 outages += 1;
             }
             2 => {
-                database.delay(rng.millis(50, 300));
+                let delay = rng.millis(50, 300);
+                log(format!("database slowed by {delay:?}"));
+                database.delay(delay);
                 tokio::time::sleep(rng.millis(1000, 2500)).await;
                 database.delay(Duration::ZERO);
+                log("database at full speed".into());
                 slowdowns += 1;
             }
             3 => {
+                log("bus stopped".into());
                 bus.lock().unwrap().stop();
                 tokio::time::sleep(rng.millis(500, 2500)).await;
                 bus.lock().unwrap().resume();
+                log("bus resumed".into());
                 bus_stops += 1;
             }
             _ => {
                 // One node cut off from the bus, silently: the others must fence it.
-                let link = &links[rng.below(NODES)];
+                let i = rng.below(NODES);
+                let link = &links[i];
+                log(format!("{} cut off the bus", cluster.urls[i]));
                 link.cut();
                 tokio::time::sleep(rng.millis(1000, 3000)).await;
                 link.heal();
+                log(format!("{} back on the bus", cluster.urls[i]));
                 partitions += 1;
             }
         }

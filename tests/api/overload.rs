@@ -139,7 +139,10 @@ async fn a_flood_is_shed_quickly_while_live_sessions_keep_validating() {
         shed + refused > 0,
         "nothing was shed: the test did not overload"
     );
-    assert!(ok > 0, "nothing got through");
+    // How much of the flood gets through depends on the CPU the machine leaves the hashing
+    // threads (nice 10): on a loaded machine none may, and shedding all of it is correct.
+    // What must hold is below: shedding is quick, validations keep going, memory stays
+    // bounded, and the service serves again once the flood is over.
     assert!(
         slowest_shed < Duration::from_secs(5),
         "shedding was slow: {slowest_shed:?}"
