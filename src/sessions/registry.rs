@@ -81,6 +81,23 @@ impl Residents {
         self.by_user.get(&user).and_then(|cell| cell.get().cloned())
     }
 
+    /// Leaves no empty cell behind for a user id that failed to load (it may not exist at all:
+    /// an attacker's guess must not grow the map), unless another request holds the cell: it
+    /// is waiting to try the start itself, and an actor it starts in a cell the map no longer
+    /// holds would be an orphan, answering and publishing beside the user's registered actor,
+    /// where no tick, news or revocation reaches it. Clones of a cell are taken only under the
+    /// map's lock, as this check runs, so the count cannot grow while it is read.
+    pub(super) fn drop_failed_cell(&self, user: UserId, cell: &Arc<OnceCell<ActorRef<UserMsg>>>) {
+        self.by_user.remove_if(&user, |_, held| {
+            Arc::ptr_eq(held, cell) && held.get().is_none() && Arc::strong_count(held) == 2
+        });
+    }
+
+    /// True when `actor` is the one the registry routes `user`'s requests to.
+    pub(super) fn is_registered(&self, user: UserId, actor: ActorId) -> bool {
+        self.actor_of(user).is_some_and(|a| a.get_id() == actor)
+    }
+
     /// Records another node's change to `user`, before the news is cast to its actor.
     pub(super) fn note_change(&self, user: UserId, ended: &[SessionId]) {
         let number = self.next_news.fetch_add(1, Ordering::SeqCst);
@@ -257,11 +274,7 @@ impl Registry {
         match cell.get_or_try_init(|| self.spawn(user)).await {
             Ok(actor) => Ok(actor.clone()),
             Err(err) => {
-                // Leave no empty cell behind for a user id that failed to load (it may not
-                // exist at all: an attacker's guess must not grow the map).
-                self.residents
-                    .by_user
-                    .remove_if(&user, |_, c| c.get().is_none());
+                self.residents.drop_failed_cell(user, &cell);
                 Err(err)
             }
         }
@@ -294,4 +307,31 @@ fn start_error(err: SpawnErr) -> SessionError {
         }
     }
     SessionError::Unavailable(format!("user actor failed to start: {err}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two first requests for one user share a cell; the first one's start fails while the
+    /// second waits to try its own. Removing the cell then would leave the second's actor
+    /// outside the map: an orphan that keeps answering from memory no revocation reaches.
+    #[test]
+    fn a_failed_start_keeps_the_cell_another_request_is_waiting_on() {
+        let residents = Residents::default();
+        let user = UserId::new(7);
+        let first = residents.by_user.entry(user).or_default().clone();
+        let waiting = residents.by_user.entry(user).or_default().clone();
+        residents.drop_failed_cell(user, &first);
+        assert!(
+            residents.by_user.contains_key(&user),
+            "the waiting request's cell was dropped"
+        );
+        drop(waiting);
+        residents.drop_failed_cell(user, &first);
+        assert!(
+            !residents.by_user.contains_key(&user),
+            "an empty cell nobody waits on is not dropped"
+        );
+    }
 }

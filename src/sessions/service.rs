@@ -452,7 +452,7 @@ impl Sessions {
                 reply,
             })
             .await?;
-        self.confirm_ended(caller.user_id, ended).await
+        self.confirm_all_ended(caller.user_id, ended).await
     }
 
     /// Checks the current password, hashes the new one (both off the runtime and off the
@@ -490,7 +490,7 @@ impl Sessions {
                 reply,
             })
             .await?;
-        self.confirm_ended(caller.user_id, ended).await
+        self.confirm_all_ended(caller.user_id, ended).await
     }
 
     /// The caller proves it is the user again (ASVS 5.0 7.5.1: before changing a factor or
@@ -682,7 +682,7 @@ impl Sessions {
                 reply,
             })
             .await?;
-        self.confirm_ended(user_id, ended).await
+        self.confirm_all_ended(user_id, ended).await
     }
 
     /// Operators: deactivate (ending every session, `account_disabled`) or reactivate an
@@ -723,6 +723,23 @@ impl Sessions {
                 .confirm(ClusterEvent::SessionsEnded { user, ids })
                 .await?;
         }
+        Ok(count)
+    }
+
+    /// A change that promises that *all* of the user's sessions (but the caller's) are over
+    /// everywhere: confirmed even when this node ended none. Another node may have ended one
+    /// a moment before, committed, and still be waiting for its own confirmation while a
+    /// node that has not heard it answers from memory; the news makes every node read this
+    /// user from the store again (or be fenced and wait out its lease) before the 200.
+    async fn confirm_all_ended(
+        &self,
+        user: UserId,
+        ids: Vec<SessionId>,
+    ) -> Result<usize, SessionError> {
+        let count = ids.len();
+        self.cluster
+            .confirm(ClusterEvent::SessionsEnded { user, ids })
+            .await?;
         Ok(count)
     }
 

@@ -441,18 +441,29 @@ impl UserState {
     fn publish(&mut self) {
         let publications = &self.residents.publications;
         let user = self.user.id;
+        let me = self.myself.get_id();
+        if !self.draining && !self.residents.is_registered(user, me) {
+            // Not the actor requests are routed to (the registry forgot it): no news, tick
+            // or revocation reaches this one, so it must neither answer nor stay.
+            tracing::warn!(user_id = %user, "user actor not registered; stopping");
+            publications.withdraw_if_from(user, me);
+            self.draining = true;
+            let _ = self.myself.drain();
+            return;
+        }
         let epoch = match self.synced_epoch {
             Some(epoch)
                 if !self.draining
                     && self.user.is_active
                     && self.cluster.trust_epoch() == Some(epoch)
-                    && self.policy.memory_may_answer().is_ok() =>
+                    && self.policy.memory_may_answer().is_ok()
+                    // Readers would skip it; and once the news is pruned they could not.
+                    && !self.residents.news_since(user, self.news_mark) =>
             {
                 epoch
             }
             _ => return publications.withdraw(user),
         };
-        let me = self.myself.get_id();
         if let Some(current) = publications.current(user)
             && current.publisher == me
             && current.epoch == epoch
@@ -1453,7 +1464,10 @@ impl UserState {
     /// has expired, then passivate if idle.
     async fn tick(&mut self, now: DateTime<Utc>) {
         if let Err(err) = self.sync(now).await {
+            // Fail closed, as on the other failed resyncs: memory that missed news must not
+            // be published, nor trusted once the news is pruned.
             tracing::warn!(user_id = %self.user.id, error = %err, "resync on tick failed");
+            self.synced_epoch = None;
         }
         let mut past_lifetime = Vec::new();
         let mut idle = Vec::new();
