@@ -717,13 +717,10 @@ impl Sessions {
         user: UserId,
         ids: Vec<SessionId>,
     ) -> Result<usize, SessionError> {
-        let count = ids.len();
-        if count > 0 {
-            self.cluster
-                .confirm(ClusterEvent::SessionsEnded { user, ids })
-                .await?;
+        if ids.is_empty() {
+            return Ok(0);
         }
-        Ok(count)
+        self.confirm_all_ended(user, ids).await
     }
 
     /// A change that promises that *all* of the user's sessions (but the caller's) are over
