@@ -10,6 +10,9 @@
 //! 3), alternating, and the medians are compared: the machine is shared and noisy, so only
 //! ratios from one run mean anything. Loopback only; every run is bounded in time.
 
+#[path = "support/chart.rs"]
+mod chart;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -30,6 +33,8 @@ const SESSIONS_PER_USER: usize = 3;
 const PASSWORD: &str = "bench-password-0123456789";
 /// Requests per second of the latency probe: light enough to leave the cores to the logins.
 const PROBE_RATE: u32 = 200;
+/// The concurrency sweep behind the chart: wrk connections per point.
+const SWEEP: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
 /// One wrk run: requests per second and the latency percentiles it printed.
 #[derive(Debug, Clone, Copy)]
@@ -341,6 +346,28 @@ end
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
+    // Throughput and p99 against concurrency, for the chart: each point one short wrk run,
+    // `/` then `/me` at the same concurrency.
+    let sweep_seconds: u64 = env_or("FINSEC_BENCH_SWEEP_SECONDS", 3);
+    let mut sweep = Vec::new();
+    for connections in SWEEP {
+        let threads = connections.min(2);
+        let mut pair = Vec::new();
+        for (route, script) in [("/", &root_script), ("/api/auth/me", &script)] {
+            let (url, script) = (format!("{base}{route}"), script.clone());
+            let shape = [format!("-t{threads}"), format!("-c{connections}")];
+            pair.push(
+                tokio::task::spawn_blocking(move || {
+                    let shape: Vec<&str> = shape.iter().map(String::as_str).collect();
+                    wrk_with(&url, Some(&script), sweep_seconds, &shape, false)
+                })
+                .await
+                .unwrap(),
+            );
+        }
+        sweep.push((connections, pair[0], pair[1]));
+    }
+
     let _ = stop.send(());
     let _ = server_task.await;
     admin(&server, &format!("DROP DATABASE `{database}`")).await;
@@ -403,6 +430,39 @@ end
          {idle_p99:.2} ms; target ≤ 3×)",
         loaded_p99 / idle_p99
     );
+    println!(
+        "\nConcurrency sweep (wrk -t≤2 -d{sweep_seconds}s a point):\n\n\
+         | connections | GET / req/s | GET / p99 (ms) | /me req/s | /me p99 (ms) | /me ÷ / |\n\
+         |-------------|-------------|----------------|-----------|--------------|---------|"
+    );
+    for (connections, bare, me) in &sweep {
+        println!(
+            "| {connections:>11} | {:>11.0} | {:>14.2} | {:>9.0} | {:>12.2} | {:>7.2} |",
+            bare.rps,
+            bare.p99_ms,
+            me.rps,
+            me.p99_ms,
+            me.rps / bare.rps
+        );
+    }
+    let svg = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/bench-concurrency.svg");
+    let line = |label, pick: fn(&(u32, Run, Run)) -> Run| chart::Line {
+        label,
+        points: sweep
+            .iter()
+            .map(|point| {
+                let run = pick(point);
+                (point.0, run.rps, run.p99_ms)
+            })
+            .collect(),
+    };
+    chart::draw(
+        &svg,
+        "GET / and GET /api/auth/me (MySQL store, release build, loopback, 2 shared cores)",
+        &[line("GET /", |p| p.1), line("GET /api/auth/me", |p| p.2)],
+    )
+    .expect("the chart is written");
+    println!("chart: {}", svg.display());
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let capacity = cores / verify_cost.as_secs_f64();
     let login_rate = median(logins.iter().map(|r| r.rps).collect());
