@@ -167,6 +167,15 @@ fn probe(url: String, tokens: std::sync::Arc<Vec<String>>, rate: u32, seconds: u
     .expect("the probe's thread")
 }
 
+/// Each figure's median over the runs.
+fn median_run(runs: &[Run]) -> Run {
+    Run {
+        rps: median(runs.iter().map(|r| r.rps).collect()),
+        p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
+        p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
+    }
+}
+
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -346,26 +355,31 @@ end
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 
-    // Throughput and p99 against concurrency, for the chart: each point one short wrk run,
-    // `/` then `/me` at the same concurrency.
+    // Throughput and p99 against concurrency, for the chart: each point the median of
+    // `runs` short wrk runs, `/` and `/me` alternating at the same concurrency.
     let sweep_seconds: u64 = env_or("FINSEC_BENCH_SWEEP_SECONDS", 3);
     let mut sweep = Vec::new();
     for connections in SWEEP {
         let threads = connections.min(2);
-        let mut pair = Vec::new();
-        for (route, script) in [("/", &root_script), ("/api/auth/me", &script)] {
-            let (url, script) = (format!("{base}{route}"), script.clone());
-            let shape = [format!("-t{threads}"), format!("-c{connections}")];
-            pair.push(
-                tokio::task::spawn_blocking(move || {
-                    let shape: Vec<&str> = shape.iter().map(String::as_str).collect();
-                    wrk_with(&url, Some(&script), sweep_seconds, &shape, false)
-                })
-                .await
-                .unwrap(),
-            );
+        let mut pair = [Vec::new(), Vec::new()];
+        for _ in 0..runs {
+            for (i, (route, script)) in [("/", &root_script), ("/api/auth/me", &script)]
+                .into_iter()
+                .enumerate()
+            {
+                let (url, script) = (format!("{base}{route}"), script.clone());
+                let shape = [format!("-t{threads}"), format!("-c{connections}")];
+                pair[i].push(
+                    tokio::task::spawn_blocking(move || {
+                        let shape: Vec<&str> = shape.iter().map(String::as_str).collect();
+                        wrk_with(&url, Some(&script), sweep_seconds, &shape, false)
+                    })
+                    .await
+                    .unwrap(),
+                );
+            }
         }
-        sweep.push((connections, pair[0], pair[1]));
+        sweep.push((connections, median_run(&pair[0]), median_run(&pair[1])));
     }
 
     let _ = stop.send(());
@@ -431,7 +445,7 @@ end
         loaded_p99 / idle_p99
     );
     println!(
-        "\nConcurrency sweep (wrk -t≤2 -d{sweep_seconds}s a point):\n\n\
+        "\nConcurrency sweep (wrk -t≤2 -d{sweep_seconds}s, medians of {runs} runs a point):\n\n\
          | connections | GET / req/s | GET / p99 (ms) | /me req/s | /me p99 (ms) | /me ÷ / |\n\
          |-------------|-------------|----------------|-----------|--------------|---------|"
     );

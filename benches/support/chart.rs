@@ -25,10 +25,11 @@ pub fn draw(path: &Path, title: &str, lines: &[Line]) -> Result<(), Box<dyn std:
         .iter()
         .flat_map(|l| l.points.iter().map(|p| p.1))
         .fold(1.0, f64::max);
-    let max_p99 = lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.2))
-        .fold(0.1, f64::max);
+    let p99s = || lines.iter().flat_map(|l| l.points.iter().map(|p| p.2));
+    // Latencies span orders of magnitude: a log axis keeps one slow point from flattening
+    // the rest.
+    let max_p99 = p99s().fold(0.1, f64::max);
+    let min_p99 = p99s().fold(max_p99, f64::min).max(0.01);
 
     let root = SVGBackend::new(path, (1000, 440)).into_drawing_area();
     root.fill(&WHITE)?;
@@ -45,17 +46,22 @@ pub fn draw(path: &Path, title: &str, lines: &[Line]) -> Result<(), Box<dyn std:
         .configure_mesh()
         .x_desc("concurrent connections")
         .y_desc("requests / s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()?;
     let mut latency = ChartBuilder::on(&right)
         .caption("p99 latency", ("sans-serif", 16))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(70)
-        .build_cartesian_2d((1u32..max_c).log_scale(), 0.0..max_p99 * 1.1)?;
+        .build_cartesian_2d(
+            (1u32..max_c).log_scale(),
+            (min_p99 / 1.5..max_p99 * 1.5).log_scale(),
+        )?;
     latency
         .configure_mesh()
         .x_desc("concurrent connections")
-        .y_desc("ms")
+        .y_desc("ms (log scale)")
+        .y_label_formatter(&|v| format!("{v}"))
         .draw()?;
 
     for (line, colour) in lines.iter().zip(COLOURS.iter().cycle()) {
