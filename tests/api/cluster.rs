@@ -540,6 +540,47 @@ async fn a_change_made_in_sql_is_seen_within_the_refresh_interval() {
 }
 
 #[tokio::test]
+async fn a_password_change_that_ends_nothing_here_still_refreshes_every_node() {
+    // Another session ended a moment ago, committed but not (yet) announced: here, ended in
+    // SQL, as another node's logout is while it collects its confirmations. A password change
+    // then finds no other live session to end, yet promises that every other session is over
+    // everywhere: node 1, still holding the ended session in memory, must refuse it when the
+    // 200 comes. (It used to confirm only what it ended itself, so nothing, and node 1 kept
+    // granting the session until `cluster.user_refresh`.)
+    let cluster = spawn_cluster(2).await;
+    let john = cluster.node(0).user().await;
+    let here = cluster.node(0).logged_in(&john).await;
+    let elsewhere = cluster.node(0).logged_in(&john).await;
+    everywhere(&cluster, &elsewhere, StatusCode::OK).await;
+    cluster
+        .db
+        .execute(&format!(
+            "UPDATE sessions SET revoked_at = UTC_TIMESTAMP(6), revoke_reason = 'logout' \
+             WHERE id = '{}'",
+            elsewhere.session_id
+        ))
+        .await;
+    assert_eq!(
+        cluster.node(1).me(&elsewhere.token).await.status(),
+        StatusCode::OK,
+        "node 1 answers from memory: the precondition"
+    );
+
+    let response = cluster
+        .node(0)
+        .change_password(
+            &here.token,
+            &json!({"currentPassword": john.password, "newPassword": "a much longer new passphrase"}),
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["revoked"], json!(0), "nothing was left to end here");
+    everywhere(&cluster, &elsewhere, StatusCode::UNAUTHORIZED).await;
+    everywhere(&cluster, &here, StatusCode::OK).await;
+}
+
+#[tokio::test]
 async fn idle_expiry_on_one_node_does_not_end_a_session_busy_on_another() {
     let cluster = spawn_cluster_with(2, |f| {
         f.merge(("session.idle_timeout", "2s"))
