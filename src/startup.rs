@@ -249,6 +249,8 @@ impl Application {
     }
 
     async fn build_on(settings: &Settings, topology: Topology) -> Result<Self, StartupError> {
+        // First: what is built next records into it, and may take its metric handles once.
+        let metrics = crate::metrics::install();
         let hasher = PasswordHasher::new(&settings.password).await?;
         let keyring = Arc::new(open_keyring(settings)?);
         let store = topology.store;
@@ -334,7 +336,6 @@ impl Application {
         let addr = listener
             .local_addr()
             .map_err(|source| StartupError::Bind { addr, source })?;
-        let metrics = crate::metrics::install();
         if let (Some(handle), false) = (&metrics, settings.metrics.listen.is_empty()) {
             serve_metrics_alone(&settings.metrics.listen, handle.clone()).await?;
         }

@@ -120,6 +120,24 @@ pub struct Sessions {
     tokens: TokenIssuer,
     require_mfa_token: bool,
     min_password_length: usize,
+    validations: Validations,
+}
+
+/// `finsec_validations_total`, one handle per path, taken once: every authenticated request
+/// counts, and the macro would look the series up in the registry each time.
+struct Validations {
+    by_publication: metrics::Counter,
+    by_actor: metrics::Counter,
+}
+
+impl Validations {
+    fn new() -> Self {
+        let counter = |path: &'static str| metrics::counter!("finsec_validations_total", "answered_by" => path);
+        Self {
+            by_publication: counter("publication"),
+            by_actor: counter("actor"),
+        }
+    }
 }
 
 pub struct SessionsConfig {
@@ -169,6 +187,7 @@ impl Sessions {
             tokens,
             require_mfa_token: config.require_mfa_token,
             min_password_length: config.min_password_length,
+            validations: Validations::new(),
         })
     }
 
@@ -364,25 +383,24 @@ impl Sessions {
         let published = self
             .registry
             .validate_published(subject.user_id, subject.session_id);
-        let answered_by = if published.is_some() {
-            "publication"
-        } else {
-            "actor"
-        };
-        metrics::counter!("finsec_validations_total", "answered_by" => answered_by).increment(1);
         let grant = match published {
-            Some(grant) => grant,
-            None => self
-                .registry
-                .ask(subject.user_id, |reply| UserMsg::Validate {
-                    session_id: subject.session_id,
-                    reply,
-                })
-                .await
-                .map_err(|err| match err {
-                    SessionError::UnknownUser => SessionError::Ended,
-                    other => other,
-                })?,
+            Some(grant) => {
+                self.validations.by_publication.increment(1);
+                grant
+            }
+            None => {
+                self.validations.by_actor.increment(1);
+                self.registry
+                    .ask(subject.user_id, |reply| UserMsg::Validate {
+                        session_id: subject.session_id,
+                        reply,
+                    })
+                    .await
+                    .map_err(|err| match err {
+                        SessionError::UnknownUser => SessionError::Ended,
+                        other => other,
+                    })?
+            }
         };
         Ok(Authenticated {
             user_id: subject.user_id,

@@ -448,16 +448,20 @@ impl TestApp {
     /// Another connection holding `user`'s session rows locked (`SELECT … FOR UPDATE` in an
     /// open transaction) until it rolls back: every write that ends those sessions waits.
     pub async fn lock_sessions_of(&self, user: &TestUser) -> mysql_async::Conn {
+        self.hold_locks(&format!(
+            "SELECT id FROM sessions WHERE user_id = {} FOR UPDATE",
+            user.id
+        ))
+        .await
+    }
+
+    /// Another connection that runs `locking_read` in a transaction it leaves open: the rows
+    /// stay locked until the connection rolls back or is dropped.
+    pub async fn hold_locks(&self, locking_read: &str) -> mysql_async::Conn {
         use mysql_async::prelude::Queryable;
         let mut holder = self.db.connection().await;
         holder.query_drop("BEGIN").await.unwrap();
-        holder
-            .query_drop(format!(
-                "SELECT id FROM sessions WHERE user_id = {} FOR UPDATE",
-                user.id
-            ))
-            .await
-            .unwrap();
+        holder.query_drop(locking_read).await.unwrap();
         holder
     }
 

@@ -28,6 +28,38 @@ async fn scrape(app: &TestApp) -> String {
 }
 
 #[tokio::test]
+async fn validations_are_counted_by_the_path_that_answered_them() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let session = app.logged_in(&user).await;
+    let publication = r#"finsec_validations_total{answered_by="publication"}"#;
+    let actor = r#"finsec_validations_total{answered_by="actor"}"#;
+    let before = scrape(&app).await;
+    for _ in 0..3 {
+        assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+    }
+    // A session that ended is not in the snapshot, which cannot vouch: the actor answers.
+    let ended = app.logged_in(&user).await;
+    assert_eq!(
+        app.logout(&ended.token, None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.me(&ended.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let after = scrape(&app).await;
+    assert!(
+        sample(&after, publication) >= sample(&before, publication) + 3.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, actor) >= sample(&before, actor) + 1.0,
+        "{after}"
+    );
+}
+
+#[tokio::test]
 async fn metrics_are_exposed_and_move_after_a_login() {
     let app = spawn_app().await;
     let user = app.user().await;

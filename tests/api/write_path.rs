@@ -77,15 +77,12 @@ async fn a_database_call_that_hangs_is_answered_503_within_the_timeout() {
     let john = app.user().await;
     // Someone holds John's row locked: the login's transaction waits for it (InnoDB would
     // wait 50 s by default).
-    let mut holder = app.db.connection().await;
-    holder.query_drop("BEGIN").await.unwrap();
-    holder
-        .query_drop(format!(
+    let mut holder = app
+        .hold_locks(&format!(
             "SELECT id FROM users WHERE id = {} FOR UPDATE",
             john.id
         ))
-        .await
-        .unwrap();
+        .await;
 
     let started = std::time::Instant::now();
     let response = app.login(&john.credentials()).await;
