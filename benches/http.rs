@@ -12,18 +12,20 @@
 
 #[path = "support/chart.rs"]
 mod chart;
+#[path = "support/database.rs"]
+mod database;
+#[path = "support/wrk.rs"]
+mod wrk;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
+use database::BenchDatabase;
 use finsec::auth::PasswordHasher;
 use finsec::config::Settings;
-use finsec::domain::{Email, NewUser};
 use finsec::startup::Application;
-use finsec::store::{MySqlStore, SessionStore};
-use mysql_async::prelude::Queryable;
 use serde_json::{Value, json};
+use wrk::{Run, env_or, median, median_run, wrk, wrk_with};
 
 const USERS: usize = 1_000;
 /// Users whose password hash has the production cost (log_n 15), for the login load.
@@ -35,78 +37,6 @@ const PASSWORD: &str = "bench-password-0123456789";
 const PROBE_RATE: u32 = 200;
 /// The concurrency sweep behind the chart: wrk connections per point.
 const SWEEP: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
-
-/// One wrk run: requests per second and the latency percentiles it printed.
-#[derive(Debug, Clone, Copy)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn wrk(url: &str, script: Option<&Path>, seconds: u64) -> Run {
-    wrk_with(url, script, seconds, &["-t2", "-c32"], false)
-}
-
-fn wrk_with(
-    url: &str,
-    script: Option<&Path>,
-    seconds: u64,
-    shape: &[&str],
-    refusals_allowed: bool,
-) -> Run {
-    let mut command = Command::new("wrk");
-    command
-        .args(shape)
-        .args(["--latency", "--timeout", "5s"])
-        .arg(format!("-d{seconds}s"));
-    if let Some(script) = script {
-        command.arg("-s").arg(script);
-    }
-    let output = command
-        .arg(url)
-        .output()
-        .expect("wrk runs (scripts/bench installs it: apt-get install -y wrk)");
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "wrk failed: {text}");
-    assert!(
-        refusals_allowed || !text.contains("Non-2xx"),
-        "some requests were refused:\n{text}"
-    );
-    let rps = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("wrk printed Requests/sec");
-    let percentile = |p: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(p))
-            .map(|v| millis(v.trim()))
-            .expect("wrk printed the latency distribution")
-    };
-    Run {
-        rps,
-        p50_ms: percentile("50%"),
-        p99_ms: percentile("99%"),
-    }
-}
-
-/// wrk's durations: `812.00us`, `1.20ms`, `2.01s`.
-fn millis(value: &str) -> f64 {
-    let split = value
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(value.len());
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => number / 1e3,
-        "ms" => number,
-        "s" => number * 1e3,
-        "m" => number * 60e3,
-        _ => f64::NAN,
-    }
-}
 
 /// Latency percentiles of a fixed-rate probe.
 #[derive(Debug, Clone, Copy)]
@@ -167,32 +97,12 @@ fn probe(url: String, tokens: std::sync::Arc<Vec<String>>, rate: u32, seconds: u
     .expect("the probe's thread")
 }
 
-/// Each figure's median over the runs.
-fn median_run(runs: &[Run]) -> Run {
-    Run {
-        rps: median(runs.iter().map(|r| r.rps).collect()),
-        p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
-        p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let seconds: u64 = env_or("FINSEC_BENCH_SECONDS", 10);
     let runs: usize = env_or("FINSEC_BENCH_RUNS", 3);
-    let server = std::env::var("FINSEC_BENCH_SERVER_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let database = format!(
-        "finsec_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    admin(&server, &format!("CREATE DATABASE `{database}`")).await;
-    let url = format!("{}/{database}", server.trim_end_matches('/'));
+    let database = BenchDatabase::create().await;
+    let url = database.url.clone();
 
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let figment = Settings::figment(&dir, None)
@@ -211,14 +121,12 @@ async fn main() {
     finsec::telemetry::init(&settings.log);
     let verify_cost;
     {
-        let store = MySqlStore::connect(&url, 4).await.expect("bench database");
-        store.migrate().await.expect("migrations");
         let hasher = PasswordHasher::new(&settings.password)
             .await
             .expect("hasher");
         // One hash for every user: the bench measures validations, not hashing.
         let hash = hasher.hash(PASSWORD.to_owned().into()).await.unwrap();
-        insert_users(&store, "bench", USERS, &hash).await;
+        database.insert_users("bench", 0..USERS, 0, &hash).await;
         // The login load: real hashing cost, so logins compete for the cores as in production.
         let mut costly = settings.password.clone();
         costly.log_n = PRODUCTION_LOG_N;
@@ -226,8 +134,9 @@ async fn main() {
         let started = std::time::Instant::now();
         let hash = costly.hash(PASSWORD.to_owned().into()).await.unwrap();
         verify_cost = started.elapsed();
-        insert_users(&store, "load", LOAD_USERS, &hash).await;
-        store.close().await.ok();
+        database
+            .insert_users("load", 0..LOAD_USERS, USERS as u64, &hash)
+            .await;
     }
 
     let app = Application::build(&settings).await.expect("service starts");
@@ -384,7 +293,7 @@ end
 
     let _ = stop.send(());
     let _ = server_task.await;
-    admin(&server, &format!("DROP DATABASE `{database}`")).await;
+    database.drop().await;
     let _ = std::fs::remove_file(&tokens_file);
 
     let row = |name: &str, runs: &[Run]| {
@@ -486,38 +395,4 @@ end
         verify_cost.as_secs_f64() * 1e3,
         login_rate / capacity
     );
-}
-
-/// `count` users `{prefix}-{i}@example.com`, all with the password hash `hash`.
-async fn insert_users(store: &MySqlStore, prefix: &str, count: usize, hash: &str) {
-    for i in 0..count {
-        store
-            .insert_user(NewUser {
-                email: Email::parse(&format!("{prefix}-{i}@example.com")).unwrap(),
-                password_hash: hash.to_owned(),
-                first_name: "Bench".into(),
-                last_name: format!("User {i}"),
-                phone_number: None,
-                is_active: true,
-                mfa_enabled: false,
-                totp_secret: None,
-            })
-            .await
-            .expect("bench user");
-    }
-}
-
-fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-async fn admin(server: &str, sql: &str) {
-    let mut conn = mysql_async::Conn::from_url(server)
-        .await
-        .expect("the bench's MySQL server answers");
-    conn.query_drop(sql).await.expect(sql);
-    conn.disconnect().await.ok();
 }

@@ -12,6 +12,11 @@
 //! of a user and of a session. Then actors passivate (`actors.idle_passivate`, shortened
 //! here) and the RSS is read again.
 
+#[path = "support/database.rs"]
+mod database;
+#[path = "support/service.rs"]
+mod service;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,11 +24,8 @@ use chrono::Utc;
 use finsec::auth::TokenIssuer;
 use finsec::config::Settings;
 use finsec::domain::{Device, Session, UserId};
-use finsec::store::MySqlStore;
 use mysql_async::prelude::Queryable;
 
-const SECRET: &str = "bench-jwt-secret-0123456789abcdef0123456789";
-const KEY: &str = "YmVuY2ggZW5jcnlwdGlvbiBrZXksIDMyIGJ5dGVzISE=";
 /// A browser's user agent, as most sessions carry one.
 const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 \
                           (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
@@ -37,37 +39,21 @@ async fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let server = std::env::var("FINSEC_BENCH_SERVER_URL")
-        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306".into());
-    let database = format!(
-        "finsec_bench_{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    let mut admin = mysql_async::Conn::from_url(server.as_str())
-        .await
-        .expect("the bench's MySQL server answers");
-    admin
-        .query_drop(format!("CREATE DATABASE `{database}`"))
-        .await
-        .unwrap();
-    let url = format!("{}/{database}", server.trim_end_matches('/'));
-    let store = MySqlStore::connect(&url, 2).await.expect("bench database");
-    store.migrate().await.expect("migrations");
-    drop(store);
+    let database = database::BenchDatabase::create().await;
+    let url = database.url.clone();
 
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
     let settings = Settings::from_figment(
         Settings::figment(&dir, None)
-            .merge(("jwt.secret", SECRET))
-            .merge(("security.encryption_key", KEY)),
+            .merge(("jwt.secret", service::SECRET))
+            .merge(("security.encryption_key", service::KEY)),
     )
     .expect("bench settings");
     let issuer = TokenIssuer::new(&settings.jwt);
 
-    let mut db = mysql_async::Conn::from_url(url.as_str()).await.unwrap();
     let started = Instant::now();
-    let one = insert_population(&mut db, &issuer, 0, users, 1).await;
-    let three = insert_population(&mut db, &issuer, users, users, 3).await;
+    let one = insert_population(&database, &issuer, 0, users, 1).await;
+    let three = insert_population(&database, &issuer, users, users, 3).await;
     eprintln!(
         "inserted {} users and {} sessions in {:.1?}",
         2 * users,
@@ -75,52 +61,38 @@ async fn main() {
         started.elapsed()
     );
 
-    let port = free_port();
-    let journal = std::env::temp_dir().join(format!("{database}.journal"));
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_finsec"))
-        .arg("--config-dir")
-        .arg(&dir)
-        .env("FINSEC__DATABASE__URL", &url)
-        .env("FINSEC__DATABASE__PENDING_REVOCATIONS", &journal)
-        .env("FINSEC__HTTP__PORT", port.to_string())
-        .env("FINSEC__JWT__SECRET", SECRET)
-        .env("FINSEC__SECURITY__ENCRYPTION_KEY", KEY)
-        .env("FINSEC__SECURITY__IP_RATE", "0")
-        .env("FINSEC__ACTORS__IDLE_PASSIVATE", PASSIVATE_AFTER)
-        .env("FINSEC__SESSION__SWEEP_INTERVAL", "10s")
-        .env("FINSEC__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("finsec starts");
-    let base = format!("http://127.0.0.1:{port}");
+    let service = service::ServiceProcess::start(
+        &url,
+        &[
+            ("FINSEC__ACTORS__IDLE_PASSIVATE", PASSIVATE_AFTER),
+            ("FINSEC__SESSION__SWEEP_INTERVAL", "10s"),
+        ],
+    )
+    .await;
+    let base = service.base.clone();
     let client = reqwest::Client::new();
-    wait_ready(&client, &base).await;
-    let pid = child.id();
     // Warm: a few users resident, so allocator arenas and pools exist before the baseline.
     let _ = first_requests(&client, &base, &one[..CONCURRENCY * 4]).await;
-    let baseline = rss_kib(pid);
+    let baseline = service.rss_kib();
 
     let first_one = first_requests(&client, &base, &one[CONCURRENCY * 4..]).await;
-    let with_one = rss_kib(pid);
+    let with_one = service.rss_kib();
     let first_three = first_requests(&client, &base, &three).await;
-    let with_three = rss_kib(pid);
-    let residents = resident_actors(&client, &base).await;
+    let with_three = service.rss_kib();
+    let residents = resident_actors(&service, &client).await;
 
     // Passivation: every actor idle for PASSIVATE_AFTER is stopped by a later tick.
     let waited = Instant::now();
-    while resident_actors(&client, &base).await > 0 && waited.elapsed() < Duration::from_secs(180) {
+    while resident_actors(&service, &client).await > 0
+        && waited.elapsed() < Duration::from_secs(180)
+    {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let passivated = rss_kib(pid);
-    let left = resident_actors(&client, &base).await;
+    let passivated = service.rss_kib();
+    let left = resident_actors(&service, &client).await;
 
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_file(&journal);
-    admin
-        .query_drop(format!("DROP DATABASE `{database}`"))
-        .await
-        .unwrap();
+    service.stop();
+    database.drop().await;
 
     let n = users as f64;
     let per_user_one = (with_one - baseline) as f64 * 1024.0 / (n - (CONCURRENCY * 4) as f64);
@@ -152,32 +124,21 @@ async fn main() {
 /// `count` users from id `first + 1`, each with `sessions` live sessions; their tokens, one
 /// per user.
 async fn insert_population(
-    db: &mut mysql_async::Conn,
+    database: &database::BenchDatabase,
     issuer: &TokenIssuer,
     first: usize,
     count: usize,
     sessions: usize,
 ) -> Vec<String> {
+    // Nobody logs in: the users need no real password hash.
+    database
+        .insert_users("resident", first..first + count, 0, "x")
+        .await;
+    let mut db = database.connect().await;
     let now = Utc::now();
     let at = now.format("%Y-%m-%d %H:%M:%S%.6f").to_string();
     let mut tokens = Vec::with_capacity(count);
     for chunk in (first..first + count).collect::<Vec<_>>().chunks(1000) {
-        let users: Vec<String> = chunk
-            .iter()
-            .map(|i| {
-                format!(
-                    "({id}, 'resident-{i}@example.com', 'x', 'Bench', 'User {i}', '{at}', '{at}')",
-                    id = i + 1
-                )
-            })
-            .collect();
-        db.query_drop(format!(
-            "INSERT INTO users (id, email, password_hash, first_name, last_name, created_at, \
-             updated_at) VALUES {}",
-            users.join(",")
-        ))
-        .await
-        .unwrap();
         let mut rows = Vec::new();
         for i in chunk {
             for s in 0..sessions {
@@ -210,6 +171,7 @@ async fn insert_population(
         .await
         .unwrap();
     }
+    db.disconnect().await.ok();
     tokens
 }
 
@@ -259,46 +221,6 @@ fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-fn rss_kib(pid: u32) -> i64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
-
-async fn resident_actors(client: &reqwest::Client, base: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("finsec_resident_actors "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-async fn wait_ready(client: &reqwest::Client, base: &str) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        let ready = client.get(format!("{base}/health/ready")).send().await;
-        if ready.is_ok_and(|r| r.status().is_success()) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("finsec did not become ready");
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+async fn resident_actors(service: &service::ServiceProcess, client: &reqwest::Client) -> u64 {
+    service.metric(client, "finsec_resident_actors").await as u64
 }
