@@ -5,7 +5,7 @@
 //! `FINSEC_BENCH_USERS` users (default 100,000) are inserted in bulk into a fresh MySQL
 //! database (`FINSEC_BENCH_SERVER_URL`; dropped after). The release `finsec` binary runs as a
 //! child process; wrk (`-t2 -c32`) posts logins, each for a user not logged in before: a
-//! warm-up over the first tenth of the users (the pool fills, the statements are prepared),
+//! warm-up over the first fifth of the users (the pool fills, the statements are prepared),
 //! then the measured run over the rest, `FINSEC_BENCH_SECONDS` long (default 20). Every
 //! login is a first one, so each also spawns the user's actor and loads the user from MySQL.
 //! MariaDB's global counters (connections opened, statements prepared, statements, commits)
@@ -85,11 +85,12 @@ end
         let (url, script) = (url.clone(), script.clone());
         let args = [first.to_string(), count.to_string(), "2".to_owned()];
         tokio::task::spawn_blocking(move || {
-            wrk_args(&url, Some(&script), &args, seconds, &SHAPE, false)
+            wrk_args(&url, Some(&script), &args, seconds, &SHAPE, true)
         })
     };
 
-    let warm = users / 10;
+    // A fifth of the users: enough first logins to grow the pool to its size.
+    let warm = users / 5;
     let warm_up = run(0, warm, WARM_UP_SECONDS).await.unwrap();
     let mariadb = database::server_pid();
     let cpu = |pid: Option<u32>| pid.map_or(f64::NAN, cpu_seconds);
@@ -111,10 +112,11 @@ end
     println!(
         "{users} users, scrypt log_n {LOG_N}, wrk {} -d{seconds}s after a {WARM_UP_SECONDS} s \
          warm-up ({} logins); {} logins of {distinct} distinct users, {actors} actors resident \
-         at the end",
+         at the end; {} not answered 200",
         SHAPE.join(" "),
         warm_up.requests,
         measured.requests,
+        measured.refused,
     );
     println!(
         "| logins/s | p50 (ms) | p99 (ms) | new connections / login | prepares / login | \

@@ -16,14 +16,17 @@ pub struct ServiceProcess {
 }
 
 impl ServiceProcess {
-    /// `finsec` with the repository's `config/`, the bench's database and keys, no per-IP
+    /// `finsec` (this build's, or `FINSEC_BENCH_BINARY`: another build to compare) with the
+    /// repository's `config/`, the bench's database and keys, no per-IP
     /// rate limit (every request comes from 127.0.0.1), warnings only, and `settings` as
     /// `FINSEC__…` variables on top; returns once it reports ready.
     pub async fn start(database_url: &str, settings: &[(&str, &str)]) -> Self {
         let port = free_port();
         let journal = std::env::temp_dir().join(format!("finsec-bench-{port}.journal"));
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_finsec"));
+        let binary = std::env::var("FINSEC_BENCH_BINARY")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_finsec").to_owned());
+        let mut command = std::process::Command::new(binary);
         command
             .arg("--config-dir")
             .arg(&dir)

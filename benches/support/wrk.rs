@@ -10,6 +10,8 @@ use std::process::Command;
 pub struct Run {
     /// Requests completed in the run.
     pub requests: u64,
+    /// Of those, answered other than 2xx or 3xx.
+    pub refused: u64,
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
@@ -76,8 +78,14 @@ pub fn wrk_args(
         .find_map(|l| l.trim().split_once(" requests in "))
         .and_then(|(n, _)| n.trim().parse().ok())
         .expect("wrk printed the request count");
+    let refused = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0);
     Run {
         requests,
+        refused,
         rps,
         p50_ms: percentile("50%"),
         p99_ms: percentile("99%"),
@@ -104,6 +112,7 @@ pub fn millis(value: &str) -> f64 {
 pub fn median_run(runs: &[Run]) -> Run {
     Run {
         requests: median(runs.iter().map(|r| r.requests as f64).collect()) as u64,
+        refused: runs.iter().map(|r| r.refused).sum(),
         rps: median(runs.iter().map(|r| r.rps).collect()),
         p50_ms: median(runs.iter().map(|r| r.p50_ms).collect()),
         p99_ms: median(runs.iter().map(|r| r.p99_ms).collect()),

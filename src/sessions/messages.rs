@@ -6,6 +6,7 @@ use std::sync::Arc;
 use ractor::RpcReplyPort;
 
 use super::SessionError;
+use super::throttle::Standing;
 use crate::domain::{
     Device, HashedCode, Origin, RevokeReason, SealedSecret, Session, SessionId, User, UserProfile,
 };
@@ -107,6 +108,8 @@ pub enum UserMsg {
     /// `device`, or, when the user has MFA, open a challenge and return its token instead.
     Login {
         user: Box<User>,
+        /// What the throttle held for the account before the password check.
+        failures: Standing,
         device: Device,
         reply: Reply<LoginStep>,
     },

@@ -21,7 +21,7 @@ use super::messages::{Reply, SessionGrant, UserMsg};
 use super::published::{Publications, ReadRules, to_micros};
 use super::user_actor::{SessionPolicy, StartError, UserActor, UserActorArgs};
 use crate::cluster::Cluster;
-use crate::domain::{SessionId, UserId};
+use crate::domain::{SessionId, User, UserId};
 use crate::store::DynStore;
 
 /// The resident actors, shared by the registry (which adds), the supervisor (which removes
@@ -202,8 +202,29 @@ impl Registry {
         user: UserId,
         question: impl Fn(Reply<T>) -> UserMsg,
     ) -> Result<T, SessionError> {
+        self.ask_from(user, None, question).await
+    }
+
+    /// [`Registry::ask`] for a caller that has just read the user's row (a login, after the
+    /// password check): an actor started for the question starts from `row` instead of
+    /// reading it again. The login hands the actor that same row as the freshest it has, so
+    /// reading it once more would only be replaced (one statement of a first login's eleven).
+    pub async fn ask_having_read<T: Send + 'static>(
+        &self,
+        row: &User,
+        question: impl Fn(Reply<T>) -> UserMsg,
+    ) -> Result<T, SessionError> {
+        self.ask_from(row.id, Some(row), question).await
+    }
+
+    async fn ask_from<T: Send + 'static>(
+        &self,
+        user: UserId,
+        row: Option<&User>,
+        question: impl Fn(Reply<T>) -> UserMsg,
+    ) -> Result<T, SessionError> {
         for _ in 0..2 {
-            let actor = self.actor_for(user).await?;
+            let actor = self.actor_for(user, row).await?;
             let started = std::time::Instant::now();
             let answer = actor.call(&question, Some(self.call_timeout)).await;
             metrics::histogram!("finsec_actor_call_duration_seconds")
@@ -268,10 +289,17 @@ impl Registry {
         self.residents.actor_of(user)
     }
 
-    async fn actor_for(&self, user: UserId) -> Result<ActorRef<UserMsg>, SessionError> {
+    async fn actor_for(
+        &self,
+        user: UserId,
+        row: Option<&User>,
+    ) -> Result<ActorRef<UserMsg>, SessionError> {
         // The entry guard is dropped at the end of this statement: never held across `.await`.
         let cell = self.residents.by_user.entry(user).or_default().clone();
-        match cell.get_or_try_init(|| self.spawn(user)).await {
+        match cell
+            .get_or_try_init(|| self.spawn(user, row.cloned()))
+            .await
+        {
             Ok(actor) => Ok(actor.clone()),
             Err(err) => {
                 self.residents.drop_failed_cell(user, &cell);
@@ -280,9 +308,14 @@ impl Registry {
         }
     }
 
-    async fn spawn(&self, user: UserId) -> Result<ActorRef<UserMsg>, SessionError> {
+    async fn spawn(
+        &self,
+        user: UserId,
+        row: Option<User>,
+    ) -> Result<ActorRef<UserMsg>, SessionError> {
         let args = UserActorArgs {
             user_id: user,
+            row,
             store: self.store.clone(),
             policy: self.policy.clone(),
             cluster: self.cluster.clone(),

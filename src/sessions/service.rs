@@ -15,6 +15,7 @@ use super::messages::{
 };
 use super::registry::{Registry, Residents};
 use super::supervisor::{SessionSupervisor, SupervisorArgs};
+use super::throttle::Standing;
 use super::user_actor::SessionPolicy;
 use crate::auth::recovery::RecoveryCodes;
 use crate::auth::totp::{self, Enrolment};
@@ -278,12 +279,13 @@ impl Sessions {
         device: Device,
     ) -> Result<LoginOutcome, SessionError> {
         let password = credentials.password.clone();
-        let user = self.guarded_password_check(credentials, &device).await?;
+        let (user, failures) = self.guarded_password_check(credentials, &device).await?;
         let user_id = user.id;
         let step = self
             .registry
-            .ask(user_id, |reply| UserMsg::Login {
+            .ask_having_read(&user, |reply| UserMsg::Login {
                 user: Box::new(user.clone()),
+                failures,
                 device: device.clone(),
                 reply,
             })
@@ -322,7 +324,7 @@ impl Sessions {
                 // The email must be this user's: a right password for another account does
                 // not open this one, and says no more than a wrong password would.
                 let password = credentials.password.clone();
-                let user = self.guarded_password_check(credentials, &device).await?;
+                let (user, _) = self.guarded_password_check(credentials, &device).await?;
                 if user.id != user_id {
                     return Err(AuthError::InvalidCredentials.into());
                 }
@@ -773,21 +775,26 @@ impl Sessions {
 
     /// The password check behind the brute-force throttle: a locked account is refused before
     /// any hashing (429, right password or not, account or not), and a wrong password counts.
+    /// Returns the user and what the throttle held for the account before the check.
     async fn guarded_password_check(
         &self,
         credentials: Credentials,
         device: &Device,
-    ) -> Result<User, SessionError> {
+    ) -> Result<(User, Standing), SessionError> {
         let throttle = &self.policy.throttle;
         let account = throttle.account(&credentials.email);
         let now = Utc::now();
-        if let Err(locked) = throttle.check(self.store.as_ref(), &account, now).await {
-            // Not recorded per refusal (a flood of them must not flood the trail, nor cost
-            // more than the check); the lock itself was, when it began.
-            audit("password", None, device.ip.as_deref(), Some(&locked));
-            return Err(locked);
-        }
-        self.check_password(credentials, &account, device).await
+        let standing = match throttle.check(self.store.as_ref(), &account, now).await {
+            Ok(standing) => standing,
+            Err(locked) => {
+                // Not recorded per refusal (a flood of them must not flood the trail, nor cost
+                // more than the check); the lock itself was, when it began.
+                audit("password", None, device.ip.as_deref(), Some(&locked));
+                return Err(locked);
+            }
+        };
+        let user = self.check_password(credentials, &account, device).await?;
+        Ok((user, standing))
     }
 
     /// When the stored hash predates a raise of the scrypt cost: hash the (just verified)

@@ -46,24 +46,31 @@ impl Throttle {
     }
 }
 
+/// What the throttle holds for an account that is not locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// No failure on record: a success has nothing to clear.
+    Clean,
+    /// Failures on record (too few to lock, or an expired lock): a success clears them.
+    Failures,
+}
+
 impl Throttle {
-    /// `Err(Throttled)` while the account is locked.
+    /// `Err(Throttled)` while the account is locked; else whether failures are on record.
     pub async fn check(
         &self,
         store: &dyn SessionStore,
         account: &[u8; 32],
         now: DateTime<Utc>,
-    ) -> Result<(), SessionError> {
-        let locked_until = store
-            .failure_record(account)
-            .await?
-            .and_then(|record| record.locked_until)
-            .filter(|until| *until > now);
-        match locked_until {
+    ) -> Result<Standing, SessionError> {
+        let Some(record) = store.failure_record(account).await? else {
+            return Ok(Standing::Clean);
+        };
+        match record.locked_until.filter(|until| *until > now) {
             Some(until) => Err(SessionError::Throttled(
                 (until - now).to_std().unwrap_or_default(),
             )),
-            None => Ok(()),
+            None => Ok(Standing::Failures),
         }
     }
 

@@ -30,7 +30,7 @@ use super::messages::{
 };
 use super::published::{Activity, Publication, PublishedSession};
 use super::registry::Residents;
-use super::throttle::Throttle;
+use super::throttle::{Standing, Throttle};
 use crate::auth::totp::TotpCode;
 use crate::auth::{AuthError, recovery};
 use crate::cluster::Cluster;
@@ -151,6 +151,8 @@ pub struct UserActor;
 
 pub struct UserActorArgs {
     pub user_id: UserId,
+    /// The user's row when the caller has just read it ([`super::Registry::ask_having_read`]).
+    pub row: Option<User>,
     pub store: DynStore,
     pub policy: Arc<SessionPolicy>,
     pub cluster: Cluster,
@@ -254,12 +256,18 @@ impl Actor for UserActor {
         let synced_epoch = args.cluster.trust_epoch();
         let news_mark = args.residents.news_mark();
         let now = Utc::now();
-        let user = args
-            .store
-            .user_by_id(args.user_id)
-            .await
-            .map_err(StartError::from)?
-            .ok_or(StartError::UnknownUser)?;
+        let user = match args.row {
+            // Read before the marks above, unlike a row read here; the login that passed it
+            // replaces whatever row the actor holds with this one anyway (`login`), and the
+            // login's own transaction checks the account again under lock.
+            Some(row) => row,
+            None => args
+                .store
+                .user_by_id(args.user_id)
+                .await
+                .map_err(StartError::from)?
+                .ok_or(StartError::UnknownUser)?,
+        };
         let sessions = args
             .store
             .live_sessions(args.user_id, now)
@@ -327,10 +335,11 @@ impl UserState {
         match message {
             UserMsg::Login {
                 user,
+                failures,
                 device,
                 reply,
             } => {
-                let _ = reply.send(state.login(*user, device, now).await);
+                let _ = reply.send(state.login(*user, failures, device, now).await);
             }
             UserMsg::VerifyMfa { attempt, reply } => {
                 let outcome = state.verify_mfa(attempt, now).await;
@@ -618,6 +627,7 @@ impl UserState {
     async fn login(
         &mut self,
         user: User,
+        failures: Standing,
         device: Device,
         now: DateTime<Utc>,
     ) -> Result<LoginStep, SessionError> {
@@ -654,7 +664,13 @@ impl UserState {
                 password_hash: Some(checked_hash.clone()),
             };
             let opened = self
-                .open_session(device.clone(), EventKind::LoginSucceeded, &gate, now)
+                .open_session(
+                    device.clone(),
+                    EventKind::LoginSucceeded,
+                    &gate,
+                    failures,
+                    now,
+                )
                 .await?;
             match opened {
                 Some(opened) => return Ok(LoginStep::SessionOpened(Box::new(opened))),
@@ -669,12 +685,14 @@ impl UserState {
     /// Write-through: the row is inserted first, in a transaction that also ends the least
     /// recently used sessions past `session.max_per_user` (Keycloak's "terminate oldest"),
     /// wherever they were opened; only then does memory learn of it. `None` when the account
-    /// no longer passes `gate` (see [`LoginGate`]).
+    /// no longer passes `gate` (see [`LoginGate`]). `failures`: what the throttle held when
+    /// the login began; only failures on record are cleared.
     async fn open_session(
         &mut self,
         device: Device,
         kind: EventKind,
         gate: &LoginGate,
+        failures: Standing,
         now: DateTime<Utc>,
     ) -> Result<Option<Opened>, SessionError> {
         if self.sessions.len() >= self.policy.max_per_user {
@@ -703,12 +721,17 @@ impl UserState {
         self.sessions
             .insert(session.id, LiveSession::from_store(session.clone()));
         tracing::info!(user_id = %self.user.id, session_id = %session.id, "session opened");
-        // A login completed: the account's failure count starts over.
-        let account = self.policy.throttle.account(&self.user.email);
-        self.policy
-            .throttle
-            .succeed(self.store.as_ref(), &account)
-            .await;
+        // A login completed: the account's failure count starts over. With none on record
+        // when it began, there is nothing to clear (a statement saved on most logins); a
+        // failure counted meanwhile by a concurrent wrong attempt then stays counted, which
+        // errs on the side of the throttle.
+        if failures == Standing::Failures {
+            let account = self.policy.throttle.account(&self.user.email);
+            self.policy
+                .throttle
+                .succeed(self.store.as_ref(), &account)
+                .await;
+        }
         Ok(Some(Opened {
             grant: self.grant(session),
             ended,
@@ -848,7 +871,8 @@ impl UserState {
             password_hash: password_verified.then(|| self.user.password_hash.clone()),
         };
         let mut opened = self
-            .open_session(attempt.device, kind, &gate, now)
+            // Wrong codes may have counted since the password step: always cleared.
+            .open_session(attempt.device, kind, &gate, Standing::Failures, now)
             .await?
             .ok_or_else(invalid)?;
         opened.recovery_codes_left = left;
@@ -867,6 +891,7 @@ impl UserState {
             .throttle
             .check(self.store.as_ref(), account, now)
             .await
+            .map(|_| ())
     }
 
     /// Checks a second factor against the secret in force (`secret`) and spends it: a TOTP
