@@ -288,6 +288,6 @@ fn row(session: &Session) -> SessionRow {
         last_seen_at: session.last_seen_at.to_rfc3339(),
         expires_at: session.expires_at.to_rfc3339(),
         ip: session.device.ip.clone(),
-        device: crate::http::views::device_label(session.device.user_agent.as_deref()),
+        device: crate::http::views::device_label(session.device.user_agent.as_deref()).to_string(),
     }
 }

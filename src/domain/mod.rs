@@ -7,6 +7,7 @@ pub mod ids;
 pub mod secrets;
 pub mod session;
 pub mod throttle;
+pub mod timestamp;
 pub mod user;
 
 pub use email::Email;

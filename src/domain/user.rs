@@ -82,6 +82,7 @@ pub struct UserProfile {
     pub phone_number: Option<String>,
     pub mfa_enabled: bool,
     pub is_active: bool,
+    #[serde(serialize_with = "crate::domain::timestamp::rfc3339")]
     pub created_at: DateTime<Utc>,
 }
 
