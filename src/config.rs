@@ -153,6 +153,9 @@ pub struct JwtSettings {
     pub secret: SecretString,
     pub issuer: String,
     pub audience: String,
+    /// How many verified tokens are remembered, so a token seen again skips the HMAC and
+    /// the claims' JSON (expiry is still checked each time); 0 verifies every time.
+    pub verified_tokens: usize,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

@@ -4,6 +4,16 @@
 //! refused before its signature is looked at. Issuer, audience and expiry are checked with no
 //! leeway: we issue and verify on the same clock. A valid signature is not enough to get in:
 //! the session actors must also find the `sid` live, which is what makes logout immediate.
+//!
+//! A token that passed is remembered by its exact text (`jwt.verified_tokens` of them, the
+//! least useful forgotten first), so the same token on its next request skips the HMAC and
+//! the claims' JSON: two thirds of what an authenticated request cost in instructions
+//! (callgrind). Only tokens that passed every check are remembered, keyed by the whole token,
+//! so no other text can match one; expiry is checked on every request, as before; and the
+//! session check that follows is untouched, so a logout still bites on the next request.
+//! Envoy's JWT filter (`jwt_cache_config`) does the same.
+
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use jsonwebtoken::errors::ErrorKind;
@@ -43,6 +53,15 @@ pub struct TokenIssuer {
     validation: Validation,
     issuer: String,
     audience: String,
+    /// Tokens that passed, by their text; `None` when `jwt.verified_tokens` is 0.
+    verified: Option<Arc<quick_cache::sync::Cache<Box<str>, Verified>>>,
+}
+
+/// What a remembered token asserts, and until when.
+#[derive(Debug, Clone, Copy)]
+struct Verified {
+    subject: TokenSubject,
+    exp: i64,
 }
 
 impl TokenIssuer {
@@ -61,6 +80,8 @@ impl TokenIssuer {
             validation,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
+            verified: (settings.verified_tokens > 0)
+                .then(|| Arc::new(quick_cache::sync::Cache::new(settings.verified_tokens))),
         }
     }
 
@@ -81,16 +102,31 @@ impl TokenIssuer {
 
     /// Checks signature, algorithm, issuer, audience and expiry, then parses the subject.
     pub fn verify(&self, token: &str) -> Result<TokenSubject, AuthError> {
+        if let Some(known) = self.verified.as_ref().and_then(|v| v.get(token)) {
+            // jsonwebtoken's rule with no leeway: expired once `exp` is in the past.
+            if known.exp < Utc::now().timestamp() {
+                return Err(AuthError::TokenExpired);
+            }
+            return Ok(known.subject);
+        }
         let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::TokenExpired,
                 _ => AuthError::InvalidToken,
             })?;
         let claims = data.claims;
-        Ok(TokenSubject {
+        let subject = TokenSubject {
             user_id: claims.sub.parse().map_err(|_| AuthError::InvalidToken)?,
             session_id: claims.sid.parse().map_err(|_| AuthError::InvalidToken)?,
-        })
+        };
+        if let Some(verified) = &self.verified {
+            let known = Verified {
+                subject,
+                exp: claims.exp,
+            };
+            verified.insert(token.into(), known);
+        }
+        Ok(subject)
     }
 }
 
@@ -104,6 +140,7 @@ mod tests {
             secret: secret.to_owned().into(),
             issuer: "iss".into(),
             audience: "aud".into(),
+            verified_tokens: 16,
         }
     }
 
@@ -159,5 +196,69 @@ mod tests {
         let then = Utc::now() - chrono::Duration::hours(2);
         let token = issuer.issue(&session(then), then).unwrap();
         assert_eq!(issuer.verify(&token), Err(AuthError::TokenExpired));
+    }
+
+    /// A remembered token is answered as the first check answered it, and only the exact
+    /// text that passed is remembered: a token altered in any byte (its payload, its
+    /// signature) is checked again and refused.
+    #[test]
+    fn a_remembered_token_is_the_exact_text_that_passed() {
+        let issuer = TokenIssuer::new(&settings("a-secret-of-reasonable-length!!!"));
+        let now = Utc::now();
+        let token = issuer.issue(&session(now), now).unwrap();
+        let first = issuer.verify(&token).unwrap();
+        assert_eq!(issuer.verify(&token).unwrap(), first);
+        let cache = issuer.verified.as_ref().unwrap();
+        assert!(cache.get(token.as_str()).is_some(), "not remembered");
+
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let mut forged_sig = signature.to_owned();
+        let last = forged_sig.pop().unwrap();
+        forged_sig.push(if last == 'A' { 'B' } else { 'A' });
+        let forged = format!("{signed}.{forged_sig}");
+        assert_eq!(issuer.verify(&forged), Err(AuthError::InvalidToken));
+
+        // Another valid token's payload under this token's signature.
+        let other = issuer.issue(&session(now), now).unwrap();
+        let other_payload = other.split('.').nth(1).unwrap();
+        let mut parts: Vec<&str> = token.split('.').collect();
+        parts[1] = other_payload;
+        let spliced = parts.join(".");
+        assert_eq!(issuer.verify(&spliced), Err(AuthError::InvalidToken));
+        assert!(cache.get(forged.as_str()).is_none() && cache.get(spliced.as_str()).is_none());
+    }
+
+    /// Expiry is checked on every request, remembered or not.
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let issuer = TokenIssuer::new(&settings("key"));
+        let now = Utc::now();
+        let mut short = session(now);
+        short.expires_at = now + chrono::Duration::seconds(1);
+        let token = issuer.issue(&short, now).unwrap();
+        issuer.verify(&token).unwrap();
+        // Past `exp` (whole seconds): remembered, and refused all the same.
+        std::thread::sleep(std::time::Duration::from_millis(2100));
+        assert!(
+            issuer
+                .verified
+                .as_ref()
+                .unwrap()
+                .get(token.as_str())
+                .is_some()
+        );
+        assert_eq!(issuer.verify(&token), Err(AuthError::TokenExpired));
+    }
+
+    #[test]
+    fn zero_remembers_nothing() {
+        let mut off = settings("key");
+        off.verified_tokens = 0;
+        let issuer = TokenIssuer::new(&off);
+        let now = Utc::now();
+        let token = issuer.issue(&session(now), now).unwrap();
+        issuer.verify(&token).unwrap();
+        assert!(issuer.verified.is_none());
+        assert!(issuer.verify(&token).is_ok());
     }
 }
