@@ -102,12 +102,28 @@ impl std::fmt::Debug for FactorRequest {
     }
 }
 
+/// What a request knew before it read a user's row: the news mark and the trust epoch
+/// ([`super::Registry::marks`]). Memory built from a row read after these knows which news
+/// and which loss of trust it may predate, and reloads rather than trust it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadMarks {
+    pub news: u64,
+    pub trust_epoch: Option<u64>,
+}
+
+/// A user's row as a login read it (by email, before hashing), with the marks taken before.
+#[derive(Debug, Clone)]
+pub struct FreshRow {
+    pub user: User,
+    pub marks: ReadMarks,
+}
+
 /// Messages to one user's [`UserActor`](super::user_actor::UserActor).
 pub enum UserMsg {
     /// The password was verified against `user` (the row just read): open a session on
     /// `device`, or, when the user has MFA, open a challenge and return its token instead.
     Login {
-        user: Box<User>,
+        row: Box<FreshRow>,
         /// What the throttle held for the account before the password check.
         failures: Standing,
         device: Device,

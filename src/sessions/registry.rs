@@ -17,11 +17,11 @@ use ractor::{Actor, ActorCell, ActorId, ActorRef, MessagingErr, SpawnErr};
 use tokio::sync::OnceCell;
 
 use super::SessionError;
-use super::messages::{Reply, SessionGrant, UserMsg};
+use super::messages::{FreshRow, ReadMarks, Reply, SessionGrant, UserMsg};
 use super::published::{Publications, ReadRules, to_micros};
 use super::user_actor::{SessionPolicy, StartError, UserActor, UserActorArgs};
 use crate::cluster::Cluster;
-use crate::domain::{SessionId, User, UserId};
+use crate::domain::{SessionId, UserId};
 use crate::store::DynStore;
 
 /// The resident actors, shared by the registry (which adds), the supervisor (which removes
@@ -205,22 +205,30 @@ impl Registry {
         self.ask_from(user, None, question).await
     }
 
+    /// Marks to take before reading a user's row that will seed an actor's memory.
+    pub fn marks(&self) -> ReadMarks {
+        ReadMarks {
+            trust_epoch: self.cluster.trust_epoch(),
+            news: self.residents.news_mark(),
+        }
+    }
+
     /// [`Registry::ask`] for a caller that has just read the user's row (a login, after the
-    /// password check): an actor started for the question starts from `row` instead of
-    /// reading it again. The login hands the actor that same row as the freshest it has, so
-    /// reading it once more would only be replaced (one statement of a first login's eleven).
+    /// password check): an actor started for the question starts from `row`, under the
+    /// marks taken before it was read, instead of reading it again (one statement of a first
+    /// login's eleven). News that arrived since then makes the actor reload, as for any row.
     pub async fn ask_having_read<T: Send + 'static>(
         &self,
-        row: &User,
+        row: &FreshRow,
         question: impl Fn(Reply<T>) -> UserMsg,
     ) -> Result<T, SessionError> {
-        self.ask_from(row.id, Some(row), question).await
+        self.ask_from(row.user.id, Some(row), question).await
     }
 
     async fn ask_from<T: Send + 'static>(
         &self,
         user: UserId,
-        row: Option<&User>,
+        row: Option<&FreshRow>,
         question: impl Fn(Reply<T>) -> UserMsg,
     ) -> Result<T, SessionError> {
         for _ in 0..2 {
@@ -292,7 +300,7 @@ impl Registry {
     async fn actor_for(
         &self,
         user: UserId,
-        row: Option<&User>,
+        row: Option<&FreshRow>,
     ) -> Result<ActorRef<UserMsg>, SessionError> {
         // The entry guard is dropped at the end of this statement: never held across `.await`.
         let cell = self.residents.by_user.entry(user).or_default().clone();
@@ -311,7 +319,7 @@ impl Registry {
     async fn spawn(
         &self,
         user: UserId,
-        row: Option<User>,
+        row: Option<FreshRow>,
     ) -> Result<ActorRef<UserMsg>, SessionError> {
         let args = UserActorArgs {
             user_id: user,

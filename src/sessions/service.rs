@@ -10,8 +10,8 @@ use secrecy::SecretString;
 
 use super::SessionError;
 use super::messages::{
-    FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, SupervisorMsg,
-    UserMsg,
+    FactorRequest, FreshRow, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant,
+    SupervisorMsg, UserMsg,
 };
 use super::registry::{Registry, Residents};
 use super::supervisor::{SessionSupervisor, SupervisorArgs};
@@ -279,12 +279,14 @@ impl Sessions {
         device: Device,
     ) -> Result<LoginOutcome, SessionError> {
         let password = credentials.password.clone();
+        let marks = self.registry.marks();
         let (user, failures) = self.guarded_password_check(credentials, &device).await?;
         let user_id = user.id;
+        let row = FreshRow { user, marks };
         let step = self
             .registry
-            .ask_having_read(&user, |reply| UserMsg::Login {
-                user: Box::new(user.clone()),
+            .ask_having_read(&row, |reply| UserMsg::Login {
+                row: Box::new(row.clone()),
                 failures,
                 device: device.clone(),
                 reply,
@@ -296,7 +298,7 @@ impl Sessions {
                 other => other,
             })?;
         // Only now: a new hash stored while the login was under way would (rightly) stop it.
-        self.rehash_if_weaker(&user, password);
+        self.rehash_if_weaker(&row.user, password);
         Ok(match step {
             LoginStep::SessionOpened(opened) => {
                 LoginOutcome::LoggedIn(Box::new(self.opened(*opened).await?))

@@ -26,7 +26,8 @@ use sha2::{Digest, Sha256};
 use super::SessionError;
 use super::journal::Journal;
 use super::messages::{
-    FactorRequest, LoginStep, MfaAttempt, Opened, SecondFactor, SessionGrant, UserMsg,
+    FactorRequest, FreshRow, LoginStep, MfaAttempt, Opened, ReadMarks, SecondFactor, SessionGrant,
+    UserMsg,
 };
 use super::published::{Activity, Publication, PublishedSession};
 use super::registry::Residents;
@@ -152,7 +153,7 @@ pub struct UserActor;
 pub struct UserActorArgs {
     pub user_id: UserId,
     /// The user's row when the caller has just read it ([`super::Registry::ask_having_read`]).
-    pub row: Option<User>,
+    pub row: Option<FreshRow>,
     pub store: DynStore,
     pub policy: Arc<SessionPolicy>,
     pub cluster: Cluster,
@@ -253,21 +254,25 @@ impl Actor for UserActor {
     ) -> Result<Self::State, ActorProcessingErr> {
         // The epoch is read before the store: if trust is lost and regained during the load,
         // the epoch moves and the next request reloads.
-        let synced_epoch = args.cluster.trust_epoch();
-        let news_mark = args.residents.news_mark();
-        let now = Utc::now();
-        let user = match args.row {
-            // Read before the marks above, unlike a row read here; the login that passed it
-            // replaces whatever row the actor holds with this one anyway (`login`), and the
-            // login's own transaction checks the account again under lock.
-            Some(row) => row,
-            None => args
-                .store
-                .user_by_id(args.user_id)
-                .await
-                .map_err(StartError::from)?
-                .ok_or(StartError::UnknownUser)?,
+        let (user, marks) = match args.row {
+            // Read by the login before these marks would be taken here: its own marks, taken
+            // before its read, say which news it may predate.
+            Some(row) => (row.user, row.marks),
+            None => {
+                let marks = ReadMarks {
+                    trust_epoch: args.cluster.trust_epoch(),
+                    news: args.residents.news_mark(),
+                };
+                let user = args
+                    .store
+                    .user_by_id(args.user_id)
+                    .await
+                    .map_err(StartError::from)?
+                    .ok_or(StartError::UnknownUser)?;
+                (user, marks)
+            }
         };
+        let now = Utc::now();
         let sessions = args
             .store
             .live_sessions(args.user_id, now)
@@ -291,8 +296,8 @@ impl Actor for UserActor {
                 .map(|s| (s.id, LiveSession::from_store(s)))
                 .collect(),
             refused: RefusedIds::default(),
-            synced_epoch,
-            news_mark,
+            synced_epoch: marks.trust_epoch,
+            news_mark: marks.news,
             last_activity: now,
             store: args.store,
             policy: args.policy,
@@ -338,12 +343,12 @@ impl UserState {
         let state = self;
         match message {
             UserMsg::Login {
-                user,
+                row,
                 failures,
                 device,
                 reply,
             } => {
-                let _ = reply.send(state.login(*user, failures, device, now).await);
+                let _ = reply.send(state.login(*row, failures, device, now).await);
             }
             UserMsg::VerifyMfa { attempt, reply } => {
                 let outcome = state.verify_mfa(attempt, now).await;
@@ -630,14 +635,19 @@ impl UserState {
 
     async fn login(
         &mut self,
-        user: User,
+        row: FreshRow,
         failures: Standing,
         device: Device,
         now: DateTime<Utc>,
     ) -> Result<LoginStep, SessionError> {
-        // The row the password was just checked against is the freshest we can have.
-        let checked_hash = user.password_hash.clone();
-        self.set_user(user, now);
+        // The row the password was just checked against is the freshest we can have, unless
+        // another node changed the user since it was read: then read it again.
+        let checked_hash = row.user.password_hash.clone();
+        if self.residents.news_since(row.user.id, row.marks.news) {
+            self.reload_user(now).await?;
+        } else {
+            self.set_user(row.user, now);
+        }
         // Twice at most: once with that row, once more if the account changed under it.
         for _ in 0..2 {
             if self.user.password_hash != checked_hash {
