@@ -72,7 +72,7 @@ pub fn device(state: Arc<AppState>) -> impl Filter<Extract = (Device,), Error = 
              addr: Option<super::server::ClientAddr>,
              forwarded: Option<String>,
              state: Arc<AppState>| Device {
-                user_agent: agent.map(|a| a.chars().take(MAX_USER_AGENT).collect()),
+                user_agent: agent.map(truncate_user_agent),
                 ip: addr.map(|a| {
                     state
                         .ip_rate
@@ -81,6 +81,16 @@ pub fn device(state: Arc<AppState>) -> impl Filter<Extract = (Device,), Error = 
                 }),
             },
         )
+}
+
+/// At most [`MAX_USER_AGENT`] characters. Most agents are far shorter: those are kept as
+/// they came, without a second copy char by char (4,500 instructions a request).
+fn truncate_user_agent(agent: String) -> String {
+    // No more bytes than the limit means no more characters either.
+    if agent.len() <= MAX_USER_AGENT {
+        return agent;
+    }
+    agent.chars().take(MAX_USER_AGENT).collect()
 }
 
 /// A request body's type: read from the JSON object field by field, each error a 400 that
@@ -349,6 +359,17 @@ mod tests {
             Value::Object(map) => JsonObject(map),
             _ => panic!("not an object"),
         }
+    }
+
+    #[test]
+    fn user_agents_are_cut_at_the_columns_width_in_characters() {
+        let short = "Mozilla/5.0 (X11; Linux x86_64)".to_owned();
+        assert_eq!(truncate_user_agent(short.clone()), short);
+        assert_eq!(truncate_user_agent("a".repeat(600)), "a".repeat(512));
+        // Multi-byte characters: 512 of them, whatever their bytes.
+        let wide = "é".repeat(400);
+        assert_eq!(truncate_user_agent(wide.clone()), wide);
+        assert_eq!(truncate_user_agent("é".repeat(600)).chars().count(), 512);
     }
 
     #[test]
