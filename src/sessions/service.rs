@@ -530,7 +530,7 @@ impl Sessions {
         let now = Utc::now();
         let origin = self.policy.origin(&caller.device);
         let event = |kind| AuthEvent::new(now, kind, Some(caller.user_id), origin.clone());
-        throttle.check(self.store.as_ref(), &account, now).await?;
+        let (_, _checking) = throttle.begin(self.store.as_ref(), &account).await?;
         let user = self
             .store
             .user_by_id(caller.user_id)
@@ -785,9 +785,9 @@ impl Sessions {
     ) -> Result<(User, Standing), SessionError> {
         let throttle = &self.policy.throttle;
         let account = throttle.account(&credentials.email);
-        let now = Utc::now();
-        let standing = match throttle.check(self.store.as_ref(), &account, now).await {
-            Ok(standing) => standing,
+        // Held until the failure, if any, is counted: one check per account at a time.
+        let (standing, _checking) = match throttle.begin(self.store.as_ref(), &account).await {
+            Ok(begun) => begun,
             Err(locked) => {
                 // Not recorded per refusal (a flood of them must not flood the trail, nor cost
                 // more than the check); the lock itself was, when it began.

@@ -6,8 +6,10 @@
 //! exactly like a real one, and a lockout says nothing about who exists.
 
 use std::fmt;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
@@ -18,6 +20,9 @@ use crate::store::SessionStore;
 pub struct Throttle {
     key: [u8; 32],
     rule: FailureRule,
+    /// Accounts with a password check under way on this node, each with the lock that the
+    /// next check of the account waits on.
+    checking: DashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>,
 }
 
 impl Throttle {
@@ -30,6 +35,7 @@ impl Throttle {
         Self {
             key: derive.finalize().into(),
             rule,
+            checking: DashMap::new(),
         }
     }
 
@@ -74,6 +80,38 @@ impl Throttle {
         }
     }
 
+    /// Waits for the account's password check under way on this node, if any, then
+    /// [`Throttle::check`]s it and holds the account until the returned [`Checking`] is
+    /// dropped (after the failure, if any, is counted): one check per account at a time.
+    /// Without it, guesses sent all at once each read the record before any had counted, and
+    /// all were hashed and answered: 40 where the lock allows 5. Waiting (rather than
+    /// refusing) keeps concurrent right logins working; the waits are short, since each
+    /// check is one hash, and bounded by [`CHECK_WAIT`] and [`MAX_WAITING`]. Across nodes at most one check a
+    /// node is in flight, so a lock comes within `max_failures` + nodes − 1 guesses.
+    pub async fn begin(
+        &self,
+        store: &dyn SessionStore,
+        account: &[u8; 32],
+    ) -> Result<(Standing, Checking<'_>), SessionError> {
+        let lock = self.checking.entry(*account).or_default().clone();
+        // The map's, ours, the holder's and the waiters': a flood on one account is shed at
+        // once, as the hashing queue sheds a flood on many (`503 busy`, come back in a second).
+        if Arc::strong_count(&lock) > MAX_WAITING + 3 {
+            return Err(crate::auth::AuthError::Busy.into());
+        }
+        let held = tokio::time::timeout(CHECK_WAIT, lock.lock_owned())
+            .await
+            .map_err(|_| SessionError::Throttled(std::time::Duration::from_secs(1)))?;
+        let checking = Checking {
+            throttle: self,
+            account: *account,
+            _held: held,
+        };
+        // Read after the wait (and timed after it): the check before this one has counted.
+        let standing = self.check(store, account, Utc::now()).await?;
+        Ok((standing, checking))
+    }
+
     /// Counts a wrong password or code; true when this failure locked the account (the
     /// moment the audit trail records, once per lockout). The attempt is refused whatever
     /// this does, so a store error is logged, not returned.
@@ -103,6 +141,31 @@ impl Throttle {
         if let Err(err) = store.clear_failures(account).await {
             tracing::warn!(error = %err, "failure count not cleared");
         }
+    }
+}
+
+/// How long an attempt waits for the account's check under way before it is refused
+/// `429 throttled` (a second, then try again).
+pub const CHECK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How many attempts may wait on one account's check under way; more are refused at once.
+pub const MAX_WAITING: usize = 16;
+
+/// An account's password check under way ([`Throttle::begin`]); ends when dropped, however
+/// the request ends (a client that hangs up gets no answer, so its guess teaches nothing).
+pub struct Checking<'a> {
+    throttle: &'a Throttle,
+    account: [u8; 32],
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Checking<'_> {
+    fn drop(&mut self) {
+        // The map's and ours: nobody waits, so the entry goes (under the shard's lock, so an
+        // attempt arriving now either holds a clone already or makes a new entry).
+        self.throttle
+            .checking
+            .remove_if(&self.account, |_, lock| Arc::strong_count(lock) <= 2);
     }
 }
 

@@ -121,3 +121,54 @@ async fn a_successful_login_starts_the_count_over() {
         );
     }
 }
+
+/// Guesses sent all at once must not outrun the lock: each checked the lock before any of
+/// them had counted, so every one of them was hashed and answered (40 guesses where the
+/// lock allows 5; found by an attacker-minded review). One password check per account at a
+/// time on a node: the rest wait their turn, and find the account locked after the fifth.
+#[tokio::test]
+async fn guesses_sent_at_once_do_not_outrun_the_lock() {
+    let app = strict().await;
+    let john = app.user().await;
+    let guesses: Vec<_> = (0..40)
+        .map(|_| {
+            let (client, url, body) = (
+                app.client.clone(),
+                app.url("/api/auth/login"),
+                wrong_password(&john),
+            );
+            tokio::spawn(async move { client.post(url).json(&body).send().await.unwrap() })
+        })
+        .collect();
+    let mut answered = 0;
+    for guess in guesses {
+        let response = guess.await.unwrap();
+        match response.status() {
+            StatusCode::UNAUTHORIZED => answered += 1,
+            StatusCode::TOO_MANY_REQUESTS => assert_throttled(response).await,
+            // More than wait on the account at once are shed, as a flood on the hashing is.
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "busy").await;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    // Each guess answered counted; one at a time, the rest lock the account at the fifth.
+    let mut after = 0;
+    loop {
+        let response = app.login(&wrong_password(&john)).await;
+        if response.status() == StatusCode::TOO_MANY_REQUESTS {
+            assert_throttled(response).await;
+            break;
+        }
+        assert_error(response, StatusCode::UNAUTHORIZED, "invalid_credentials").await;
+        after += 1;
+        assert!(after <= 5, "no lock after {after} more guesses");
+    }
+    assert_eq!(
+        answered + after,
+        5,
+        "{answered} of 40 simultaneous guesses were checked, then {after} more before the lock"
+    );
+    assert_throttled(app.login(&john.credentials()).await).await;
+}
