@@ -527,10 +527,11 @@ impl Sessions {
         let email = Email::parse(&caller.user.email)
             .map_err(|_| SessionError::Unavailable("stored email does not parse".into()))?;
         let account = throttle.account(&email);
+        let (_, _checking) = throttle.begin(self.store.as_ref(), &account).await?;
+        // Timed after the account's turn, which may have waited.
         let now = Utc::now();
         let origin = self.policy.origin(&caller.device);
         let event = |kind| AuthEvent::new(now, kind, Some(caller.user_id), origin.clone());
-        let (_, _checking) = throttle.begin(self.store.as_ref(), &account).await?;
         let user = self
             .store
             .user_by_id(caller.user_id)
