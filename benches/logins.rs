@@ -104,7 +104,7 @@ end
     let service_cpu = cpu(Some(service.pid())) - service_cpu;
     let mariadb_cpu = cpu(mariadb) - mariadb_cpu;
     let actors = service.metric(&client, "finsec_resident_actors").await;
-    service.stop();
+    drop(service);
     database.drop().await;
 
     let logins = measured.requests as f64;

@@ -91,7 +91,7 @@ async fn main() {
     let passivated = service.rss_kib();
     let left = resident_actors(&service, &client).await;
 
-    service.stop();
+    drop(service);
     database.drop().await;
 
     let n = users as f64;

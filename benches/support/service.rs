@@ -99,11 +99,10 @@ impl ServiceProcess {
         }
         panic!("finsec did not become ready");
     }
-
-    pub fn stop(self) {}
 }
 
-/// Stopped however the bench ends, a panic included: no service outlives its bench.
+/// Stopped when dropped, however the bench ends, a panic included: no service outlives its
+/// bench.
 impl Drop for ServiceProcess {
     fn drop(&mut self) {
         let _ = self.child.kill();

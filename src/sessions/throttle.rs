@@ -23,6 +23,8 @@ pub struct Throttle {
     /// Accounts with a password check under way on this node, each with the lock that the
     /// next check of the account waits on.
     checking: DashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>,
+    /// How long an attempt waits for that lock: [`CHECK_WAIT`] (shorter in unit tests).
+    wait: std::time::Duration,
 }
 
 impl Throttle {
@@ -36,6 +38,7 @@ impl Throttle {
             key: derive.finalize().into(),
             rule,
             checking: DashMap::new(),
+            wait: CHECK_WAIT,
         }
     }
 
@@ -86,20 +89,22 @@ impl Throttle {
     /// Without it, guesses sent all at once each read the record before any had counted, and
     /// all were hashed and answered: 40 where the lock allows 5. Waiting (rather than
     /// refusing) keeps concurrent right logins working; the waits are short, since each
-    /// check is one hash, and bounded by [`CHECK_WAIT`] and [`MAX_WAITING`]. Across nodes at most one check a
-    /// node is in flight, so a lock comes within `max_failures` + nodes − 1 guesses.
+    /// check is one hash, and bounded by [`CHECK_WAIT`] and [`MAX_WAITING`]. Across nodes at
+    /// most one check a node is in flight, so a lock comes within `max_failures` + nodes − 1
+    /// guesses.
     pub async fn begin(
         &self,
         store: &dyn SessionStore,
         account: &[u8; 32],
     ) -> Result<(Standing, Checking<'_>), SessionError> {
         let lock = self.checking.entry(*account).or_default().clone();
-        // The map's, ours, the holder's and the waiters': a flood on one account is shed at
-        // once, as the hashing queue sheds a flood on many (`503 busy`, come back in a second).
-        if Arc::strong_count(&lock) > MAX_WAITING + 3 {
+        // The map's, the holder's, ours and the waiters' (each holds one as it waits): a
+        // flood on one account is shed at once, as the hashing queue sheds a flood on many
+        // (`503 busy`, come back in a second).
+        if Arc::strong_count(&lock) >= MAX_WAITING + 3 {
             return Err(crate::auth::AuthError::Busy.into());
         }
-        let held = tokio::time::timeout(CHECK_WAIT, lock.lock_owned())
+        let held = tokio::time::timeout(self.wait, lock.lock_owned())
             .await
             .map_err(|_| SessionError::Throttled(std::time::Duration::from_secs(1)))?;
         let checking = Checking {
@@ -205,5 +210,66 @@ mod tests {
             Throttle::new(b"other", rule).account(&ada)
         );
         assert!(!format!("{throttle:?}").contains("secret"));
+    }
+
+    fn throttle(wait: std::time::Duration) -> Arc<Throttle> {
+        let rule = FailureRule {
+            max_failures: 5,
+            window: chrono::Duration::minutes(15),
+            first_lockout: chrono::Duration::minutes(1),
+            max_lockout: chrono::Duration::minutes(15),
+        };
+        let mut throttle = Throttle::new(b"secret", rule);
+        throttle.wait = wait;
+        Arc::new(throttle)
+    }
+
+    /// A second check of an account waits for the first; past the wait it is refused like a
+    /// lock, for a second. The account's entry goes once nobody holds or waits on it.
+    #[tokio::test]
+    async fn a_second_check_waits_for_the_first_and_no_longer_than_the_wait() {
+        let throttle = throttle(std::time::Duration::from_millis(50));
+        let store = crate::store::MemoryStore::new();
+        let account = [7; 32];
+        let first = throttle.begin(&store, &account).await.unwrap();
+        assert_eq!(first.0, Standing::Clean);
+        assert!(matches!(
+            throttle.begin(&store, &account).await,
+            Err(SessionError::Throttled(wait)) if wait == std::time::Duration::from_secs(1)
+        ));
+        drop(first);
+        let again = throttle.begin(&store, &account).await.unwrap();
+        drop(again);
+        assert!(throttle.checking.is_empty(), "the account's entry stayed");
+    }
+
+    /// Past [`MAX_WAITING`] waiting on one account, the next attempt is shed at once; the
+    /// waiters still get their turns, one at a time.
+    #[tokio::test]
+    async fn a_flood_on_one_account_is_shed_at_once() {
+        let throttle = throttle(std::time::Duration::from_secs(30));
+        let store = Arc::new(crate::store::MemoryStore::new());
+        let account = [9; 32];
+        let first = throttle.begin(store.as_ref(), &account).await.unwrap();
+        let waiters: Vec<_> = (0..MAX_WAITING)
+            .map(|_| {
+                let (throttle, store) = (throttle.clone(), store.clone());
+                tokio::spawn(
+                    async move { throttle.begin(store.as_ref(), &account).await.map(|_| ()) },
+                )
+            })
+            .collect();
+        while Arc::strong_count(&throttle.checking.get(&account).unwrap()) < MAX_WAITING + 2 {
+            tokio::task::yield_now().await;
+        }
+        assert!(matches!(
+            throttle.begin(store.as_ref(), &account).await,
+            Err(SessionError::Auth(crate::auth::AuthError::Busy))
+        ));
+        drop(first);
+        for waiter in waiters {
+            assert!(waiter.await.unwrap().is_ok());
+        }
+        assert!(throttle.checking.is_empty(), "the account's entry stayed");
     }
 }
