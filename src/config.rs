@@ -219,6 +219,11 @@ pub struct ActorSettings {
     pub revoke_retry: Duration,
     #[serde(with = "humantime_serde")]
     pub idle_passivate: Duration,
+    /// An actor with no message for this long stops and leaves its publication to answer
+    /// validations alone (see `sessions::published`); at `idle_passivate` or longer, actors
+    /// passivate before they would hibernate.
+    #[serde(with = "humantime_serde")]
+    pub idle_hibernate: Duration,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -388,6 +393,7 @@ impl Settings {
             ("session.idle_timeout", self.session.idle_timeout),
             ("session.sweep_interval", self.session.sweep_interval),
             ("actors.idle_passivate", self.actors.idle_passivate),
+            ("actors.idle_hibernate", self.actors.idle_hibernate),
             ("actors.revoke_retry", self.actors.revoke_retry),
             ("database.timeout", self.database.timeout),
             ("http.header_read_timeout", self.http.header_read_timeout),

@@ -285,6 +285,10 @@ impl Application {
                 settings.actors.idle_passivate,
                 "actors.idle_passivate",
             )?,
+            idle_hibernate: chrono_duration(
+                settings.actors.idle_hibernate,
+                "actors.idle_hibernate",
+            )?,
             sweep_interval: session.sweep_interval,
             retention: chrono_duration(session.retention, "session.retention")?,
             user_refresh: chrono_duration(settings.cluster.user_refresh, "cluster.user_refresh")?,

@@ -28,6 +28,18 @@
 //!
 //! Whatever the snapshot cannot answer, the actor answers; a snapshot is never the only
 //! place a refusal lives.
+//!
+//! **Hibernation.** An actor with no message for `actors.idle_hibernate` stops and leaves its
+//! publication behind, *hibernated* (no publisher): the user stays resident in a few hundred
+//! bytes instead of an actor's ~11 KiB, and validations keep being answered from it. Nothing
+//! can end a session without withdrawing it first: every write starts the user's actor, which
+//! withdraws before its memory drops a session, and other nodes' news withdraws it on
+//! arrival. The next actor resumes from it (the sessions and their activity) when its marks
+//! still hold, reading only the user's row. The supervisor's tick drops a hibernated
+//! publication once it can no longer answer, or once its user has been idle for
+//! `actors.idle_passivate`. Nothing ticks a hibernated user's sessions: an expired one is
+//! refused here by the snapshot's clock (handed to an actor, which ends it), and the database
+//! sweep ends it in the store.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -90,8 +102,8 @@ fn from_micros(micros: i64) -> DateTime<Utc> {
 /// actor's memory.
 pub struct Publication {
     /// The actor that published it: a stopped actor's publication is withdrawn, never a
-    /// successor's.
-    pub publisher: ActorId,
+    /// successor's. `None`: hibernated, its actor stopped on purpose and left it to answer.
+    pub publisher: Option<ActorId>,
     pub user: Arc<UserProfile>,
     /// When the user's row was read.
     pub user_read_at: DateTime<Utc>,
@@ -102,6 +114,7 @@ pub struct Publication {
     pub sessions: Box<[PublishedSession]>,
 }
 
+#[derive(Clone)]
 pub struct PublishedSession {
     pub session: Session,
     pub activity: Arc<Activity>,
@@ -132,10 +145,60 @@ impl Publications {
         self.by_user.remove(&user);
     }
 
-    /// A stopped actor's publication goes with it (a successor's stays).
+    /// A stopped actor's publication goes with it (a successor's, or one it left on purpose
+    /// when it hibernated, stays).
     pub fn withdraw_if_from(&self, user: UserId, publisher: ActorId) {
+        self.by_user.remove_if(&user, |_, publication| {
+            publication.publisher == Some(publisher)
+        });
+    }
+
+    /// `publisher` is about to stop and leave its current publication to answer alone. False
+    /// when it has none current (nothing to leave: it simply stops).
+    pub fn hibernate(&self, user: UserId, publisher: ActorId) -> bool {
+        match self.by_user.get_mut(&user) {
+            Some(mut current) if current.publisher == Some(publisher) => {
+                let hibernated = current.hibernated();
+                *current = Arc::new(hibernated);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The publication a hibernated actor left for `user`, for its successor to resume from.
+    pub fn hibernated(&self, user: UserId) -> Option<Arc<Publication>> {
+        self.current(user).filter(|p| p.publisher.is_none())
+    }
+
+    /// A failed actor may have hibernated before it failed: what it left goes too.
+    pub fn withdraw_hibernated(&self, user: UserId) {
         self.by_user
-            .remove_if(&user, |_, publication| publication.publisher == publisher);
+            .remove_if(&user, |_, publication| publication.publisher.is_none());
+    }
+
+    /// Drops the hibernated publications `keep` refuses (the supervisor's tick), handing
+    /// each to `dropped`; those of running actors are theirs to withdraw. How many are left
+    /// hibernated.
+    pub fn prune_hibernated(
+        &self,
+        keep: impl Fn(UserId, &Publication) -> bool,
+        mut dropped: impl FnMut(&Publication),
+    ) -> usize {
+        let mut left = 0;
+        self.by_user.retain(|user, publication| {
+            if publication.publisher.is_some() {
+                return true;
+            }
+            let kept = keep(*user, publication);
+            if kept {
+                left += 1;
+            } else {
+                dropped(publication);
+            }
+            kept
+        });
+        left
     }
 
     pub fn current(&self, user: UserId) -> Option<Arc<Publication>> {
@@ -148,6 +211,52 @@ impl Publications {
 }
 
 impl Publication {
+    /// Requests it answered whose time is not yet written (touches are coalesced): the
+    /// newest per session, for whoever drops it to write.
+    pub fn unwritten_activity(&self) -> impl Iterator<Item = (SessionId, DateTime<Utc>)> + '_ {
+        self.sessions.iter().filter_map(|p| {
+            let seen = p.activity.last_seen();
+            (seen > p.activity.persisted()).then_some((p.session.id, seen))
+        })
+    }
+
+    /// The same snapshot, with no actor behind it.
+    fn hibernated(&self) -> Self {
+        Self {
+            publisher: None,
+            user: self.user.clone(),
+            user_read_at: self.user_read_at,
+            epoch: self.epoch,
+            news_mark: self.news_mark,
+            sessions: self.sessions.clone(),
+        }
+    }
+
+    /// Whether the marks this snapshot was published under still hold: the node's trust
+    /// epoch is the same, and no news about its user came since. Only then may it answer, or
+    /// may a new actor resume from it.
+    pub fn marks_hold(&self, epoch: Option<u64>, news_since: impl FnOnce(u64) -> bool) -> bool {
+        epoch == Some(self.epoch) && !news_since(self.news_mark)
+    }
+
+    /// Whether a hibernated snapshot is worth its memory at `now`: its marks hold, some
+    /// session is still live by its clock, and a request came within `idle_passivate`.
+    pub fn worth_keeping(
+        &self,
+        now: DateTime<Utc>,
+        rules: &ReadRules,
+        idle_passivate: chrono::Duration,
+        news_since: impl FnOnce(u64) -> bool,
+    ) -> bool {
+        let last_request = self.sessions.iter().map(|p| p.activity.last_seen()).max();
+        let live = self.sessions.iter().any(|p| {
+            let last_seen = p.session.last_seen_at.max(p.activity.last_seen());
+            now < p.session.expires_at && now < last_seen + rules.idle_timeout
+        });
+        live && last_request.is_some_and(|at| now - at < idle_passivate)
+            && self.marks_hold(rules.epoch, news_since)
+    }
+
     /// The grant the actor would give for `id` at `now`, when this snapshot alone may say so;
     /// `None` hands the request to the actor. `news_since` tells whether another node changed
     /// this user after `news_mark` (checked last: it is the one lookup in a shared map).
@@ -219,7 +328,7 @@ mod tests {
         };
         let activity = Activity::stored(now);
         let publication = Publication {
-            publisher: ActorId::Local(1),
+            publisher: Some(ActorId::Local(1)),
             user: Arc::new(profile),
             user_read_at: now,
             epoch: 3,
@@ -312,6 +421,82 @@ mod tests {
                 .grant(id, now + minutes(60), &lax, |_| false)
                 .is_none()
         );
+    }
+
+    #[test]
+    fn a_hibernated_publication_answers_alone_and_outlives_its_actor() {
+        let now = now();
+        let publications = Publications::default();
+        let (publication, id) = published(now);
+        let user = publication.user.id;
+        publications.publish(user, publication);
+        assert!(
+            !publications.hibernate(user, ActorId::Local(2)),
+            "only its publisher may leave it"
+        );
+        assert!(publications.hibernated(user).is_none());
+        assert!(publications.hibernate(user, ActorId::Local(1)));
+        // The actor stops: what it left stays, and answers as before.
+        publications.withdraw_if_from(user, ActorId::Local(1));
+        let hibernated = publications.hibernated(user).expect("left to answer");
+        let soon = now + chrono::Duration::seconds(30);
+        assert!(hibernated.grant(id, soon, &rules(3), |_| false).is_some());
+        // Anything that may refuse still withdraws it.
+        publications.withdraw(user);
+        assert!(publications.current(user).is_none());
+    }
+
+    #[test]
+    fn a_hibernated_publication_is_dropped_once_it_cannot_answer_or_its_user_is_idle() {
+        let now = now();
+        let (publication, id) = published(now);
+        let passivate = minutes(10);
+        let soon = now + chrono::Duration::seconds(30);
+        let no_news = |_: u64| false;
+        assert!(publication.worth_keeping(soon, &rules(3), passivate, no_news));
+        // Its marks no longer hold: another epoch, or news about its user.
+        assert!(!publication.worth_keeping(soon, &rules(4), passivate, no_news));
+        assert!(!publication.worth_keeping(soon, &rules(3), passivate, |m| m == 10));
+        // Every session idle by its clock.
+        let lax = ReadRules {
+            idle_timeout: minutes(5),
+            ..rules(3)
+        };
+        assert!(!publication.worth_keeping(now + minutes(5), &lax, minutes(60), no_news));
+        // Its user idle for idle_passivate, though a session would still be live.
+        assert!(!publication.worth_keeping(now + minutes(10), &rules(3), passivate, no_news));
+        // Requests it answered move that on, and are handed over unwritten when it goes.
+        assert_eq!(publication.unwritten_activity().count(), 0);
+        let answered = now + minutes(9);
+        let touch_later = ReadRules {
+            touch_interval: minutes(60),
+            user_refresh: minutes(60),
+            ..rules(3)
+        };
+        assert!(
+            publication
+                .grant(id, answered, &touch_later, no_news)
+                .is_some()
+        );
+        assert!(publication.worth_keeping(now + minutes(10), &rules(3), passivate, no_news));
+        let unwritten: Vec<_> = publication.unwritten_activity().collect();
+        assert_eq!(unwritten, vec![(id, answered)]);
+
+        let publications = Publications::default();
+        let user = publication.user.id;
+        publications.publish(user, publication);
+        let keep_none = |_: UserId, _: &Publication| false;
+        assert_eq!(publications.prune_hibernated(keep_none, |_| {}), 0);
+        assert!(
+            publications.current(user).is_some(),
+            "a running actor's stays"
+        );
+        assert!(publications.hibernate(user, ActorId::Local(1)));
+        let mut handed = Vec::new();
+        let left =
+            publications.prune_hibernated(keep_none, |p| handed.extend(p.unwritten_activity()));
+        assert_eq!((left, handed), (0, vec![(id, answered)]));
+        assert!(publications.current(user).is_none());
     }
 
     #[test]

@@ -154,6 +154,27 @@ impl Residents {
         self.publications.len()
     }
 
+    /// Drops the hibernated publications that can no longer answer or whose users have been
+    /// idle for `idle_passivate` (the supervisor's tick; memory only). Returns how many stay,
+    /// and the activity the dropped ones held that is not yet written.
+    pub(super) fn prune_hibernated(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        rules: &ReadRules,
+        idle_passivate: chrono::Duration,
+    ) -> (usize, Vec<(SessionId, chrono::DateTime<chrono::Utc>)>) {
+        let mut unwritten = Vec::new();
+        let left = self.publications.prune_hibernated(
+            |user, publication| {
+                publication.worth_keeping(now, rules, idle_passivate, |mark| {
+                    self.news_since(user, mark)
+                })
+            },
+            |publication| unwritten.extend(publication.unwritten_activity()),
+        );
+        (left, unwritten)
+    }
+
     /// Forgets news older than `age` (the supervisor's sweep). Every actor looks at the news
     /// at least once per tick, far more often than this.
     pub fn prune_recent(&self, age: Duration) {

@@ -10,20 +10,26 @@
 //! started again.
 //!
 //! Ticks, every `session.sweep_interval`: every resident user actor is told to end its own
-//! expired sessions (it knows their true last activity) and to passivate if it has been idle
-//! for `actors.idle_passivate`. The database sweep is the [`Sweeper`]'s, so a slow or
-//! unreachable database can never delay supervision or the ticks.
+//! expired sessions (it knows their true last activity), to passivate if it has been idle
+//! for `actors.idle_passivate` and to hibernate if no message came for
+//! `actors.idle_hibernate`; hibernated publications that can no longer answer, or whose
+//! users have been idle for `actors.idle_passivate`, are dropped. The database sweep is the
+//! [`Sweeper`]'s, so a slow or unreachable database can never delay supervision or the ticks.
 
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::journal::{PendingWriter, PendingWriterArgs, PendingWriterMsg};
+use chrono::{DateTime, Utc};
+
 use super::messages::{SupervisorMsg, UserMsg};
+use super::published::{ReadRules, to_micros};
 use super::registry::Residents;
 use super::sweeper::{Sweeper, SweeperArgs, SweeperMsg};
 use super::user_actor::SessionPolicy;
 use crate::cluster::Cluster;
+use crate::domain::SessionId;
 use crate::store::DynStore;
 
 /// How long news from other nodes is kept for actors that were loading when it came.
@@ -77,7 +83,7 @@ impl Actor for SessionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Tick => {
-                tick(&state.args.residents);
+                tick(&state.args);
                 let (trim, peak) = trim_due(state.peak_residents, state.args.residents.len());
                 state.peak_residents = peak;
                 if trim {
@@ -111,7 +117,11 @@ impl Actor for SessionSupervisor {
                 state.pending_writer = spawn_pending_writer(&myself, &state.args).await?;
             }
             SupervisionEvent::ActorFailed(cell, cause) => {
-                let user = state.args.residents.forget(cell.get_id());
+                let residents = &state.args.residents;
+                let user = residents.forget(cell.get_id());
+                if let Some(user) = user {
+                    residents.publications.withdraw_hibernated(user);
+                }
                 tracing::error!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
                     error = %cause, "user actor failed; next request reloads it from the store");
             }
@@ -184,13 +194,43 @@ fn give_back_memory() {
 }
 
 /// Memory only: nothing here waits on the store or on an actor.
-fn tick(residents: &Residents) {
+fn tick(args: &SupervisorArgs) {
+    let residents = &args.residents;
+    let policy = &args.policy;
+    // Before the news is pruned: a hibernated publication older than some news must go
+    // while the news is still there to say so.
+    let rules = ReadRules {
+        epoch: args.cluster.trust_epoch(),
+        idle_timeout: policy.idle_timeout,
+        touch_interval: policy.touch_interval,
+        user_refresh: policy.user_refresh,
+    };
+    let now = to_micros(chrono::Utc::now());
+    let (hibernated, unwritten) = residents.prune_hibernated(now, &rules, policy.idle_passivate);
+    metrics::gauge!("finsec_hibernated_users").set(hibernated as f64);
+    write_activity(args.store.clone(), unwritten);
     // Other nodes' news is needed only while an actor that was loading could have missed it.
     residents.prune_recent(RECENT_NEWS);
     for actor in residents.actors() {
         // A closed mailbox means the actor is already stopping; nothing to tick.
         let _ = actor.cast(UserMsg::Tick);
     }
+}
+
+/// The last request times that dropped hibernated publications held, written in the
+/// background (the supervisor waits on nothing), as a passivating actor writes its own. Each
+/// write is bounded by `database.timeout`; one that fails only makes idle expiry come sooner.
+fn write_activity(store: DynStore, unwritten: Vec<(SessionId, DateTime<Utc>)>) {
+    if unwritten.is_empty() {
+        return;
+    }
+    tokio::spawn(async move {
+        for (id, seen) in unwritten {
+            if let Err(err) = store.touch_session(id, seen).await {
+                tracing::warn!(session_id = %id, error = %err, "touch not persisted");
+            }
+        }
+    });
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ pub struct SessionPolicy {
     pub mfa_max_attempts: u32,
     pub revoke_retry: Duration,
     pub idle_passivate: chrono::Duration,
+    /// An actor with no message this long hibernates: it stops and its publication stays.
+    pub idle_hibernate: chrono::Duration,
     pub sweep_interval: Duration,
     pub retention: chrono::Duration,
     /// The user's row is read again when the actor's copy is older than this.
@@ -172,13 +174,16 @@ pub struct UserState {
     /// `Residents::news_mark` when this memory was loaded: later news about this user that
     /// the mailbox may not have carried (it came while we were loading) means reload.
     news_mark: u64,
-    /// The last message from a client (not a timer tick), or the newest request answered
-    /// from the publication: passivation counts from here.
+    /// The last message from a client (not a timer tick): hibernation counts from here, and
+    /// passivation from here or the newest request the publication answered.
     last_activity: DateTime<Utc>,
     /// `user` as the API shows it, shared with the publication and every grant.
     profile: Arc<UserProfile>,
-    /// Passivating: answers what is queued, publishes nothing more.
+    /// Passivating or hibernating: answers what is queued, publishes nothing more.
     draining: bool,
+    /// Stopping on purpose with its publication left to answer alone (see
+    /// `sessions::published`): whatever may refuse withdraws it, nothing replaces it.
+    hibernating: bool,
     store: DynStore,
     policy: Arc<SessionPolicy>,
     cluster: Cluster,
@@ -196,6 +201,17 @@ impl LiveSession {
     fn from_store(session: Session) -> Self {
         let activity = Activity::stored(session.last_seen_at);
         Self { session, activity }
+    }
+
+    /// A session a hibernated publication held: the same activity, which its readers kept
+    /// moving, so no request they answered is lost.
+    fn resumed(published: &PublishedSession) -> Self {
+        let mut live = Self {
+            session: published.session.clone(),
+            activity: published.activity.clone(),
+        };
+        live.absorb();
+        live
     }
 
     /// Takes in the requests the publication answered since the actor last looked.
@@ -273,31 +289,56 @@ impl Actor for UserActor {
             }
         };
         let now = Utc::now();
-        let sessions = args
-            .store
-            .live_sessions(args.user_id, now)
-            .await
-            .map_err(StartError::from)?;
-        tracing::debug!(user_id = %user.id, sessions = sessions.len(), "user actor started");
+        let residents = &args.residents;
+        // A hibernated publication whose marks still hold is this user's sessions as memory
+        // last knew them, never permissive (see `sessions::published`): resuming from it
+        // spares the read of every live session. The older news mark of the two is kept.
+        let resumable = residents.publications.hibernated(args.user_id).filter(|p| {
+            marks.trust_epoch == Some(p.epoch)
+                && p.marks_hold(args.cluster.trust_epoch(), |mark| {
+                    residents.news_since(args.user_id, mark)
+                })
+        });
+        let news_mark = resumable
+            .as_ref()
+            .map_or(marks.news, |p| marks.news.min(p.news_mark));
+        let sessions: Vec<LiveSession> = match &resumable {
+            Some(publication) => publication
+                .sessions
+                .iter()
+                .map(LiveSession::resumed)
+                .collect(),
+            None => args
+                .store
+                .live_sessions(args.user_id, now)
+                .await
+                .map_err(StartError::from)?
+                .into_iter()
+                .map(LiveSession::from_store)
+                .collect(),
+        };
+        tracing::debug!(user_id = %user.id, sessions = sessions.len(),
+            resumed = resumable.is_some(), "user actor started");
         // A revocation whose write is still pending holds, whatever the store says.
         let journal = &args.policy.journal;
-        let residents = &args.residents;
         Ok(UserState {
             myself,
             profile: Arc::new(UserProfile::from(&user)),
             draining: false,
+            hibernating: false,
             user,
             user_read_at: now,
             sessions: sessions
                 .into_iter()
-                .filter(|s| {
-                    !journal.is_pending(&s.id) && !residents.recently_ended(s.user_id, s.id)
+                .filter(|l| {
+                    let id = l.session.id;
+                    !journal.is_pending(&id) && !residents.recently_ended(l.session.user_id, id)
                 })
-                .map(|s| (s.id, LiveSession::from_store(s)))
+                .map(|l| (l.session.id, l))
                 .collect(),
             refused: RefusedIds::default(),
             synced_epoch: marks.trust_epoch,
-            news_mark: marks.news,
+            news_mark,
             last_activity: now,
             store: args.store,
             policy: args.policy,
@@ -460,6 +501,14 @@ impl UserState {
         let publications = &self.residents.publications;
         let user = self.user.id;
         let me = self.myself.get_id();
+        if self.hibernating {
+            // What it left answers alone until something may refuse, which withdraws it
+            // first; memory that may no longer be trusted takes it back now.
+            if self.synced_epoch.is_none() || !self.user.is_active {
+                publications.withdraw(user);
+            }
+            return;
+        }
         if !self.draining && !self.residents.is_registered(user, me) {
             // Not the actor requests are routed to (the registry forgot it): no news, tick
             // or revocation reaches this one, so it must neither answer nor stay.
@@ -483,7 +532,7 @@ impl UserState {
             _ => return publications.withdraw(user),
         };
         if let Some(current) = publications.current(user)
-            && current.publisher == me
+            && current.publisher == Some(me)
             && current.epoch == epoch
             && current.news_mark == self.news_mark
             && Arc::ptr_eq(&current.user, &self.profile)
@@ -507,7 +556,7 @@ impl UserState {
         publications.publish(
             user,
             Publication {
-                publisher: me,
+                publisher: Some(me),
                 user: self.profile.clone(),
                 user_read_at: self.user_read_at,
                 epoch,
@@ -1500,7 +1549,7 @@ impl UserState {
     }
 
     /// The supervisor's periodic tick: catch up on news the mailbox may have missed, end what
-    /// has expired, then passivate if idle.
+    /// has expired, then passivate if idle, or hibernate if only validations came.
     async fn tick(&mut self, now: DateTime<Utc>) {
         if let Err(err) = self.sync(now).await {
             // Fail closed, as on the other failed resyncs: memory that missed news must not
@@ -1535,6 +1584,21 @@ impl UserState {
             self.draining = true;
             self.withdraw();
             let _ = self.myself.drain();
+        } else if now - self.last_activity >= self.policy.idle_hibernate {
+            // No message for a while: the publication answers this user's validations alone,
+            // for a fraction of an actor's memory; the next write starts an actor that resumes
+            // from it. Drained like a passivation, so two actors never overlap.
+            self.publish();
+            if self
+                .residents
+                .publications
+                .hibernate(self.user.id, self.myself.get_id())
+            {
+                tracing::debug!(user_id = %self.user.id, "user actor hibernating");
+                self.draining = true;
+                self.hibernating = true;
+                let _ = self.myself.drain();
+            }
         }
     }
 

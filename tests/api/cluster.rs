@@ -63,6 +63,29 @@ async fn a_logout_on_one_node_is_refused_on_every_other_node_at_once() {
 }
 
 #[tokio::test]
+async fn a_logout_on_one_node_is_refused_where_the_user_is_hibernated() {
+    let cluster = spawn_cluster_with(3, crate::read_path::quick_hibernation).await;
+    let john = cluster.node(0).user().await;
+    let sessions = [
+        cluster.node(0).logged_in(&john).await,
+        cluster.node(2).logged_in(&john).await,
+    ];
+    for session in &sessions {
+        everywhere(&cluster, session, StatusCode::OK).await;
+        everywhere(&cluster, session, StatusCode::OK).await;
+    }
+    // No actor for John on any node: each node's publication answers for him alone.
+    for node in &cluster.nodes {
+        crate::read_path::hibernated(node, 1).await;
+    }
+    everywhere(&cluster, &sessions[1], StatusCode::OK).await;
+    let logout = cluster.node(1).logout(&sessions[0].token, None).await;
+    assert_eq!(logout.status(), StatusCode::OK);
+    everywhere(&cluster, &sessions[0], StatusCode::UNAUTHORIZED).await;
+    everywhere(&cluster, &sessions[1], StatusCode::OK).await;
+}
+
+#[tokio::test]
 async fn a_logout_answered_503_is_refused_on_the_other_nodes_too() {
     // The ending node's writer waits an hour between rounds: whatever keeps the session dead
     // on the other nodes once the table is back, it is not the row.

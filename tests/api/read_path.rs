@@ -9,7 +9,7 @@ use reqwest::StatusCode;
 use tokio::task::JoinHandle;
 
 use crate::helpers::{
-    ADMIN_KEY, LoggedIn, TestApp, TestUser, assert_error, spawn_app_with, spawn_request,
+    ADMIN_KEY, LoggedIn, TestApp, TestUser, assert_error, eventually, spawn_app_with, spawn_request,
 };
 
 #[tokio::test]
@@ -139,4 +139,123 @@ async fn a_deactivation_refuses_every_session_before_it_is_written() {
         "account_disabled",
     )
     .await;
+}
+
+/// An actor hibernates on the first tick after 200 ms without a message.
+pub fn quick_hibernation(figment: figment::Figment) -> figment::Figment {
+    figment
+        .merge(("session.sweep_interval", "100ms"))
+        .merge(("actors.idle_hibernate", "200ms"))
+}
+
+/// Waits until no user actor runs on `app` and `users` publications answer alone.
+pub async fn hibernated(app: &TestApp, users: usize) {
+    let done = eventually(|| async {
+        let registry = app.state.sessions.registry();
+        (app.resident_actors().await == 0 && registry.published_count() == users).then_some(())
+    })
+    .await;
+    assert!(
+        done.is_some(),
+        "not hibernated: {} actors, {} publications",
+        app.resident_actors().await,
+        app.state.sessions.registry().published_count()
+    );
+}
+
+#[tokio::test]
+async fn a_hibernated_users_validations_need_no_actor_and_any_write_withdraws_them() {
+    let app = spawn_app_with(quick_hibernation).await;
+    let john = app.user().await;
+    let phone = app.logged_in(&john).await;
+    let laptop = app.logged_in(&john).await;
+    for token in [&phone.token, &laptop.token] {
+        assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    }
+    hibernated(&app, 1).await;
+
+    for _ in 0..3 {
+        assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+    }
+    assert_eq!(app.resident_actors().await, 0, "answered without an actor");
+
+    // A logout starts an actor, which resumes from the publication and withdraws it before
+    // it writes: the laptop is refused at once, the phone is not.
+    assert_eq!(
+        app.logout(&laptop.token, None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.me(&laptop.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+
+    // And once it hibernates again, what it leaves knows it.
+    hibernated(&app, 1).await;
+    assert_eq!(
+        app.me(&laptop.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+
+    // A login (whose actor starts from the row the password was checked against) too.
+    let tablet = app.logged_in(&john).await;
+    for token in [&phone.token, &tablet.token] {
+        assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    }
+    hibernated(&app, 1).await;
+    assert_eq!(
+        app.logout_all(&tablet.token, &serde_json::json!({}))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        app.me(&phone.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.me(&tablet.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn an_actor_resumed_from_hibernation_keeps_the_activity_answered_meanwhile() {
+    // Touches are written once a minute: the request answered while hibernated is in memory
+    // only, and the store still has the login's time.
+    let app = spawn_app_with(quick_hibernation).await;
+    let john = app.user().await;
+    let session = app.logged_in(&john).await;
+    assert_eq!(app.me(&session.token).await.status(), StatusCode::OK);
+    hibernated(&app, 1).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let me: serde_json::Value = app.me(&session.token).await.json().await.unwrap();
+    let seen = me["session"]["last_seen_at"].clone();
+    assert!(seen.is_string(), "{me}");
+
+    let listed: serde_json::Value = app
+        .list_sessions(&session.token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["sessions"]
+        .as_array()
+        .and_then(|sessions| {
+            sessions
+                .iter()
+                .find(|s| s["id"] == session.session_id.as_str())
+        })
+        .unwrap_or_else(|| panic!("the session is listed: {listed}"))
+        .clone();
+    // The listing's own validation was answered from the publication too: at least as new.
+    let time = |value: &serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(value.as_str().expect("a time")).expect("RFC 3339")
+    };
+    assert!(
+        time(&listed["last_seen_at"]) >= time(&seen),
+        "the resumed actor lost a request the publication answered: {listed} against {seen}"
+    );
 }
