@@ -9,8 +9,10 @@
 //! `GET /api/auth/me` per user makes that user resident (its actor loads the user and every
 //! live session from MySQL). Two populations of `FINSEC_BENCH_USERS` users each (default
 //! 100,000): first with one session each, then with three, so the RSS each adds gives the cost
-//! of a user and of a session. Then actors passivate (`actors.idle_passivate`, shortened
-//! here) and the RSS is read again.
+//! of a user and of a session. Each population is measured twice: while its actors run, and
+//! once they have hibernated (`actors.idle_hibernate`: the users stay resident, their
+//! publications answering alone). Then the hibernated users passivate
+//! (`actors.idle_passivate`, shortened here) and the RSS is read again.
 
 #[path = "support/database.rs"]
 mod database;
@@ -31,7 +33,10 @@ const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/
                           (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 /// Concurrent first requests.
 const CONCURRENCY: usize = 16;
-const PASSIVATE_AFTER: &str = "60s";
+const HIBERNATE_AFTER: &str = "15s";
+const PASSIVATE_AFTER: &str = "180s";
+/// Longest wait for the actors to hibernate, or for the hibernated users to passivate.
+const WAIT: Duration = Duration::from_secs(300);
 
 #[tokio::main]
 async fn main() {
@@ -64,52 +69,68 @@ async fn main() {
     let service = service::ServiceProcess::start(
         &url,
         &[
+            ("FINSEC__ACTORS__IDLE_HIBERNATE", HIBERNATE_AFTER),
             ("FINSEC__ACTORS__IDLE_PASSIVATE", PASSIVATE_AFTER),
-            ("FINSEC__SESSION__SWEEP_INTERVAL", "10s"),
+            ("FINSEC__SESSION__SWEEP_INTERVAL", "5s"),
         ],
     )
     .await;
     let base = service.base.clone();
     let client = reqwest::Client::new();
     // Warm: a few users resident, so allocator arenas and pools exist before the baseline.
-    let _ = first_requests(&client, &base, &one[..CONCURRENCY * 4]).await;
+    let warm = CONCURRENCY * 4;
+    let _ = first_requests(&client, &base, &one[..warm]).await;
     let baseline = service.rss_kib();
 
-    let first_one = first_requests(&client, &base, &one[CONCURRENCY * 4..]).await;
-    let with_one = service.rss_kib();
+    let first_one = first_requests(&client, &base, &one[warm..]).await;
+    let actors_one = service.rss_kib();
+    let hibernated_one = until_hibernated(&service, &client).await;
     let first_three = first_requests(&client, &base, &three).await;
-    let with_three = service.rss_kib();
-    let residents = resident_actors(&service, &client).await;
+    let actors_three = service.rss_kib();
+    let running = gauge(&service, &client, "finsec_resident_actors").await;
+    let hibernated_three = until_hibernated(&service, &client).await;
+    let hibernated_users = gauge(&service, &client, "finsec_hibernated_users").await;
 
-    // Passivation: every actor idle for PASSIVATE_AFTER is stopped by a later tick.
+    // Passivation: every hibernated user idle for PASSIVATE_AFTER is dropped by a later tick.
     let waited = Instant::now();
-    while resident_actors(&service, &client).await > 0
-        && waited.elapsed() < Duration::from_secs(180)
-    {
+    while gauge(&service, &client, "finsec_hibernated_users").await > 0 && waited.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
     let passivated = service.rss_kib();
-    let left = resident_actors(&service, &client).await;
+    let left = gauge(&service, &client, "finsec_hibernated_users").await;
 
     drop(service);
     database.drop().await;
 
     let n = users as f64;
-    let per_user_one = (with_one - baseline) as f64 * 1024.0 / (n - (CONCURRENCY * 4) as f64);
-    let per_user_three = (with_three - with_one) as f64 * 1024.0 / n;
-    let per_session = (per_user_three - per_user_one) / 2.0;
+    let costs = |with_one: i64, with_three: i64, one_base: i64, three_base: i64| {
+        let one = (with_one - one_base) as f64 * 1024.0 / (n - warm as f64);
+        let three = (with_three - three_base) as f64 * 1024.0 / n;
+        (one, three, (three - one) / 2.0)
+    };
+    let running_costs = costs(actors_one, actors_three, baseline, hibernated_one);
+    let hibernated_costs = costs(hibernated_one, hibernated_three, baseline, hibernated_one);
     println!(
         "{users} users with one session, then {users} with three; the `finsec` binary's RSS \
-         (KiB): {baseline} at start, {with_one} and {with_three} with them resident \
-         ({residents} actors), {passivated} after passivation ({left} actors left, {:.0} s)",
+         (KiB):\n\n\
+         | at start | 1 session each: actors running | hibernated | + 3 sessions each: actors \
+         running ({running} actors) | hibernated ({hibernated_users} users) | after passivation \
+         ({left} left, {:.0} s) |\n\
+         |---|---|---|---|---|---|\n\
+         | {baseline} | {actors_one} | {hibernated_one} | {actors_three} | {hibernated_three} \
+         | {passivated} |\n",
         waited.elapsed().as_secs_f64()
     );
     println!(
-        "| per resident user, 1 session | per resident user, 3 sessions | per session |\n\
-         |------------------------------|--------------------------------|-------------|\n\
-         | {:.0} B | {:.0} B | {:.0} B |",
-        per_user_one, per_user_three, per_session
+        "| resident user | per user, 1 session | per user, 3 sessions | per session |\n\
+         |---|---|---|---|"
     );
+    for (name, (one, three, session)) in [
+        ("actor running", running_costs),
+        ("hibernated", hibernated_costs),
+    ] {
+        println!("| {name} | {one:.0} B | {three:.0} B | {session:.0} B |");
+    }
     for (name, (latencies, refused)) in
         [("one session", first_one), ("three sessions", first_three)]
     {
@@ -119,6 +140,18 @@ async fn main() {
              p50 {p50:.2} ms, p99 **{p99:.2} ms** (target ≤ 5 ms); {refused} not answered 200"
         );
     }
+}
+
+/// Waits until no actor runs (every user hibernated), then reads the RSS.
+async fn until_hibernated(service: &service::ServiceProcess, client: &reqwest::Client) -> i64 {
+    let waited = Instant::now();
+    while gauge(service, client, "finsec_resident_actors").await > 0 && waited.elapsed() < WAIT {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+    eprintln!("hibernated after {:.0?}", waited.elapsed());
+    // The tick that saw them stop asks the allocator to hand their memory back.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    service.rss_kib()
 }
 
 /// `count` users from id `first + 1`, each with `sessions` live sessions; their tokens, one
@@ -221,6 +254,6 @@ fn percentiles(mut latencies: Vec<Duration>) -> (f64, f64) {
     (at(0.50), at(0.99))
 }
 
-async fn resident_actors(service: &service::ServiceProcess, client: &reqwest::Client) -> u64 {
-    service.metric(client, "finsec_resident_actors").await as u64
+async fn gauge(service: &service::ServiceProcess, client: &reqwest::Client, name: &str) -> u64 {
+    service.metric(client, name).await as u64
 }

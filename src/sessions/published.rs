@@ -49,7 +49,7 @@ use dashmap::DashMap;
 use ractor::ActorId;
 
 use super::messages::SessionGrant;
-use crate::domain::{Session, SessionId, UserId, UserProfile};
+use crate::domain::{Session, SessionId, User, UserId, UserProfile};
 
 /// One session's activity, shared by its actor and the readers of its snapshot: the newest
 /// request time, and the newest time written to the store (touches are coalesced).
@@ -101,9 +101,8 @@ fn from_micros(micros: i64) -> DateTime<Utc> {
 /// What one user's actor published: everything a validation reads, as of one moment of the
 /// actor's memory.
 pub struct Publication {
-    /// The actor that published it: a stopped actor's publication is withdrawn, never a
-    /// successor's. `None`: hibernated, its actor stopped on purpose and left it to answer.
-    pub publisher: Option<ActorId>,
+    /// The actor that keeps it current, or the one that left it when it hibernated.
+    pub publisher: Publisher,
     pub user: Arc<UserProfile>,
     /// When the user's row was read.
     pub user_read_at: DateTime<Utc>,
@@ -112,6 +111,30 @@ pub struct Publication {
     /// `Residents::news_mark` when that memory was loaded.
     pub news_mark: u64,
     pub sessions: Box<[PublishedSession]>,
+}
+
+pub enum Publisher {
+    /// A running actor: its publication goes when it stops, never a successor's.
+    Actor(ActorId),
+    /// An actor that stopped on purpose and left its publication to answer alone, with the
+    /// user's row it held: the next actor resumes from both, and reads nothing.
+    Hibernated { by: ActorId, user: Box<User> },
+}
+
+impl Publisher {
+    pub fn is(&self, actor: ActorId) -> bool {
+        matches!(self, Self::Actor(id) if *id == actor)
+    }
+
+    pub fn is_hibernated(&self) -> bool {
+        matches!(self, Self::Hibernated { .. })
+    }
+
+    fn actor(&self) -> ActorId {
+        match self {
+            Self::Actor(id) | Self::Hibernated { by: id, .. } => *id,
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -148,17 +171,16 @@ impl Publications {
     /// A stopped actor's publication goes with it (a successor's, or one it left on purpose
     /// when it hibernated, stays).
     pub fn withdraw_if_from(&self, user: UserId, publisher: ActorId) {
-        self.by_user.remove_if(&user, |_, publication| {
-            publication.publisher == Some(publisher)
-        });
+        self.by_user
+            .remove_if(&user, |_, publication| publication.publisher.is(publisher));
     }
 
     /// `publisher` is about to stop and leave its current publication to answer alone. False
     /// when it has none current (nothing to leave: it simply stops).
-    pub fn hibernate(&self, user: UserId, publisher: ActorId) -> bool {
-        match self.by_user.get_mut(&user) {
-            Some(mut current) if current.publisher == Some(publisher) => {
-                let hibernated = current.hibernated();
+    pub fn hibernate(&self, user: &User, publisher: ActorId) -> bool {
+        match self.by_user.get_mut(&user.id) {
+            Some(mut current) if current.publisher.is(publisher) => {
+                let hibernated = current.hibernated(user);
                 *current = Arc::new(hibernated);
                 true
             }
@@ -168,37 +190,39 @@ impl Publications {
 
     /// The publication a hibernated actor left for `user`, for its successor to resume from.
     pub fn hibernated(&self, user: UserId) -> Option<Arc<Publication>> {
-        self.current(user).filter(|p| p.publisher.is_none())
+        self.current(user).filter(|p| p.publisher.is_hibernated())
     }
 
-    /// A failed actor may have hibernated before it failed: what it left goes too.
+    /// The hibernated publication of `user`, for a write that could not reach an actor: it
+    /// may have been about to end what the publication grants, so memory stops vouching.
     pub fn withdraw_hibernated(&self, user: UserId) {
-        self.by_user
-            .remove_if(&user, |_, publication| publication.publisher.is_none());
+        self.by_user.remove_if(&user, |_, publication| {
+            publication.publisher.is_hibernated()
+        });
     }
 
-    /// Drops the hibernated publications `keep` refuses (the supervisor's tick), handing
-    /// each to `dropped`; those of running actors are theirs to withdraw. How many are left
-    /// hibernated.
-    pub fn prune_hibernated(
-        &self,
-        keep: impl Fn(UserId, &Publication) -> bool,
-        mut dropped: impl FnMut(&Publication),
-    ) -> usize {
-        let mut left = 0;
-        self.by_user.retain(|user, publication| {
-            if publication.publisher.is_some() {
-                return true;
-            }
-            let kept = keep(*user, publication);
-            if kept {
-                left += 1;
-            } else {
-                dropped(publication);
-            }
-            kept
+    /// What a failed actor left when it hibernated (it may have failed while draining).
+    /// Walks every publication: failures are rare.
+    pub fn withdraw_left_by(&self, actor: ActorId) {
+        self.by_user.retain(|_, publication| {
+            !(publication.publisher.is_hibernated() && publication.publisher.actor() == actor)
         });
-        left
+    }
+
+    /// The hibernated publications, for the supervisor to judge outside the map's locks.
+    pub fn all_hibernated(&self) -> Vec<(UserId, Arc<Publication>)> {
+        self.by_user
+            .iter()
+            .filter(|entry| entry.value().publisher.is_hibernated())
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect()
+    }
+
+    /// Drops `publication` if it is still `user`'s current one.
+    pub fn drop_if_current(&self, user: UserId, publication: &Arc<Publication>) -> bool {
+        self.by_user
+            .remove_if(&user, |_, current| Arc::ptr_eq(current, publication))
+            .is_some()
     }
 
     pub fn current(&self, user: UserId) -> Option<Arc<Publication>> {
@@ -220,15 +244,26 @@ impl Publication {
         })
     }
 
-    /// The same snapshot, with no actor behind it.
-    fn hibernated(&self) -> Self {
+    /// The same snapshot, left by its actor with the user's row it held.
+    fn hibernated(&self, user: &User) -> Self {
         Self {
-            publisher: None,
+            publisher: Publisher::Hibernated {
+                by: self.publisher.actor(),
+                user: Box::new(user.clone()),
+            },
             user: self.user.clone(),
             user_read_at: self.user_read_at,
             epoch: self.epoch,
             news_mark: self.news_mark,
             sessions: self.sessions.clone(),
+        }
+    }
+
+    /// The user's row its actor left with it, if it is hibernated.
+    pub fn left_row(&self) -> Option<&User> {
+        match &self.publisher {
+            Publisher::Hibernated { user, .. } => Some(user),
+            Publisher::Actor(_) => None,
         }
     }
 
@@ -311,24 +346,37 @@ mod tests {
         }
     }
 
+    /// John's row, as his actor holds it.
+    fn john(now: DateTime<Utc>) -> User {
+        User {
+            id: UserId::new(7),
+            email: crate::domain::Email::parse("john@example.com").unwrap(),
+            password_hash: "$scrypt$…".into(),
+            first_name: "John".into(),
+            last_name: "Doe".into(),
+            preferred_name: None,
+            phone_number: None,
+            address: None,
+            is_active: true,
+            mfa_enabled: false,
+            totp_secret: None,
+            totp_pending: None,
+            totp_pending_at: None,
+            totp_last_step: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// One user with one session opened at `now`, published under epoch 3, news mark 10.
     fn published(now: DateTime<Utc>) -> (Publication, SessionId) {
         let user = UserId::new(7);
         let session = Session::open(user, Device::default(), now, minutes(60));
         let id = session.id;
-        let profile = UserProfile {
-            id: user,
-            email: "john@example.com".into(),
-            first_name: "John".into(),
-            last_name: "Doe".into(),
-            phone_number: None,
-            mfa_enabled: false,
-            is_active: true,
-            created_at: now,
-        };
+        let profile = UserProfile::from(&john(now));
         let activity = Activity::stored(now);
         let publication = Publication {
-            publisher: Some(ActorId::Local(1)),
+            publisher: Publisher::Actor(ActorId::Local(1)),
             user: Arc::new(profile),
             user_read_at: now,
             epoch: 3,
@@ -430,19 +478,32 @@ mod tests {
         let (publication, id) = published(now);
         let user = publication.user.id;
         publications.publish(user, publication);
+        let row = john(now);
         assert!(
-            !publications.hibernate(user, ActorId::Local(2)),
+            !publications.hibernate(&row, ActorId::Local(2)),
             "only its publisher may leave it"
         );
         assert!(publications.hibernated(user).is_none());
-        assert!(publications.hibernate(user, ActorId::Local(1)));
+        assert!(publications.hibernate(&row, ActorId::Local(1)));
         // The actor stops: what it left stays, and answers as before.
         publications.withdraw_if_from(user, ActorId::Local(1));
         let hibernated = publications.hibernated(user).expect("left to answer");
         let soon = now + chrono::Duration::seconds(30);
         assert!(hibernated.grant(id, soon, &rules(3), |_| false).is_some());
+        assert!(
+            matches!(&hibernated.publisher, Publisher::Hibernated { user, .. } if **user == row),
+            "the row travels with it, for the next actor"
+        );
         // Anything that may refuse still withdraws it.
         publications.withdraw(user);
+        assert!(publications.current(user).is_none());
+        // So does the failure of the actor that left it, and only of that one.
+        let (publication, _) = published(now);
+        publications.publish(user, publication);
+        assert!(publications.hibernate(&row, ActorId::Local(1)));
+        publications.withdraw_left_by(ActorId::Local(2));
+        assert!(publications.hibernated(user).is_some());
+        publications.withdraw_left_by(ActorId::Local(1));
         assert!(publications.current(user).is_none());
     }
 
@@ -485,17 +546,20 @@ mod tests {
         let publications = Publications::default();
         let user = publication.user.id;
         publications.publish(user, publication);
-        let keep_none = |_: UserId, _: &Publication| false;
-        assert_eq!(publications.prune_hibernated(keep_none, |_| {}), 0);
         assert!(
-            publications.current(user).is_some(),
-            "a running actor's stays"
+            publications.all_hibernated().is_empty(),
+            "a running actor's publication is its own to withdraw"
         );
-        assert!(publications.hibernate(user, ActorId::Local(1)));
-        let mut handed = Vec::new();
-        let left =
-            publications.prune_hibernated(keep_none, |p| handed.extend(p.unwritten_activity()));
-        assert_eq!((left, handed), (0, vec![(id, answered)]));
+        assert!(publications.hibernate(&john(now), ActorId::Local(1)));
+        let hibernated = publications.all_hibernated();
+        assert_eq!(hibernated.len(), 1);
+        let (_, candidate) = &hibernated[0];
+        // Replaced meanwhile (an actor resumed and published): the new one stays.
+        let (newer, _) = published(now);
+        publications.publish(user, newer);
+        assert!(!publications.drop_if_current(user, candidate));
+        let current = publications.current(user).expect("the newer one stays");
+        assert!(publications.drop_if_current(user, &current));
         assert!(publications.current(user).is_none());
     }
 

@@ -109,11 +109,14 @@ impl Residents {
         entry.at = Instant::now();
         entry.number = number;
         entry.ended.extend(ended);
-        // Readers would skip the publication anyway (it predates this news); it goes now.
-        self.publications.withdraw(user);
         while entry.ended.len() > RECENT_ENDED {
             entry.ended.pop_front();
         }
+        // The news is recorded; its guard goes before the publications are touched, so no
+        // thread ever holds one map's lock while it waits for the other's.
+        drop(entry);
+        // Readers would skip the publication anyway (it predates this news); it goes now.
+        self.publications.withdraw(user);
     }
 
     /// The number the next news will get: an actor reads it before it loads from the store.
@@ -163,15 +166,18 @@ impl Residents {
         rules: &ReadRules,
         idle_passivate: chrono::Duration,
     ) -> (usize, Vec<(SessionId, chrono::DateTime<chrono::Utc>)>) {
-        let mut unwritten = Vec::new();
-        let left = self.publications.prune_hibernated(
-            |user, publication| {
-                publication.worth_keeping(now, rules, idle_passivate, |mark| {
-                    self.news_since(user, mark)
-                })
-            },
-            |publication| unwritten.extend(publication.unwritten_activity()),
-        );
+        // Judged outside the map's locks: `news_since` reads the news map, whose writer
+        // (`note_change`) withdraws publications; nesting the two would invite a deadlock.
+        let (mut left, mut unwritten) = (0, Vec::new());
+        for (user, publication) in self.publications.all_hibernated() {
+            if publication.worth_keeping(now, rules, idle_passivate, |mark| {
+                self.news_since(user, mark)
+            }) {
+                left += 1;
+            } else if self.publications.drop_if_current(user, &publication) {
+                unwritten.extend(publication.unwritten_activity());
+            }
+        }
         (left, unwritten)
     }
 
@@ -252,14 +258,45 @@ impl Registry {
         row: Option<&FreshRow>,
         question: impl Fn(Reply<T>) -> UserMsg,
     ) -> Result<T, SessionError> {
+        match self.call(user, row, &question).await {
+            Ok(answer) => answer,
+            Err(unanswered) => {
+                self.fail_closed(user, &question);
+                Err(unanswered)
+            }
+        }
+    }
+
+    /// A question that may end sessions and reached no actor (its start failed, or the one
+    /// draining was slow to stop): the user's hibernated publication may grant what the caller
+    /// was ending, and the caller hears 503, so memory stops vouching for the user until an
+    /// actor answers again. The question is built once more, with a port nobody reads, to be
+    /// asked what it is.
+    fn fail_closed<T>(&self, user: UserId, question: &impl Fn(Reply<T>) -> UserMsg) {
+        let publications = &self.residents.publications;
+        if publications.hibernated(user).is_some() {
+            let (port, _) = ractor::concurrency::oneshot();
+            if question(port.into()).may_end_sessions() {
+                publications.withdraw_hibernated(user);
+            }
+        }
+    }
+
+    /// Asks the user's actor; the outer `Err` means no actor answered.
+    async fn call<T: Send + 'static>(
+        &self,
+        user: UserId,
+        row: Option<&FreshRow>,
+        question: &impl Fn(Reply<T>) -> UserMsg,
+    ) -> Result<Result<T, SessionError>, SessionError> {
         for _ in 0..2 {
             let actor = self.actor_for(user, row).await?;
             let started = std::time::Instant::now();
-            let answer = actor.call(&question, Some(self.call_timeout)).await;
+            let answer = actor.call(question, Some(self.call_timeout)).await;
             metrics::histogram!("finsec_actor_call_duration_seconds")
                 .record(crate::metrics::seconds(started.elapsed()));
             match answer {
-                Ok(CallResult::Success(answer)) => return answer,
+                Ok(CallResult::Success(answer)) => return Ok(answer),
                 Ok(CallResult::Timeout) => {
                     return Err(SessionError::Unavailable("user actor timed out".into()));
                 }
@@ -306,6 +343,11 @@ impl Registry {
     /// How many users' actors have published for the read path on this node.
     pub fn published_count(&self) -> usize {
         self.residents.published_count()
+    }
+
+    /// Whether `user`'s actor hibernated and left its publication to answer alone.
+    pub fn is_hibernated(&self, user: UserId) -> bool {
+        self.residents.publications.hibernated(user).is_some()
     }
 
     /// How many user actors are resident on this node.

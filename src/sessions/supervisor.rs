@@ -119,9 +119,8 @@ impl Actor for SessionSupervisor {
             SupervisionEvent::ActorFailed(cell, cause) => {
                 let residents = &state.args.residents;
                 let user = residents.forget(cell.get_id());
-                if let Some(user) = user {
-                    residents.publications.withdraw_hibernated(user);
-                }
+                // It may have hibernated before it failed (while draining).
+                residents.publications.withdraw_left_by(cell.get_id());
                 tracing::error!(actor = %cell.get_id(), user_id = ?user.map(|u| u.get()),
                     error = %cause, "user actor failed; next request reloads it from the store");
             }

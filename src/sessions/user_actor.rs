@@ -29,7 +29,7 @@ use super::messages::{
     FactorRequest, FreshRow, LoginStep, MfaAttempt, Opened, ReadMarks, SecondFactor, SessionGrant,
     UserMsg,
 };
-use super::published::{Activity, Publication, PublishedSession};
+use super::published::{Activity, Publication, PublishedSession, Publisher};
 use super::registry::Residents;
 use super::throttle::{Standing, Throttle};
 use crate::auth::totp::TotpCode;
@@ -268,16 +268,50 @@ impl Actor for UserActor {
         myself: ActorRef<Self::Msg>,
         args: UserActorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        // The epoch is read before the store: if trust is lost and regained during the load,
-        // the epoch moves and the next request reloads.
-        let (user, marks) = match args.row {
+        let residents = &args.residents;
+        // A hibernated publication whose marks still hold is this user's sessions as memory
+        // last knew them, never permissive (see `sessions::published`), with the row the
+        // actor that left it held: resuming from it reads nothing, so a user resumes in a
+        // database outage as a resident actor would have answered.
+        let resumable = residents
+            .publications
+            .hibernated(args.user_id)
+            .filter(|p| {
+                p.marks_hold(args.cluster.trust_epoch(), |mark| {
+                    residents.news_since(args.user_id, mark)
+                })
+            })
+            .and_then(|p| Some((p.left_row()?.clone(), p)));
+        let now = Utc::now();
+        let (user, user_read_at, marks, resumed) = match (args.row, resumable) {
             // Read by the login before these marks would be taken here: its own marks, taken
-            // before its read, say which news it may predate.
-            Some(row) => (row.user, row.marks),
-            None => {
+            // before its read, say which news it may predate. Of the two news marks, the
+            // older is kept.
+            (Some(row), resumable) => {
+                let resumed = resumable
+                    .map(|(_, p)| p)
+                    .filter(|p| row.marks.trust_epoch == Some(p.epoch));
+                let marks = ReadMarks {
+                    news: resumed
+                        .as_ref()
+                        .map_or(row.marks.news, |p| row.marks.news.min(p.news_mark)),
+                    ..row.marks
+                };
+                (row.user, now, marks, resumed)
+            }
+            (None, Some((user, publication))) => {
+                let marks = ReadMarks {
+                    trust_epoch: Some(publication.epoch),
+                    news: publication.news_mark,
+                };
+                (user, publication.user_read_at, marks, Some(publication))
+            }
+            // The epoch is read before the store: if trust is lost and regained during the
+            // load, the epoch moves and the next request reloads.
+            (None, None) => {
                 let marks = ReadMarks {
                     trust_epoch: args.cluster.trust_epoch(),
-                    news: args.residents.news_mark(),
+                    news: residents.news_mark(),
                 };
                 let user = args
                     .store
@@ -285,24 +319,10 @@ impl Actor for UserActor {
                     .await
                     .map_err(StartError::from)?
                     .ok_or(StartError::UnknownUser)?;
-                (user, marks)
+                (user, now, marks, None)
             }
         };
-        let now = Utc::now();
-        let residents = &args.residents;
-        // A hibernated publication whose marks still hold is this user's sessions as memory
-        // last knew them, never permissive (see `sessions::published`): resuming from it
-        // spares the read of every live session. The older news mark of the two is kept.
-        let resumable = residents.publications.hibernated(args.user_id).filter(|p| {
-            marks.trust_epoch == Some(p.epoch)
-                && p.marks_hold(args.cluster.trust_epoch(), |mark| {
-                    residents.news_since(args.user_id, mark)
-                })
-        });
-        let news_mark = resumable
-            .as_ref()
-            .map_or(marks.news, |p| marks.news.min(p.news_mark));
-        let sessions: Vec<LiveSession> = match &resumable {
+        let sessions: Vec<LiveSession> = match &resumed {
             Some(publication) => publication
                 .sessions
                 .iter()
@@ -318,7 +338,7 @@ impl Actor for UserActor {
                 .collect(),
         };
         tracing::debug!(user_id = %user.id, sessions = sessions.len(),
-            resumed = resumable.is_some(), "user actor started");
+            resumed = resumed.is_some(), "user actor started");
         // A revocation whose write is still pending holds, whatever the store says.
         let journal = &args.policy.journal;
         Ok(UserState {
@@ -327,7 +347,7 @@ impl Actor for UserActor {
             draining: false,
             hibernating: false,
             user,
-            user_read_at: now,
+            user_read_at,
             sessions: sessions
                 .into_iter()
                 .filter(|l| {
@@ -338,7 +358,7 @@ impl Actor for UserActor {
                 .collect(),
             refused: RefusedIds::default(),
             synced_epoch: marks.trust_epoch,
-            news_mark,
+            news_mark: marks.news,
             last_activity: now,
             store: args.store,
             policy: args.policy,
@@ -532,7 +552,7 @@ impl UserState {
             _ => return publications.withdraw(user),
         };
         if let Some(current) = publications.current(user)
-            && current.publisher == Some(me)
+            && current.publisher.is(me)
             && current.epoch == epoch
             && current.news_mark == self.news_mark
             && Arc::ptr_eq(&current.user, &self.profile)
@@ -556,7 +576,7 @@ impl UserState {
         publications.publish(
             user,
             Publication {
-                publisher: Some(me),
+                publisher: Publisher::Actor(me),
                 user: self.profile.clone(),
                 user_read_at: self.user_read_at,
                 epoch,
@@ -1592,7 +1612,7 @@ impl UserState {
             if self
                 .residents
                 .publications
-                .hibernate(self.user.id, self.myself.get_id())
+                .hibernate(&self.user, self.myself.get_id())
             {
                 tracing::debug!(user_id = %self.user.id, "user actor hibernating");
                 self.draining = true;

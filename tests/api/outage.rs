@@ -103,3 +103,49 @@ async fn live_sessions_ride_out_an_outage_for_the_grace_then_fail_closed_and_all
         "the logout answered 503 in the outage was written when the database returned"
     );
 }
+
+/// A hibernated user (no actor, their publication answering alone) in an outage: the actor
+/// that a write starts resumes from the publication without reading the database, so the
+/// user is served as a resident actor would serve them, and a logout answered 503 is in force
+/// at once and written when the database returns.
+#[tokio::test]
+async fn a_hibernated_user_rides_out_an_outage_and_a_logout_in_it_is_in_force() {
+    let (app, relay) = spawn_app_through_relay(|f| {
+        crate::read_path::quick_hibernation(f)
+            .merge(("database.timeout", "500ms"))
+            .merge(("database.outage_grace", "30s"))
+            .merge(("actors.revoke_retry", "200ms"))
+    })
+    .await;
+    let john = app.user().await;
+    let phone = app.logged_in(&john).await;
+    let laptop = app.logged_in(&john).await;
+    for token in [&phone.token, &laptop.token] {
+        assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    }
+    crate::read_path::hibernated(&app, 1).await;
+
+    relay.down();
+    assert_error(
+        app.logout(&laptop.token, None).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_eq!(
+        app.me(&laptop.token).await.status(),
+        StatusCode::UNAUTHORIZED,
+        "a logout answered 503 must be in force at once"
+    );
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+
+    relay.up();
+    assert_eq!(
+        app.eventual_revoke_reason(&laptop.session_id)
+            .await
+            .as_deref(),
+        Some("logout"),
+        "written when the database returned"
+    );
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+}

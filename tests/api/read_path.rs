@@ -259,3 +259,44 @@ async fn an_actor_resumed_from_hibernation_keeps_the_activity_answered_meanwhile
         "the resumed actor lost a request the publication answered: {listed} against {seen}"
     );
 }
+
+#[tokio::test]
+async fn a_logout_that_reaches_no_actor_withdraws_the_hibernated_publication() {
+    use finsec::sessions::UserMsg;
+    // Ticks only when the test sends one; callers give up on a slow actor after 300 ms.
+    let app = spawn_app_with(|f| {
+        quick_hibernation(f)
+            .merge(("session.sweep_interval", "1h"))
+            .merge(("database.outage_grace", "2h"))
+            .merge(("actors.call_timeout", "300ms"))
+    })
+    .await;
+    let john = app.user().await;
+    let phone = app.logged_in(&john).await;
+    let laptop = app.logged_in(&john).await;
+    for token in [&phone.token, &laptop.token] {
+        assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The actor hibernates, then drains a stall: for 2 s it neither takes messages nor stops.
+    let actor = app.actor_of(&john);
+    actor.cast(UserMsg::Tick).unwrap();
+    actor.cast(UserMsg::Stall(Duration::from_secs(2))).unwrap();
+    let registry = app.state.sessions.registry();
+    let hibernating = eventually(|| async { registry.is_hibernated(john.id).then_some(()) }).await;
+    assert!(hibernating.is_some(), "the actor did not hibernate");
+    assert_eq!(
+        app.me(&laptop.token).await.status(),
+        StatusCode::OK,
+        "the hibernated publication answers"
+    );
+
+    // The logout reaches no actor (503): what it was ending must not be granted meanwhile.
+    assert_error(
+        app.logout(&laptop.token, None).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "service_unavailable",
+    )
+    .await;
+    assert_ne!(app.me(&laptop.token).await.status(), StatusCode::OK);
+}
