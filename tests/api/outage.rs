@@ -117,12 +117,7 @@ async fn a_hibernated_user_rides_out_an_outage_and_a_logout_in_it_is_in_force() 
             .merge(("actors.revoke_retry", "200ms"))
     })
     .await;
-    let john = app.user().await;
-    let phone = app.logged_in(&john).await;
-    let laptop = app.logged_in(&john).await;
-    for token in [&phone.token, &laptop.token] {
-        assert_eq!(app.me(token).await.status(), StatusCode::OK);
-    }
+    let (_, phone, laptop) = crate::read_path::on_two_devices(&app).await;
     crate::read_path::hibernated(&app, 1).await;
 
     relay.down();

@@ -58,12 +58,7 @@ async fn refused_from_the_moment_its_end_begins(
             .merge(("admin.api_key", ADMIN_KEY))
     })
     .await;
-    let john = app.user().await;
-    let phone = app.logged_in(&john).await;
-    let laptop = app.logged_in(&john).await;
-    for token in [&phone.token, &laptop.token] {
-        assert_eq!(app.me(token).await.status(), StatusCode::OK);
-    }
+    let (john, phone, laptop) = on_two_devices(&app).await;
     assert_eq!(
         app.state.sessions.registry().published_count(),
         1,
@@ -141,6 +136,17 @@ async fn a_deactivation_refuses_every_session_before_it_is_written() {
     .await;
 }
 
+/// John logged in on his phone and his laptop, each validated once (so published).
+pub async fn on_two_devices(app: &TestApp) -> (TestUser, LoggedIn, LoggedIn) {
+    let john = app.user().await;
+    let phone = app.logged_in(&john).await;
+    let laptop = app.logged_in(&john).await;
+    for token in [&phone.token, &laptop.token] {
+        assert_eq!(app.me(token).await.status(), StatusCode::OK);
+    }
+    (john, phone, laptop)
+}
+
 /// An actor hibernates on the first tick after 200 ms without a message.
 pub fn quick_hibernation(figment: figment::Figment) -> figment::Figment {
     figment
@@ -166,12 +172,7 @@ pub async fn hibernated(app: &TestApp, users: usize) {
 #[tokio::test]
 async fn a_hibernated_users_validations_need_no_actor_and_any_write_withdraws_them() {
     let app = spawn_app_with(quick_hibernation).await;
-    let john = app.user().await;
-    let phone = app.logged_in(&john).await;
-    let laptop = app.logged_in(&john).await;
-    for token in [&phone.token, &laptop.token] {
-        assert_eq!(app.me(token).await.status(), StatusCode::OK);
-    }
+    let (john, phone, laptop) = on_two_devices(&app).await;
     hibernated(&app, 1).await;
 
     for _ in 0..3 {
@@ -271,12 +272,7 @@ async fn a_logout_that_reaches_no_actor_withdraws_the_hibernated_publication() {
             .merge(("actors.call_timeout", "300ms"))
     })
     .await;
-    let john = app.user().await;
-    let phone = app.logged_in(&john).await;
-    let laptop = app.logged_in(&john).await;
-    for token in [&phone.token, &laptop.token] {
-        assert_eq!(app.me(token).await.status(), StatusCode::OK);
-    }
+    let (john, _, laptop) = on_two_devices(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The actor hibernates, then drains a stall: for 2 s it neither takes messages nor stops.
     let actor = app.actor_of(&john);
