@@ -33,8 +33,10 @@ const USER_AGENT: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/
                           (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36";
 /// Concurrent first requests.
 const CONCURRENCY: usize = 16;
-const HIBERNATE_AFTER: &str = "15s";
-const PASSIVATE_AFTER: &str = "180s";
+/// Longer than a population's first requests take, so that its actors all run at once.
+const HIBERNATE_AFTER: &str = "45s";
+/// Longer than the time from the first population's requests to the second's hibernation.
+const PASSIVATE_AFTER: &str = "240s";
 /// Longest wait for the actors to hibernate, or for the hibernated users to passivate.
 const WAIT: Duration = Duration::from_secs(300);
 
@@ -80,13 +82,13 @@ async fn main() {
     // Warm: a few users resident, so allocator arenas and pools exist before the baseline.
     let warm = CONCURRENCY * 4;
     let _ = first_requests(&client, &base, &one[..warm]).await;
-    let baseline = service.rss_kib();
+    let baseline = memory(&service, &client).await;
 
     let first_one = first_requests(&client, &base, &one[warm..]).await;
-    let actors_one = service.rss_kib();
+    let actors_one = memory(&service, &client).await;
     let hibernated_one = until_hibernated(&service, &client).await;
     let first_three = first_requests(&client, &base, &three).await;
-    let actors_three = service.rss_kib();
+    let actors_three = memory(&service, &client).await;
     let running = gauge(&service, &client, "finsec_resident_actors").await;
     let hibernated_three = until_hibernated(&service, &client).await;
     let hibernated_users = gauge(&service, &client, "finsec_hibernated_users").await;
@@ -96,40 +98,67 @@ async fn main() {
     while gauge(&service, &client, "finsec_hibernated_users").await > 0 && waited.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_secs(5)).await;
     }
-    let passivated = service.rss_kib();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let passivated = memory(&service, &client).await;
     let left = gauge(&service, &client, "finsec_hibernated_users").await;
 
     drop(service);
     database.drop().await;
 
     let n = users as f64;
-    let costs = |with_one: i64, with_three: i64, one_base: i64, three_base: i64| {
+    // Per user with one session, per user with three, per session; from one kind of reading.
+    let costs = |read: fn(&Memory) -> i64, points: [&Memory; 4]| {
+        let [one_base, with_one, three_base, with_three] = points.map(read);
         let one = (with_one - one_base) as f64 * 1024.0 / (n - warm as f64);
         let three = (with_three - three_base) as f64 * 1024.0 / n;
         (one, three, (three - one) / 2.0)
     };
-    let running_costs = costs(actors_one, actors_three, baseline, hibernated_one);
-    let hibernated_costs = costs(hibernated_one, hibernated_three, baseline, hibernated_one);
+    let running_points = [&baseline, &actors_one, &hibernated_one, &actors_three];
+    let hibernated_points = [
+        &baseline,
+        &hibernated_one,
+        &hibernated_one,
+        &hibernated_three,
+    ];
     println!(
-        "{users} users with one session, then {users} with three; the `finsec` binary's RSS \
-         (KiB):\n\n\
-         | at start | 1 session each: actors running | hibernated | + 3 sessions each: actors \
-         running ({running} actors) | hibernated ({hibernated_users} users) | after passivation \
-         ({left} left, {:.0} s) |\n\
-         |---|---|---|---|---|---|\n\
-         | {baseline} | {actors_one} | {hibernated_one} | {actors_three} | {hibernated_three} \
-         | {passivated} |\n",
+        "{users} users with one session, then {users} with three; the `finsec` binary's RSS and \
+         heap in use (`finsec_heap_in_use_bytes`), KiB:\n\n\
+         | KiB | at start | 1 session each: actors running | hibernated | + 3 sessions each: \
+         actors running ({running} actors) | hibernated ({hibernated_users} users) | after \
+         passivation ({left} left, {:.0} s) |\n\
+         |---|---|---|---|---|---|---|",
         waited.elapsed().as_secs_f64()
     );
+    let points = [
+        &baseline,
+        &actors_one,
+        &hibernated_one,
+        &actors_three,
+        &hibernated_three,
+        &passivated,
+    ];
+    for (name, read) in [
+        ("RSS", Memory::rss as fn(&Memory) -> i64),
+        ("heap in use", Memory::heap),
+    ] {
+        let row: Vec<String> = points.iter().map(|m| read(m).to_string()).collect();
+        println!("| {name} | {} |", row.join(" | "));
+    }
     println!(
-        "| resident user | per user, 1 session | per user, 3 sessions | per session |\n\
+        "\n| resident user | per user, 1 session | per user, 3 sessions | per session |\n\
          |---|---|---|---|"
     );
-    for (name, (one, three, session)) in [
-        ("actor running", running_costs),
-        ("hibernated", hibernated_costs),
+    for (name, read) in [
+        ("RSS", Memory::rss as fn(&Memory) -> i64),
+        ("heap in use", Memory::heap),
     ] {
-        println!("| {name} | {one:.0} B | {three:.0} B | {session:.0} B |");
+        for (state, points) in [
+            ("actor running", running_points),
+            ("hibernated", hibernated_points),
+        ] {
+            let (one, three, session) = costs(read, points);
+            println!("| {state}, {name} | {one:.0} B | {three:.0} B | {session:.0} B |");
+        }
     }
     for (name, (latencies, refused)) in
         [("one session", first_one), ("three sessions", first_three)]
@@ -142,8 +171,31 @@ async fn main() {
     }
 }
 
-/// Waits until no actor runs (every user hibernated), then reads the RSS.
-async fn until_hibernated(service: &service::ServiceProcess, client: &reqwest::Client) -> i64 {
+/// The service's memory at one moment, in KiB.
+struct Memory {
+    rss: i64,
+    heap: i64,
+}
+
+impl Memory {
+    fn rss(&self) -> i64 {
+        self.rss
+    }
+
+    fn heap(&self) -> i64 {
+        self.heap
+    }
+}
+
+async fn memory(service: &service::ServiceProcess, client: &reqwest::Client) -> Memory {
+    Memory {
+        rss: service.rss_kib(),
+        heap: (service.metric(client, "finsec_heap_in_use_bytes").await / 1024.0) as i64,
+    }
+}
+
+/// Waits until no actor runs (every user hibernated), then reads the memory.
+async fn until_hibernated(service: &service::ServiceProcess, client: &reqwest::Client) -> Memory {
     let waited = Instant::now();
     while gauge(service, client, "finsec_resident_actors").await > 0 && waited.elapsed() < WAIT {
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -151,7 +203,7 @@ async fn until_hibernated(service: &service::ServiceProcess, client: &reqwest::C
     eprintln!("hibernated after {:.0?}", waited.elapsed());
     // The tick that saw them stop asks the allocator to hand their memory back.
     tokio::time::sleep(Duration::from_secs(6)).await;
-    service.rss_kib()
+    memory(service, client).await
 }
 
 /// `count` users from id `first + 1`, each with `sessions` live sessions; their tokens, one

@@ -230,10 +230,13 @@ impl Sessions {
         Ok(Readiness { cluster })
     }
 
-    /// Gauges read at scrape time: resident user actors, and whether this node may answer
-    /// from memory (1) or must ask MySQL (0).
+    /// Gauges read at scrape time: resident user actors, the heap in use, and whether this
+    /// node may answer from memory (1) or must ask MySQL (0).
     pub fn record_gauges(&self) {
         metrics::gauge!("finsec_resident_actors").set(self.registry.resident_count() as f64);
+        if let Some(bytes) = crate::metrics::heap_in_use() {
+            metrics::gauge!("finsec_heap_in_use_bytes").set(bytes as f64);
+        }
         let trusted = self.cluster.trust_epoch().is_some();
         metrics::gauge!("finsec_cluster_trusted").set(if trusted { 1.0 } else { 0.0 });
     }

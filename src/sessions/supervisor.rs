@@ -49,8 +49,10 @@ pub struct SupervisorState {
     args: SupervisorArgs,
     sweeper: ActorRef<SweeperMsg>,
     pending_writer: ActorRef<PendingWriterMsg>,
-    /// The most resident actors seen since memory was last handed back.
+    /// The most running actors seen since memory was last handed back.
     peak_residents: usize,
+    /// The most hibernated users seen since memory was last handed back.
+    peak_hibernated: usize,
 }
 
 impl Actor for SessionSupervisor {
@@ -72,6 +74,7 @@ impl Actor for SessionSupervisor {
             sweeper,
             pending_writer,
             peak_residents: 0,
+            peak_hibernated: 0,
         })
     }
 
@@ -83,10 +86,14 @@ impl Actor for SessionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Tick => {
-                tick(&state.args);
-                let (trim, peak) = trim_due(state.peak_residents, state.args.residents.len());
+                let hibernated = tick(&state.args);
+                // Actors that stopped (hibernated or passivated), or hibernated users dropped.
+                let (actors_gone, peak) =
+                    trim_due(state.peak_residents, state.args.residents.len());
                 state.peak_residents = peak;
-                if trim {
+                let (hibernated_gone, peak) = trim_due(state.peak_hibernated, hibernated);
+                state.peak_hibernated = peak;
+                if actors_gone || hibernated_gone {
                     give_back_memory();
                 }
             }
@@ -163,8 +170,9 @@ async fn spawn_pending_writer(
     Ok(writer)
 }
 
-/// Once this many actors have stopped (passivated) since memory was last handed back, the
-/// allocator is asked to return what they freed.
+/// Once this many actors have stopped (hibernated or passivated), or this many hibernated
+/// users have been dropped, since memory was last handed back, the allocator is asked to
+/// return what they freed.
 const TRIM_AFTER_STOPPED: usize = 1_000;
 
 /// Whether enough actors stopped since the peak to hand memory back, and the peak to count
@@ -192,8 +200,9 @@ fn give_back_memory() {
     });
 }
 
-/// Memory only: nothing here waits on the store or on an actor.
-fn tick(args: &SupervisorArgs) {
+/// Memory only: nothing here waits on the store or on an actor. Returns how many users
+/// are left hibernated.
+fn tick(args: &SupervisorArgs) -> usize {
     let residents = &args.residents;
     let policy = &args.policy;
     // Before the news is pruned: a hibernated publication older than some news must go
@@ -214,6 +223,7 @@ fn tick(args: &SupervisorArgs) {
         // A closed mailbox means the actor is already stopping; nothing to tick.
         let _ = actor.cast(UserMsg::Tick);
     }
+    hibernated
 }
 
 /// The last request times that dropped hibernated publications held, written in the

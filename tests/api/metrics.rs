@@ -92,6 +92,7 @@ async fn metrics_are_exposed_and_move_after_a_login() {
         "finsec_password_hash_run_seconds_bucket",
         "finsec_actor_call_duration_seconds_bucket",
         "finsec_resident_actors",
+        "finsec_heap_in_use_bytes",
         "finsec_cluster_trusted",
     ] {
         assert!(after.contains(name), "{name} missing");
