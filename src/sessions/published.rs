@@ -34,8 +34,9 @@
 //! bytes instead of an actor's ~11 KiB, and validations keep being answered from it. Nothing
 //! can end a session without withdrawing it first: every write starts the user's actor, which
 //! withdraws before its memory drops a session, and other nodes' news withdraws it on
-//! arrival. The next actor resumes from it (the sessions and their activity) when its marks
-//! still hold, reading only the user's row. The supervisor's tick drops a hibernated
+//! arrival, and a write that reaches no actor withdraws it (`Registry::fail_closed`). The next
+//! actor resumes from it (the sessions, their activity and the user's row the last actor
+//! held) when its marks still hold, and reads nothing. The supervisor's tick drops a hibernated
 //! publication once it can no longer answer, or once its user has been idle for
 //! `actors.idle_passivate`. Nothing ticks a hibernated user's sessions: an expired one is
 //! refused here by the snapshot's clock (handed to an actor, which ends it), and the database
