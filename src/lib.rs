@@ -8,6 +8,7 @@
 //! every layer speaks in; [`error`] is the one place errors become HTTP responses.
 //! [`config`], [`startup`], [`commands`], [`operator`], [`telemetry`], [`seed`] and [`cli`] wire it together for `main`.
 
+pub mod allocator;
 pub mod auth;
 pub mod cli;
 pub mod cluster;

@@ -10,7 +10,7 @@
 //! | `finsec_lockouts_total` | counter | |
 //! | `finsec_resident_actors` | gauge | user actors running |
 //! | `finsec_hibernated_users` | gauge | users resident in their publication alone (each supervisor tick) |
-//! | `finsec_heap_in_use_bytes` | gauge | bytes the allocator has handed out and not had back (glibc; RSS also holds what it keeps free) |
+//! | `finsec_heap_in_use_bytes` | gauge | bytes the allocator has handed out and not had back (RSS also holds what it keeps free) |
 //! | `finsec_memory_trims_total` | counter | times freed memory was handed back to the system |
 //! | `finsec_actor_call_duration_seconds` | histogram | (mailbox wait and handling) |
 //! | `finsec_validations_total` | counter | `answered_by` (`publication`: the read path, no message; `actor`) |
@@ -67,19 +67,4 @@ pub fn install() -> Option<PrometheusHandle> {
 /// Seconds, as histograms record them.
 pub fn seconds(elapsed: Duration) -> f64 {
     elapsed.as_secs_f64()
-}
-
-/// Bytes the allocator has handed out and not had back, in every arena and in its own
-/// mappings (glibc's `mallinfo2`): what the process's data takes, apart from the free memory
-/// the allocator keeps, which RSS also counts. `None` on other allocators.
-pub fn heap_in_use() -> Option<u64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        // SAFETY: mallinfo2 only reads the allocator's statistics (under its arena locks)
-        // and returns them by value.
-        let info = unsafe { libc::mallinfo2() };
-        Some((info.uordblks + info.hblkhd) as u64)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    None
 }

@@ -234,7 +234,7 @@ impl Sessions {
     /// node may answer from memory (1) or must ask MySQL (0).
     pub fn record_gauges(&self) {
         metrics::gauge!("finsec_resident_actors").set(self.registry.resident_count() as f64);
-        if let Some(bytes) = crate::metrics::heap_in_use() {
+        if let Some(bytes) = crate::allocator::heap_in_use() {
             metrics::gauge!("finsec_heap_in_use_bytes").set(bytes as f64);
         }
         let trusted = self.cluster.trust_epoch().is_some();

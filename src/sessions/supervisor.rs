@@ -185,19 +185,11 @@ fn trim_due(peak: usize, residents: usize) -> (bool, usize) {
     }
 }
 
-/// glibc's allocator keeps freed memory in its arenas: after thousands of actors passivate,
-/// RSS stays at its peak (measured: 0 actors, RSS unchanged; docs/BENCHMARKS.md).
-/// `malloc_trim` hands the free pages back; on a blocking thread, since it walks every arena.
+/// The allocator returns free pages after its decay time anyway; once a thousand actors
+/// or hibernated users are gone at once, it is told to return them now (`crate::allocator`).
 fn give_back_memory() {
     metrics::counter!("finsec_memory_trims_total").increment(1);
-    tokio::task::spawn_blocking(|| {
-        #[cfg(all(target_os = "linux", target_env = "gnu"))]
-        // SAFETY: malloc_trim only releases free memory the allocator holds; it touches no
-        // memory of ours and may be called from any thread at any time.
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    });
+    tokio::task::spawn_blocking(crate::allocator::give_back_free_pages);
 }
 
 /// Memory only: nothing here waits on the store or on an actor. Returns how many users
