@@ -69,10 +69,12 @@ impl Residents {
         self.by_actor.is_empty()
     }
 
-    /// Every resident actor (for the supervisor's ticks).
-    pub fn actors(&self) -> Vec<ActorRef<UserMsg>> {
+    /// The running actors of the users whose id is `slice` modulo `slices` (for the
+    /// supervisor's ticks).
+    pub fn actors_in_slice(&self, slice: u32, slices: u32) -> Vec<ActorRef<UserMsg>> {
         self.by_user
             .iter()
+            .filter(|entry| in_slice(*entry.key(), slice, slices))
             .filter_map(|entry| entry.value().get().cloned())
             .collect()
     }
@@ -400,6 +402,11 @@ impl Registry {
     }
 }
 
+/// Whether `user` belongs to `slice` of `slices` (the supervisor ticks one at a time).
+fn in_slice(user: UserId, slice: u32, slices: u32) -> bool {
+    user.get() % u64::from(slices) == u64::from(slice)
+}
+
 fn start_error(err: SpawnErr) -> SessionError {
     if let SpawnErr::StartupFailed(cause) = &err {
         match cause.downcast_ref::<StartError>() {
@@ -416,6 +423,15 @@ fn start_error(err: SpawnErr) -> SessionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_user_is_in_exactly_one_tick_slice() {
+        for id in 1..=1000 {
+            let slices = (0..10).filter(|slice| in_slice(UserId::new(id), *slice, 10));
+            assert_eq!(slices.count(), 1, "user {id}");
+        }
+        assert!(in_slice(UserId::new(10), 0, 10) && in_slice(UserId::new(13), 3, 10));
+    }
 
     /// Two first requests for one user share a cell; the first one's start fails while the
     /// second waits to try its own. Removing the cell then would leave the second's actor

@@ -53,7 +53,15 @@ pub struct SupervisorState {
     peak_residents: usize,
     /// The most hibernated users seen since memory was last handed back.
     peak_hibernated: usize,
+    /// The slice of the actors the next tick reaches (see [`TICK_SLICES`]).
+    next_slice: u32,
 }
+
+/// Each `session.sweep_interval` is cut into this many ticks, each of which reaches the
+/// running actors of one slice of the user ids: every actor is still ticked once an
+/// interval, but 100,000 running actors no longer get their ticks in one burst on two cores
+/// (which showed in the tail of the requests of that moment, docs/BENCHMARKS.md).
+const TICK_SLICES: u32 = 10;
 
 impl Actor for SessionSupervisor {
     type Msg = SupervisorMsg;
@@ -66,7 +74,9 @@ impl Actor for SessionSupervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // The timer task ends by itself once this actor stops and sends start failing.
-        myself.send_interval(args.policy.sweep_interval, || SupervisorMsg::Tick);
+        myself.send_interval(args.policy.sweep_interval / TICK_SLICES, || {
+            SupervisorMsg::Tick
+        });
         let sweeper = spawn_sweeper(&myself, &args).await?;
         let pending_writer = spawn_pending_writer(&myself, &args).await?;
         Ok(SupervisorState {
@@ -75,6 +85,7 @@ impl Actor for SessionSupervisor {
             pending_writer,
             peak_residents: 0,
             peak_hibernated: 0,
+            next_slice: 0,
         })
     }
 
@@ -86,15 +97,22 @@ impl Actor for SessionSupervisor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             SupervisorMsg::Tick => {
-                let hibernated = tick(&state.args);
-                // Actors that stopped (hibernated or passivated), or hibernated users dropped.
-                let (actors_gone, peak) =
-                    trim_due(state.peak_residents, state.args.residents.len());
-                state.peak_residents = peak;
-                let (hibernated_gone, peak) = trim_due(state.peak_hibernated, hibernated);
-                state.peak_hibernated = peak;
-                if actors_gone || hibernated_gone {
-                    give_back_memory();
+                let slice = state.next_slice;
+                state.next_slice = (slice + 1) % TICK_SLICES;
+                tick_actors(&state.args.residents, slice);
+                if slice == 0 {
+                    // Once an interval: what is not per actor.
+                    let hibernated = tick_residents(&state.args);
+                    // Actors that stopped (hibernated or passivated), or hibernated users
+                    // dropped.
+                    let (actors_gone, peak) =
+                        trim_due(state.peak_residents, state.args.residents.len());
+                    state.peak_residents = peak;
+                    let (hibernated_gone, peak) = trim_due(state.peak_hibernated, hibernated);
+                    state.peak_hibernated = peak;
+                    if actors_gone || hibernated_gone {
+                        give_back_memory();
+                    }
                 }
             }
             SupervisorMsg::CountResidents(reply) => {
@@ -192,9 +210,17 @@ fn give_back_memory() {
     tokio::task::spawn_blocking(crate::allocator::give_back_free_pages);
 }
 
-/// Memory only: nothing here waits on the store or on an actor. Returns how many users
-/// are left hibernated.
-fn tick(args: &SupervisorArgs) -> usize {
+/// Ticks the running actors of one slice of the user ids. Memory only: a cast each.
+fn tick_actors(residents: &Residents, slice: u32) {
+    for actor in residents.actors_in_slice(slice, TICK_SLICES) {
+        // A closed mailbox means the actor is already stopping; nothing to tick.
+        let _ = actor.cast(UserMsg::Tick);
+    }
+}
+
+/// The hibernated publications and the news, once an interval. Memory only: nothing here
+/// waits on the store or on an actor. Returns how many users are left hibernated.
+fn tick_residents(args: &SupervisorArgs) -> usize {
     let residents = &args.residents;
     let policy = &args.policy;
     // Before the news is pruned: a hibernated publication older than some news must go
@@ -211,10 +237,6 @@ fn tick(args: &SupervisorArgs) -> usize {
     write_activity(args.store.clone(), unwritten);
     // Other nodes' news is needed only while an actor that was loading could have missed it.
     residents.prune_recent(RECENT_NEWS);
-    for actor in residents.actors() {
-        // A closed mailbox means the actor is already stopping; nothing to tick.
-        let _ = actor.cast(UserMsg::Tick);
-    }
     hibernated
 }
 
