@@ -17,12 +17,12 @@
 //! [`Sweeper`]'s, so a slow or unreachable database can never delay supervision or the ticks.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use ractor::{Actor, ActorProcessingErr, ActorRef, SupervisionEvent};
 
 use super::journal::{PendingWriter, PendingWriterArgs, PendingWriterMsg};
-use chrono::{DateTime, Utc};
-
 use super::messages::{SupervisorMsg, UserMsg};
 use super::published::{ReadRules, to_micros};
 use super::registry::Residents;
@@ -33,7 +33,7 @@ use crate::domain::SessionId;
 use crate::store::DynStore;
 
 /// How long news from other nodes is kept for actors that were loading when it came.
-const RECENT_NEWS: std::time::Duration = std::time::Duration::from_secs(120);
+const RECENT_NEWS: Duration = Duration::from_secs(120);
 
 pub struct SessionSupervisor;
 
@@ -74,9 +74,9 @@ impl Actor for SessionSupervisor {
         args: SupervisorArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
         // The timer task ends by itself once this actor stops and sends start failing.
-        myself.send_interval(args.policy.sweep_interval / TICK_SLICES, || {
-            SupervisorMsg::Tick
-        });
+        // At least a millisecond: a zero period would make the timer panic.
+        let period = (args.policy.sweep_interval / TICK_SLICES).max(Duration::from_millis(1));
+        myself.send_interval(period, || SupervisorMsg::Tick);
         let sweeper = spawn_sweeper(&myself, &args).await?;
         let pending_writer = spawn_pending_writer(&myself, &args).await?;
         Ok(SupervisorState {

@@ -296,3 +296,28 @@ async fn a_logout_that_reaches_no_actor_withdraws_the_hibernated_publication() {
     .await;
     assert_ne!(app.me(&laptop.token).await.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn an_actor_that_fails_while_hibernating_leaves_nothing_answering() {
+    use finsec::sessions::UserMsg;
+    let app = spawn_app_with(|f| {
+        quick_hibernation(f)
+            .merge(("session.sweep_interval", "1h"))
+            .merge(("database.outage_grace", "2h"))
+    })
+    .await;
+    let (john, phone, _) = on_two_devices(&app).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The actor hibernates, then fails on a message queued before it began to drain.
+    let actor = app.actor_of(&john);
+    actor.cast(UserMsg::Tick).unwrap();
+    actor.cast(UserMsg::Crash).unwrap();
+    let registry = app.state.sessions.registry();
+    let gone = eventually(|| async { (registry.published_count() == 0).then_some(()) }).await;
+    assert!(
+        gone.is_some(),
+        "a failed actor's publication kept answering"
+    );
+    // The next request starts an actor from the store, and the session still works.
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+}
