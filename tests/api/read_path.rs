@@ -261,23 +261,30 @@ async fn an_actor_resumed_from_hibernation_keeps_the_activity_answered_meanwhile
     );
 }
 
+/// Hibernation as above, but the actors are ticked only when the test says.
+fn ticked_by_hand(figment: figment::Figment) -> figment::Figment {
+    quick_hibernation(figment)
+        .merge(("session.sweep_interval", "1h"))
+        .merge(("database.outage_grace", "2h"))
+}
+
+/// Once `user`'s actor has been idle long enough, makes it hibernate with `queued` already
+/// in its mailbox: the message is handled while the actor drains.
+fn hibernate_with_queued(app: &TestApp, user: &TestUser, queued: finsec::sessions::UserMsg) {
+    let actor = app.actor_of(user);
+    actor.cast(finsec::sessions::UserMsg::Tick).unwrap();
+    actor.cast(queued).unwrap();
+}
+
 #[tokio::test]
 async fn a_logout_that_reaches_no_actor_withdraws_the_hibernated_publication() {
     use finsec::sessions::UserMsg;
-    // Ticks only when the test sends one; callers give up on a slow actor after 300 ms.
-    let app = spawn_app_with(|f| {
-        quick_hibernation(f)
-            .merge(("session.sweep_interval", "1h"))
-            .merge(("database.outage_grace", "2h"))
-            .merge(("actors.call_timeout", "300ms"))
-    })
-    .await;
+    // Callers give up on a slow actor after 300 ms.
+    let app = spawn_app_with(|f| ticked_by_hand(f).merge(("actors.call_timeout", "300ms"))).await;
     let (john, _, laptop) = on_two_devices(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The actor hibernates, then drains a stall: for 2 s it neither takes messages nor stops.
-    let actor = app.actor_of(&john);
-    actor.cast(UserMsg::Tick).unwrap();
-    actor.cast(UserMsg::Stall(Duration::from_secs(2))).unwrap();
+    hibernate_with_queued(&app, &john, UserMsg::Stall(Duration::from_secs(2)));
     let registry = app.state.sessions.registry();
     let hibernating = eventually(|| async { registry.is_hibernated(john.id).then_some(()) }).await;
     assert!(hibernating.is_some(), "the actor did not hibernate");
@@ -300,18 +307,11 @@ async fn a_logout_that_reaches_no_actor_withdraws_the_hibernated_publication() {
 #[tokio::test]
 async fn an_actor_that_fails_while_hibernating_leaves_nothing_answering() {
     use finsec::sessions::UserMsg;
-    let app = spawn_app_with(|f| {
-        quick_hibernation(f)
-            .merge(("session.sweep_interval", "1h"))
-            .merge(("database.outage_grace", "2h"))
-    })
-    .await;
+    let app = spawn_app_with(ticked_by_hand).await;
     let (john, phone, _) = on_two_devices(&app).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     // The actor hibernates, then fails on a message queued before it began to drain.
-    let actor = app.actor_of(&john);
-    actor.cast(UserMsg::Tick).unwrap();
-    actor.cast(UserMsg::Crash).unwrap();
+    hibernate_with_queued(&app, &john, UserMsg::Crash);
     let registry = app.state.sessions.registry();
     let gone = eventually(|| async { (registry.published_count() == 0).then_some(()) }).await;
     assert!(
