@@ -269,17 +269,22 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
     let store = subject.store;
     let user = ada(&store).await;
     let t = now();
+    // What a commit says is live is what the store then holds, the new session among it.
+    let by_id = |mut sessions: Vec<Session>| {
+        sessions.sort_by_key(|s| s.id.to_string());
+        sessions
+    };
     let mut opened = Vec::new();
     for i in 0..3 {
         let s = session(user.id, t + Duration::seconds(i), Duration::hours(1));
-        assert_eq!(
-            store
-                .open_session_within_limit(&s, 3, &mfa_gate(), &login_event(&s))
-                .await
-                .unwrap(),
-            Some(vec![])
-        );
-        opened.push(s);
+        let commit = store
+            .open_session_within_limit(&s, 3, &mfa_gate(), &login_event(&s))
+            .await
+            .unwrap()
+            .expect("opened");
+        assert_eq!(commit.ended, vec![]);
+        opened.push(s.clone());
+        assert_eq!(by_id(commit.live), by_id(opened.clone()));
     }
     // The first is used again: the second is now the least recently used.
     store
@@ -287,11 +292,21 @@ async fn opening_past_the_limit_ends_the_least_recently_used(subject: Subject) {
         .await
         .unwrap();
     let fourth = session(user.id, t + Duration::minutes(6), Duration::hours(1));
-    let ended = store
+    let commit = store
         .open_session_within_limit(&fourth, 3, &mfa_gate(), &login_event(&fourth))
         .await
+        .unwrap()
+        .expect("opened");
+    assert_eq!(commit.ended, vec![opened[1].id]);
+    let live = store
+        .live_sessions(user.id, fourth.created_at)
+        .await
         .unwrap();
-    assert_eq!(ended, Some(vec![opened[1].id]));
+    assert_eq!(by_id(commit.live), by_id(live.clone()));
+    assert!(
+        live.iter()
+            .any(|s| s.id == opened[0].id && s.last_seen_at == t + Duration::minutes(5))
+    );
     let evicted = store.session_by_id(opened[1].id).await.unwrap().unwrap();
     assert_eq!(evicted.revoke_reason, Some(RevokeReason::SessionLimit));
     assert_eq!(evicted.revoked_at, Some(fourth.created_at));

@@ -168,6 +168,10 @@ pub struct UserState {
     /// When `user` was read from the store.
     user_read_at: DateTime<Utc>,
     sessions: HashMap<SessionId, LiveSession>,
+    /// Started for a login, which reads the user's live sessions under its lock anyway
+    /// (`LoginCommit::live`): `sessions` is empty until that read or any other message reads
+    /// them, and nothing is published meanwhile.
+    sessions_unread: bool,
     refused: RefusedIds,
     /// The trust epoch this memory was loaded under; `None` when loaded while untrusted.
     synced_epoch: Option<u64>,
@@ -283,6 +287,7 @@ impl Actor for UserActor {
             })
             .and_then(|p| Some((p.left_row()?.clone(), p)));
         let now = Utc::now();
+        let for_login = args.row.is_some();
         let (user, user_read_at, marks, resumed) = match (args.row, resumable) {
             // Read by the login before these marks would be taken here: its own marks, taken
             // before its read, say which news it may predate. Of the two news marks, the
@@ -328,6 +333,7 @@ impl Actor for UserActor {
                 .iter()
                 .map(LiveSession::resumed)
                 .collect(),
+            None if for_login => Vec::new(),
             None => args
                 .store
                 .live_sessions(args.user_id, now)
@@ -356,6 +362,7 @@ impl Actor for UserActor {
                 })
                 .map(|l| (l.session.id, l))
                 .collect(),
+            sessions_unread: for_login && resumed.is_none(),
             refused: RefusedIds::default(),
             synced_epoch: marks.trust_epoch,
             news_mark: marks.news,
@@ -426,6 +433,9 @@ impl Drop for WithdrawUnlessFinished {
 impl UserState {
     async fn handle(&mut self, message: UserMsg, now: DateTime<Utc>) {
         let state = self;
+        if state.sessions_unread && !matches!(message, UserMsg::Login { .. }) {
+            state.read_sessions(now).await;
+        }
         match message {
             UserMsg::Login {
                 row,
@@ -565,6 +575,7 @@ impl UserState {
         let epoch = match self.synced_epoch {
             Some(epoch)
                 if !self.draining
+                    && !self.sessions_unread
                     && self.user.is_active
                     && self.cluster.trust_epoch() == Some(epoch)
                     && self.policy.memory_may_answer().is_ok()
@@ -648,6 +659,28 @@ impl UserState {
         let news_mark = self.residents.news_mark();
         self.reload_user(now).await?;
         let stored = self.store.live_sessions(self.user.id, now).await?;
+        self.take_stored_sessions(stored);
+        self.synced_epoch = epoch;
+        self.news_mark = news_mark;
+        Ok(())
+    }
+
+    /// The sessions of an actor started for a login, when a message other than the login
+    /// comes first or the login wrote nothing. A failed read leaves memory untrusted: the
+    /// next message that needs it reloads everything.
+    async fn read_sessions(&mut self, now: DateTime<Utc>) {
+        match self.store.live_sessions(self.user.id, now).await {
+            Ok(stored) => self.take_stored_sessions(stored),
+            Err(err) => {
+                tracing::warn!(user_id = %self.user.id, error = %err, "sessions not read");
+                self.synced_epoch = None;
+            }
+        }
+    }
+
+    /// `stored`, the user's live sessions as the store holds them, becomes memory's: the
+    /// fresher activity memory holds is kept, and revocations not yet written stay out.
+    fn take_stored_sessions(&mut self, stored: Vec<Session>) {
         let mut sessions = HashMap::with_capacity(stored.len());
         for session in stored {
             if self.is_known_dead(&session.id) {
@@ -665,9 +698,7 @@ impl UserState {
         }
         self.withdraw();
         self.sessions = sessions;
-        self.synced_epoch = epoch;
-        self.news_mark = news_mark;
-        Ok(())
+        self.sessions_unread = false;
     }
 
     async fn reload_user(&mut self, now: DateTime<Utc>) -> Result<(), SessionError> {
@@ -808,7 +839,7 @@ impl UserState {
         }
         let event = self.event(kind, self.policy.origin(&device), now);
         let session = Session::open(self.user.id, device, now, self.policy.max_lifetime);
-        let Some(ended) = self
+        let Some(commit) = self
             .store
             .open_session_within_limit(
                 &session,
@@ -820,13 +851,15 @@ impl UserState {
         else {
             return Ok(None);
         };
+        let ended = commit.ended;
         self.forget(&ended);
         for id in &ended {
             tracing::info!(user_id = %self.user.id, session_id = %id,
                 reason = %RevokeReason::SessionLimit, "session ended");
         }
-        self.sessions
-            .insert(session.id, LiveSession::from_store(session.clone()));
+        // What the transaction read under the user's lock, with the new session: as fresh
+        // as memory can be, and the only read of them an actor started for this login makes.
+        self.take_stored_sessions(commit.live);
         tracing::info!(user_id = %self.user.id, session_id = %session.id, "session opened");
         // A login completed: the account's failure count starts over. With none on record
         // when it began, there is nothing to clear (a statement saved on most logins); a

@@ -12,7 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{
-    DynStore, FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge,
+    DynStore, FactorChange, FactorOutcome, LoginCommit, LoginGate, SessionStore, StoreError,
+    StoredChallenge,
 };
 use crate::crypto::Keyring;
 use crate::domain::{
@@ -162,7 +163,7 @@ impl SessionStore for Bounded {
         max_live: usize,
         gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+    ) -> Result<Option<LoginCommit>, StoreError> {
         let outcome = self
             .within(
                 "open_session_within_limit",
@@ -170,8 +171,8 @@ impl SessionStore for Bounded {
                     .open_session_within_limit(session, max_live, gate, event),
             )
             .await;
-        if let Ok(Some(ids)) = &outcome {
-            ended(RevokeReason::SessionLimit.as_str(), ids.len());
+        if let Ok(Some(commit)) = &outcome {
+            ended(RevokeReason::SessionLimit.as_str(), commit.ended.len());
         }
         outcome
     }

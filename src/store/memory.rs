@@ -11,7 +11,9 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge};
+use super::{
+    FactorChange, FactorOutcome, LoginCommit, LoginGate, SessionStore, StoreError, StoredChallenge,
+};
 use crate::crypto::Keyring;
 use crate::domain::{
     AuthEvent, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent, Revocation,
@@ -182,7 +184,7 @@ impl SessionStore for MemoryStore {
         max_live: usize,
         gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+    ) -> Result<Option<LoginCommit>, StoreError> {
         // One lock for the whole step: the same atomicity as MySQL's transaction.
         let mut tables = self.tables();
         let Some(account) = tables.users.get(&session.user_id) else {
@@ -213,7 +215,15 @@ impl SessionStore for MemoryStore {
         );
         tables.sessions.insert(session.id, session.clone());
         tables.record(event.clone());
-        Ok(Some(evicted))
+        let live = tables
+            .live_ids(session.user_id, None, session.created_at)
+            .iter()
+            .filter_map(|id| tables.sessions.get(id).cloned())
+            .collect();
+        Ok(Some(LoginCommit {
+            ended: evicted,
+            live,
+        }))
     }
 
     async fn revoke_user_sessions(

@@ -45,6 +45,16 @@ pub struct LoginGate {
     pub password_hash: Option<String>,
 }
 
+/// What [`SessionStore::open_session_within_limit`] committed: the sessions the limit ended,
+/// and the user's live sessions as the transaction left them (the new one among them), read
+/// under the user's row lock. A user actor started for the login takes its sessions from
+/// this read rather than reading them itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginCommit {
+    pub ended: Vec<SessionId>,
+    pub live: Vec<Session>,
+}
+
 /// A change of a user's second factor, made by [`SessionStore::change_factor`].
 #[derive(Debug, Clone)]
 pub enum FactorChange {
@@ -127,7 +137,7 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Inserts `session` while keeping its user at most `max_live` live sessions: in one
     /// transaction that locks the user's row, the least recently used live sessions beyond
     /// the limit are revoked (`session_limit`, at the new session's creation time). Returns
-    /// the ids it revoked. Concurrent logins on several nodes therefore never exceed the limit.
+    /// the ids it revoked and the live sessions it left. Concurrent logins on several nodes therefore never exceed the limit.
     /// `event` (the login's success) is recorded in the same transaction, and each session
     /// the limit ends gets its `session_ended` event (by `event.origin`). `None`, and nothing
     /// written, when the account no longer passes `gate` (or is inactive).
@@ -137,7 +147,7 @@ pub trait SessionStore: Send + Sync + 'static {
         max_live: usize,
         gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Option<Vec<SessionId>>, StoreError>;
+    ) -> Result<Option<LoginCommit>, StoreError>;
 
     /// Revokes every live session of `user` but `except`, and voids any pending MFA challenge
     /// (a login half done by whoever is being logged out), in one transaction; returns the ids

@@ -9,7 +9,9 @@ use mysql_async::{
     Opts, OptsBuilder, Pool, PoolConstraints, PoolOpts, Row, Transaction, TxOpts, params,
 };
 
-use super::{FactorChange, FactorOutcome, LoginGate, SessionStore, StoreError, StoredChallenge};
+use super::{
+    FactorChange, FactorOutcome, LoginCommit, LoginGate, SessionStore, StoreError, StoredChallenge,
+};
 use crate::crypto::{Keyring, Purpose};
 use crate::domain::{
     AuthEvent, Device, Email, FailureRule, HashedCode, Lockout, NewUser, Origin, RecordedEvent,
@@ -347,19 +349,10 @@ impl MySqlStore {
         max_live: usize,
         gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+    ) -> Result<Option<LoginCommit>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
-            // The user's row is the lock that serialises logins of one user across nodes, and
-            // orders this login against factor, password and status changes.
-            let account: Option<(bool, bool, String)> = tx
-                .exec_first(
-                    "SELECT is_active, mfa_enabled, password_hash FROM users WHERE id = ? \
-                     FOR UPDATE",
-                    (session.user_id.get(),),
-                )
-                .await
-                .map_err(unavailable)?;
+            let (account, live) = lock_account_and_sessions(&mut tx, session).await?;
             let (active, mfa_enabled, hash) = account
                 .ok_or_else(|| StoreError::Conflict(format!("no user {}", session.user_id)))?;
             if !active
@@ -368,10 +361,9 @@ impl MySqlStore {
             {
                 return Ok(None);
             }
-            let live =
-                lock_live_sessions(&mut tx, session.user_id, None, session.created_at).await?;
             let excess = (live.len() + 1).saturating_sub(max_live.max(1));
-            let evicted = live[..excess].to_vec();
+            let (evicted, kept) = live.split_at(excess);
+            let evicted: Vec<SessionId> = evicted.iter().map(|s| s.id).collect();
             revoke_in(
                 &mut tx,
                 session.user_id,
@@ -382,11 +374,64 @@ impl MySqlStore {
             .await?;
             insert_session_on(&mut tx, session).await?;
             insert_events(&mut tx, std::slice::from_ref(event)).await?;
-            Ok(Some(evicted))
+            let mut live = kept.to_vec();
+            live.push(session.clone());
+            Ok(Some(LoginCommit {
+                ended: evicted,
+                live,
+            }))
         }
         .await;
         finish(tx, result).await
     }
+}
+
+/// The login's one locking read: the user's row (the lock that serialises logins of one user
+/// across nodes, and orders this login against factor, password and status changes), then
+/// their live sessions at the new session's creation, least recently used first. One
+/// statement, not two: a login is a handful of round trips, and each costs both processes
+/// about a tenth of its work. `users` is the outer table of the join, so its row is locked
+/// before any session, the order every other transaction here takes them in.
+async fn lock_account_and_sessions(
+    tx: &mut Transaction<'_>,
+    session: &Session,
+) -> Result<(Option<(bool, bool, String)>, Vec<Session>), StoreError> {
+    static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns: Vec<String> = SESSION_COLUMNS
+            .split(',')
+            .map(|c| format!("s.{}", c.trim()))
+            .collect();
+        format!(
+            "SELECT u.is_active, u.mfa_enabled, u.password_hash, {} \
+             FROM users u LEFT JOIN sessions s \
+             ON s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > ? \
+             WHERE u.id = ? ORDER BY s.last_seen_at, s.created_at FOR UPDATE",
+            columns.join(", ")
+        )
+    });
+    let rows: Vec<Row> = tx
+        .exec(
+            STATEMENT.as_str(),
+            (to_db(session.created_at), session.user_id.get()),
+        )
+        .await
+        .map_err(unavailable)?;
+    let mut account = None;
+    let mut live = Vec::with_capacity(rows.len());
+    for mut row in rows {
+        if account.is_none() {
+            account = Some((
+                take(&mut row, "is_active")?,
+                take(&mut row, "mfa_enabled")?,
+                take(&mut row, "password_hash")?,
+            ));
+        }
+        // A user with no live session is one row of NULL session columns.
+        if row.get::<Option<String>, _>("id").flatten().is_some() {
+            live.push(session_from_row(row)?);
+        }
+    }
+    Ok((account, live))
 }
 
 /// InnoDB's "deadlock found": it rolled the whole transaction back, and its advice is to run
@@ -638,7 +683,7 @@ impl SessionStore for MySqlStore {
         max_live: usize,
         gate: &LoginGate,
         event: &AuthEvent,
-    ) -> Result<Option<Vec<SessionId>>, StoreError> {
+    ) -> Result<Option<LoginCommit>, StoreError> {
         let mut retries = 0;
         loop {
             match self.open_session_once(session, max_live, gate, event).await {

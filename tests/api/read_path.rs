@@ -321,3 +321,66 @@ async fn an_actor_that_fails_while_hibernating_leaves_nothing_answering() {
     // The next request starts an actor from the store, and the session still works.
     assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
 }
+
+/// Crashes `user`'s actor and waits until neither it nor its publication is left.
+async fn crashed(app: &TestApp, user: &TestUser) {
+    app.actor_of(user)
+        .cast(finsec::sessions::UserMsg::Crash)
+        .unwrap();
+    let registry = app.state.sessions.registry();
+    let gone = eventually(|| async {
+        (app.resident_actors().await == 0 && registry.published_count() == 0).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "the actor of user {} did not go", user.id);
+}
+
+#[tokio::test]
+async fn an_actor_started_by_a_login_publishes_every_session_the_login_read() {
+    use finsec::sessions::UserMsg;
+    let app = spawn_app_with(|f| f.merge(("actors.call_timeout", "300ms"))).await;
+    let (john, phone, laptop) = on_two_devices(&app).await;
+    // John's actor goes; the next login starts one from the row the password was checked
+    // against, and its sessions from what the login's transaction read under its lock.
+    crashed(&app, &john).await;
+    let tablet = app.logged_in(&john).await;
+
+    // The new actor stalls: whatever it did not publish would wait 2 s and time out (503).
+    app.actor_of(&john)
+        .cast(UserMsg::Stall(Duration::from_secs(2)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    for session in [&phone, &laptop, &tablet] {
+        let me = app.me(&session.token).await;
+        assert_eq!(
+            me.status(),
+            StatusCode::OK,
+            "session {} not published by the actor the login started",
+            session.session_id
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_actor_started_by_a_login_that_wrote_nothing_reads_the_sessions_before_answering() {
+    use finsec::sessions::UserMsg;
+    let app = spawn_app_with(|f| f.merge(("actors.call_timeout", "300ms"))).await;
+    let jane = app.mfa_user().await;
+    app.begin_mfa(&jane).await;
+    let verified = app.verify_code(&jane, &jane.totp_code(0)).await;
+    assert_eq!(verified.status(), StatusCode::OK);
+    let phone = LoggedIn::from_body(&verified.json().await.unwrap());
+    crashed(&app, &jane).await;
+    let registry = app.state.sessions.registry();
+    // The password step opens no session: the actor it started has read none, and must not
+    // publish an empty list (which would refuse her phone) nor answer from one.
+    app.begin_mfa(&jane).await;
+    assert_eq!(registry.published_count(), 0, "published before reading");
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+    // That validation read them: from now on the publication answers.
+    app.actor_of(&jane)
+        .cast(UserMsg::Stall(Duration::from_secs(2)))
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(app.me(&phone.token).await.status(), StatusCode::OK);
+}
