@@ -883,12 +883,7 @@ async fn ping_answers(subject: Subject) {
 
 async fn concurrent_failures_all_count(subject: Subject) {
     let store = subject.store;
-    let rule = FailureRule {
-        max_failures: 1000,
-        window: Duration::minutes(15),
-        first_lockout: Duration::minutes(1),
-        max_lockout: Duration::minutes(15),
-    };
+    let rule = locked_after(1000);
     let t = now();
     let key = [9u8; 32];
     // Many first failures at once, for a key with no record yet: each counts.
@@ -900,14 +895,19 @@ async fn concurrent_failures_all_count(subject: Subject) {
     assert_eq!(record.failures, 200, "concurrent failures were lost");
 }
 
-async fn failures_lock_an_account_key_and_clear_on_success(subject: Subject) {
-    let store = subject.store;
-    let rule = FailureRule {
-        max_failures: 3,
+/// Locks for a minute after `max_failures` within 15 minutes.
+fn locked_after(max_failures: u32) -> FailureRule {
+    FailureRule {
+        max_failures,
         window: Duration::minutes(15),
         first_lockout: Duration::minutes(1),
         max_lockout: Duration::minutes(15),
-    };
+    }
+}
+
+async fn failures_lock_an_account_key_and_clear_on_success(subject: Subject) {
+    let store = subject.store;
+    let rule = locked_after(3);
     let t = now();
     let key = [5u8; 32];
     assert_eq!(store.failure_record(&key).await.unwrap(), None);
@@ -939,6 +939,41 @@ async fn failures_lock_an_account_key_and_clear_on_success(subject: Subject) {
         1
     );
     assert_eq!(store.failure_record(&key).await.unwrap(), None);
+}
+
+async fn a_password_step_reads_the_record_and_the_user_together(subject: Subject) {
+    let store = subject.store;
+    let rule = locked_after(3);
+    let (key, t) = ([7u8; 32], now());
+    let email = |e: &str| Email::parse(e).unwrap();
+    // Neither, either, both: each as the two reads alone would say.
+    assert_eq!(
+        store
+            .failure_record_and_user(&key, &email("ada@example.com"))
+            .await
+            .unwrap(),
+        (None, None)
+    );
+    let user = ada(&store).await;
+    let (record, found) = store
+        .failure_record_and_user(&key, &email("ada@example.com"))
+        .await
+        .unwrap();
+    assert_eq!((record, found.map(|u| u.id)), (None, Some(user.id)));
+    let failed = store.record_failure(&key, &rule, t).await.unwrap();
+    let (record, found) = store
+        .failure_record_and_user(&key, &email("ada@example.com"))
+        .await
+        .unwrap();
+    assert_eq!(record, Some(failed));
+    assert_eq!(found, store.user_by_email(&user.email).await.unwrap());
+    assert_eq!(
+        store
+            .failure_record_and_user(&key, &email("nobody@example.com"))
+            .await
+            .unwrap(),
+        (Some(failed), None)
+    );
 }
 
 fn codes(seed: u8) -> Vec<HashedCode> {
@@ -1421,6 +1456,7 @@ conformance!(
     mfa_challenges_count_failures_and_are_answered_once,
     failures_lock_an_account_key_and_clear_on_success,
     concurrent_failures_all_count,
+    a_password_step_reads_the_record_and_the_user_together,
     a_rehash_replaces_only_the_hash_it_read,
     factor_changes_commit_with_their_sessions_and_event,
     recovery_codes_are_spent_once,

@@ -790,7 +790,10 @@ impl Sessions {
         let throttle = &self.policy.throttle;
         let account = throttle.account(&credentials.email);
         // Held until the failure, if any, is counted: one check per account at a time.
-        let (standing, _checking) = match throttle.begin(self.store.as_ref(), &account).await {
+        let read = self
+            .store
+            .failure_record_and_user(&account, &credentials.email);
+        let (standing, user, _checking) = match throttle.begin_reading(&account, read).await {
             Ok(begun) => begun,
             Err(locked) => {
                 // Not recorded per refusal (a flood of them must not flood the trail, nor cost
@@ -799,7 +802,9 @@ impl Sessions {
                 return Err(locked);
             }
         };
-        let user = self.check_password(credentials, &account, device).await?;
+        let user = self
+            .check_password(credentials, user, &account, device)
+            .await?;
         Ok((user, standing))
     }
 
@@ -833,16 +838,16 @@ impl Sessions {
         });
     }
 
-    /// Looks the email up and verifies the password; the user's row on success. Every outcome
-    /// is logged with the account's id when there is one (never the email typed).
+    /// Verifies the password against `user`, the row of the email typed (if any); the row on
+    /// success. Every outcome is logged with the account's id when there is one (never the
+    /// email typed).
     async fn check_password(
         &self,
         credentials: Credentials,
+        user: Option<User>,
         account: &[u8; 32],
         device: &Device,
     ) -> Result<User, SessionError> {
-        let email = credentials.email;
-        let user = self.store.user_by_email(&email).await?;
         let stored = user.as_ref().map(|u| u.password_hash.as_str());
         let verified = self.hasher.verify(credentials.password, stored).await;
         let user_id = user.as_ref().map(|u| u.id);

@@ -14,8 +14,8 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::SessionError;
-use crate::domain::{Email, FailureRule};
-use crate::store::SessionStore;
+use crate::domain::{Email, FailureRule, Lockout};
+use crate::store::{SessionStore, StoreError};
 
 pub struct Throttle {
     key: [u8; 32],
@@ -72,15 +72,7 @@ impl Throttle {
         account: &[u8; 32],
         now: DateTime<Utc>,
     ) -> Result<Standing, SessionError> {
-        let Some(record) = store.failure_record(account).await? else {
-            return Ok(Standing::Clean);
-        };
-        match record.locked_until.filter(|until| *until > now) {
-            Some(until) => Err(SessionError::Throttled(
-                (until - now).to_std().unwrap_or_default(),
-            )),
-            None => Ok(Standing::Failures),
-        }
+        standing(store.failure_record(account).await?, now)
     }
 
     /// Waits for the account's password check under way on this node, if any, then
@@ -97,6 +89,18 @@ impl Throttle {
         store: &dyn SessionStore,
         account: &[u8; 32],
     ) -> Result<(Standing, Checking<'_>), SessionError> {
+        let read = async { Ok((store.failure_record(account).await?, ())) };
+        let (standing, (), checking) = self.begin_reading(account, read).await?;
+        Ok((standing, checking))
+    }
+
+    /// [`Throttle::begin`], with the record read by `read` in the account's turn along with
+    /// whatever else the caller needs then (a login: the user's row, in the same statement).
+    pub async fn begin_reading<T>(
+        &self,
+        account: &[u8; 32],
+        read: impl Future<Output = Result<(Option<Lockout>, T), StoreError>>,
+    ) -> Result<(Standing, T, Checking<'_>), SessionError> {
         let lock = self.checking.entry(*account).or_default().clone();
         // The map's, the holder's, ours and the waiters' (each holds one as it waits): a
         // flood on one account is shed at once, as the hashing queue sheds a flood on many
@@ -113,8 +117,8 @@ impl Throttle {
             _held: held,
         };
         // Read after the wait (and timed after it): the check before this one has counted.
-        let standing = self.check(store, account, Utc::now()).await?;
-        Ok((standing, checking))
+        let (record, read) = read.await?;
+        Ok((standing(record, Utc::now())?, read, checking))
     }
 
     /// Counts a wrong password or code; true when this failure locked the account (the
@@ -180,6 +184,19 @@ impl fmt::Debug for Throttle {
             .field("key", &"[redacted]")
             .field("rule", &self.rule)
             .finish()
+    }
+}
+
+/// What a failure record says of the account at `now`: `Err(Throttled)` while it is locked.
+fn standing(record: Option<Lockout>, now: DateTime<Utc>) -> Result<Standing, SessionError> {
+    let Some(record) = record else {
+        return Ok(Standing::Clean);
+    };
+    match record.locked_until.filter(|until| *until > now) {
+        Some(until) => Err(SessionError::Throttled(
+            (until - now).to_std().unwrap_or_default(),
+        )),
+        None => Ok(Standing::Failures),
     }
 }
 

@@ -386,6 +386,18 @@ impl SessionStore for Bounded {
             .await
     }
 
+    async fn failure_record_and_user(
+        &self,
+        key: &[u8; 32],
+        email: &Email,
+    ) -> Result<(Option<Lockout>, Option<User>), StoreError> {
+        self.within(
+            "failure_record_and_user",
+            self.inner.failure_record_and_user(key, email),
+        )
+        .await
+    }
+
     async fn record_failure(
         &self,
         key: &[u8; 32],

@@ -285,6 +285,19 @@ pub trait SessionStore: Send + Sync + 'static {
     /// The brute-force record of one account key (see `sessions::throttle`).
     async fn failure_record(&self, key: &[u8; 32]) -> Result<Option<Lockout>, StoreError>;
 
+    /// A login's password step reads both: the brute-force record of `key` and the user
+    /// whose email is `email`. One round trip where the store can make it one.
+    async fn failure_record_and_user(
+        &self,
+        key: &[u8; 32],
+        email: &Email,
+    ) -> Result<(Option<Lockout>, Option<User>), StoreError> {
+        Ok((
+            self.failure_record(key).await?,
+            self.user_by_email(email).await?,
+        ))
+    }
+
     /// Counts one failure against `key` by `rule`, atomically (concurrent attempts on several
     /// nodes each count); returns the record as it now stands.
     async fn record_failure(

@@ -36,6 +36,15 @@ const EVENT_COLUMNS: &str = "at, kind, outcome, initiator, user_id, account_hash
 const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at, revoked_at, \
      revoke_reason, revoke_note, user_agent, ip";
 
+/// `columns` (a list as above) each qualified by `table`, for a statement that joins.
+fn qualified(table: &str, columns: &str) -> String {
+    columns
+        .split(',')
+        .map(|c| format!("{table}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 #[derive(Clone)]
 pub struct MySqlStore {
     pool: Pool,
@@ -391,22 +400,21 @@ impl MySqlStore {
 /// their live sessions at the new session's creation, least recently used first. One
 /// statement, not two: a login is a handful of round trips, and each costs both processes
 /// about a tenth of its work. `users` is the outer table of the join, so its row is locked
-/// before any session, the order every other transaction here takes them in.
+/// before any session, the order every other transaction here takes them in. The index is
+/// forced: in a join the optimizer may scan the whole table instead (seen on a small one), and
+/// a locking read locks every row it scans, other users' sessions among them, which
+/// deadlocked concurrent logins.
 async fn lock_account_and_sessions(
     tx: &mut Transaction<'_>,
     session: &Session,
 ) -> Result<(Option<(bool, bool, String)>, Vec<Session>), StoreError> {
     static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        let columns: Vec<String> = SESSION_COLUMNS
-            .split(',')
-            .map(|c| format!("s.{}", c.trim()))
-            .collect();
         format!(
             "SELECT u.is_active, u.mfa_enabled, u.password_hash, {} \
-             FROM users u LEFT JOIN sessions s \
+             FROM users u LEFT JOIN sessions s FORCE INDEX (sessions_user_live) \
              ON s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > ? \
              WHERE u.id = ? ORDER BY s.last_seen_at, s.created_at FOR UPDATE",
-            columns.join(", ")
+            qualified("s", SESSION_COLUMNS)
         )
     });
     let rows: Vec<Row> = tx
@@ -467,11 +475,16 @@ async fn finish<T>(tx: Transaction<'_>, result: Result<T, StoreError>) -> Result
 }
 
 fn lockout_from_row(mut row: Row) -> Result<Lockout, StoreError> {
+    lockout_taken_from(&mut row)
+}
+
+/// The failure record's columns, taken out of a row that may hold others.
+fn lockout_taken_from(row: &mut Row) -> Result<Lockout, StoreError> {
     Ok(Lockout {
-        failures: take(&mut row, "failures")?,
-        window_start: from_db(take(&mut row, "window_start")?),
-        locked_until: take::<Option<NaiveDateTime>>(&mut row, "locked_until")?.map(from_db),
-        lockouts: take(&mut row, "lockouts")?,
+        failures: take(row, "failures")?,
+        window_start: from_db(take(row, "window_start")?),
+        locked_until: take::<Option<NaiveDateTime>>(row, "locked_until")?.map(from_db),
+        lockouts: take(row, "lockouts")?,
     })
 }
 
@@ -1209,6 +1222,39 @@ impl SessionStore for MySqlStore {
             .await
             .map_err(unavailable)?;
         row.map(lockout_from_row).transpose()
+    }
+
+    async fn failure_record_and_user(
+        &self,
+        key: &[u8; 32],
+        email: &Email,
+    ) -> Result<(Option<Lockout>, Option<User>), StoreError> {
+        // Both outer-joined to one constant row, so either may be missing; their column names
+        // do not overlap. Locks nothing: like the two reads it replaces.
+        static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            format!(
+                "SELECT f.failures, f.window_start, f.locked_until, f.lockouts, {} \
+                 FROM (SELECT 1) AS one \
+                 LEFT JOIN auth_failures f ON f.key_hash = ? \
+                 LEFT JOIN users u ON u.email = ?",
+                qualified("u", USER_COLUMNS)
+            )
+        });
+        let mut conn = self.conn().await?;
+        let mut row: Row = conn
+            .exec_first(STATEMENT.as_str(), (key.to_vec(), email.as_str()))
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(|| StoreError::Corrupt("a join to one row returned none".into()))?;
+        let record = match row.get::<Option<u32>, _>("failures").flatten() {
+            Some(_) => Some(lockout_taken_from(&mut row)?),
+            None => None,
+        };
+        let user = match row.get::<Option<u64>, _>("id").flatten() {
+            Some(_) => Some(user_from_row(row)?),
+            None => None,
+        };
+        Ok((record, user))
     }
 
     async fn record_failure(
