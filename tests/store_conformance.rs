@@ -205,6 +205,36 @@ async fn sessions_live_until_revoked_or_expired(subject: Subject) {
             .unwrap()
             .is_empty()
     );
+
+    // An actor's load reads the same, with the user's row: one session, none, no such user.
+    let second = session(user.id, t, Duration::hours(1));
+    store.insert_session(&second).await.unwrap();
+    let (loaded, mut sessions) = store
+        .user_and_live_sessions(user.id, t)
+        .await
+        .unwrap()
+        .expect("ada exists");
+    assert_eq!(loaded, store.user_by_id(user.id).await.unwrap().unwrap());
+    sessions.sort_by_key(|s| s.id.to_string());
+    let mut expected = vec![live.clone(), second.clone()];
+    expected.sort_by_key(|s| s.id.to_string());
+    assert_eq!(sessions, expected);
+    assert_eq!(
+        store
+            .user_and_live_sessions(user.id, t + Duration::hours(1))
+            .await
+            .unwrap()
+            .map(|(u, sessions)| (u.id, sessions)),
+        Some((user.id, vec![]))
+    );
+    assert_eq!(
+        store
+            .user_and_live_sessions(UserId::new(424_242), t)
+            .await
+            .unwrap()
+            .map(|(u, _)| u.id),
+        None
+    );
 }
 
 async fn revoking_is_idempotent_and_keeps_the_first_reason(subject: Subject) {

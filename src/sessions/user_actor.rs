@@ -288,7 +288,7 @@ impl Actor for UserActor {
             .and_then(|p| Some((p.left_row()?.clone(), p)));
         let now = Utc::now();
         let for_login = args.row.is_some();
-        let (user, user_read_at, marks, resumed) = match (args.row, resumable) {
+        let (user, user_read_at, marks, resumed, loaded) = match (args.row, resumable) {
             // Read by the login before these marks would be taken here: its own marks, taken
             // before its read, say which news it may predate. Of the two news marks, the
             // older is kept.
@@ -302,14 +302,20 @@ impl Actor for UserActor {
                         .map_or(row.marks.news, |p| row.marks.news.min(p.news_mark)),
                     ..row.marks
                 };
-                (row.user, now, marks, resumed)
+                (row.user, now, marks, resumed, None)
             }
             (None, Some((user, publication))) => {
                 let marks = ReadMarks {
                     trust_epoch: Some(publication.epoch),
                     news: publication.news_mark,
                 };
-                (user, publication.user_read_at, marks, Some(publication))
+                (
+                    user,
+                    publication.user_read_at,
+                    marks,
+                    Some(publication),
+                    None,
+                )
             }
             // The epoch is read before the store: if trust is lost and regained during the
             // load, the epoch moves and the next request reloads.
@@ -318,30 +324,24 @@ impl Actor for UserActor {
                     trust_epoch: args.cluster.trust_epoch(),
                     news: residents.news_mark(),
                 };
-                let user = args
+                let (user, sessions) = args
                     .store
-                    .user_by_id(args.user_id)
+                    .user_and_live_sessions(args.user_id, now)
                     .await
                     .map_err(StartError::from)?
                     .ok_or(StartError::UnknownUser)?;
-                (user, now, marks, None)
+                (user, now, marks, None, Some(sessions))
             }
         };
-        let sessions: Vec<LiveSession> = match &resumed {
-            Some(publication) => publication
+        let sessions: Vec<LiveSession> = match (&resumed, loaded) {
+            (Some(publication), _) => publication
                 .sessions
                 .iter()
                 .map(LiveSession::resumed)
                 .collect(),
-            None if for_login => Vec::new(),
-            None => args
-                .store
-                .live_sessions(args.user_id, now)
-                .await
-                .map_err(StartError::from)?
-                .into_iter()
-                .map(LiveSession::from_store)
-                .collect(),
+            (None, Some(loaded)) => loaded.into_iter().map(LiveSession::from_store).collect(),
+            // Started for a login, whose transaction reads them (`sessions_unread`).
+            (None, None) => Vec::new(),
         };
         tracing::debug!(user_id = %user.id, sessions = sessions.len(),
             resumed = resumed.is_some(), "user actor started");
@@ -657,9 +657,18 @@ impl UserState {
     /// times memory holds and leaving out revocations not yet written.
     async fn resync(&mut self, epoch: Option<u64>, now: DateTime<Utc>) -> Result<(), SessionError> {
         let news_mark = self.residents.news_mark();
-        self.reload_user(now).await?;
-        let stored = self.store.live_sessions(self.user.id, now).await?;
-        self.take_stored_sessions(stored);
+        let (user, stored) = self
+            .store
+            .user_and_live_sessions(self.user.id, now)
+            .await?
+            .ok_or(SessionError::UnknownUser)?;
+        self.set_user(user, now);
+        if self.user.is_active {
+            self.take_stored_sessions(stored);
+        } else {
+            // Deactivated elsewhere: whatever ended its sessions did so in the store.
+            self.forget_all_but(None);
+        }
         self.synced_epoch = epoch;
         self.news_mark = news_mark;
         Ok(())

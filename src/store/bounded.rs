@@ -124,6 +124,18 @@ impl SessionStore for Bounded {
             .await
     }
 
+    async fn user_and_live_sessions(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(User, Vec<Session>)>, StoreError> {
+        self.within(
+            "user_and_live_sessions",
+            self.inner.user_and_live_sessions(id, now),
+        )
+        .await
+    }
+
     async fn user_by_email(&self, email: &Email) -> Result<Option<User>, StoreError> {
         self.within("user_by_email", self.inner.user_by_email(email))
             .await

@@ -119,6 +119,20 @@ pub trait SessionStore: Send + Sync + 'static {
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError>;
 
+    /// A user and their live sessions at `now` (as [`SessionStore::live_sessions`]), for an
+    /// actor that loads or reloads them: one round trip where the store can make it one.
+    /// `None` when there is no such user.
+    async fn user_and_live_sessions(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(User, Vec<Session>)>, StoreError> {
+        let Some(user) = self.user_by_id(id).await? else {
+            return Ok(None);
+        };
+        Ok(Some((user, self.live_sessions(id, now).await?)))
+    }
+
     /// Creates a user; [`StoreError::Conflict`] when the email is taken.
     async fn insert_user(&self, user: NewUser) -> Result<User, StoreError>;
 

@@ -550,25 +550,32 @@ fn user_from_row(mut row: Row) -> Result<User, StoreError> {
 }
 
 fn session_from_row(mut row: Row) -> Result<Session, StoreError> {
-    let id: String = take(&mut row, "id")?;
-    let reason: Option<String> = take(&mut row, "revoke_reason")?;
+    session_taken_from(&mut row, "")
+}
+
+/// A session's columns, each named `prefix` + its column's name, taken out of a row that may
+/// hold others (a join with `users`, whose `id` and `created_at` would otherwise collide).
+fn session_taken_from(row: &mut Row, prefix: &str) -> Result<Session, StoreError> {
+    let column = |name: &str| format!("{prefix}{name}");
+    let id: String = take(row, &column("id"))?;
+    let reason: Option<String> = take(row, &column("revoke_reason"))?;
     Ok(Session {
         id: id
             .parse()
             .map_err(|e| StoreError::Corrupt(format!("sessions.id: {e}")))?,
-        user_id: UserId::new(take(&mut row, "user_id")?),
-        created_at: from_db(take(&mut row, "created_at")?),
-        last_seen_at: from_db(take(&mut row, "last_seen_at")?),
-        expires_at: from_db(take(&mut row, "expires_at")?),
-        revoked_at: take::<Option<NaiveDateTime>>(&mut row, "revoked_at")?.map(from_db),
+        user_id: UserId::new(take(row, &column("user_id"))?),
+        created_at: from_db(take(row, &column("created_at"))?),
+        last_seen_at: from_db(take(row, &column("last_seen_at"))?),
+        expires_at: from_db(take(row, &column("expires_at"))?),
+        revoked_at: take::<Option<NaiveDateTime>>(row, &column("revoked_at"))?.map(from_db),
         revoke_reason: reason
             .map(|r| r.parse())
             .transpose()
             .map_err(|e| StoreError::Corrupt(format!("sessions.revoke_reason: {e}")))?,
-        revoke_note: take(&mut row, "revoke_note")?,
+        revoke_note: take(row, &column("revoke_note"))?,
         device: Device {
-            user_agent: take(&mut row, "user_agent")?,
-            ip: take(&mut row, "ip")?,
+            user_agent: take(row, &column("user_agent"))?,
+            ip: take(row, &column("ip"))?,
         },
     })
 }
@@ -609,6 +616,45 @@ impl SessionStore for MySqlStore {
             .await
             .map_err(unavailable)?;
         row.map(user_from_row).transpose()
+    }
+
+    async fn user_and_live_sessions(
+        &self,
+        id: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(User, Vec<Session>)>, StoreError> {
+        // One statement, so one snapshot: the row and the sessions as of one moment. A row per
+        // live session (the user's columns repeated), or one with NULL session columns.
+        static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+            let sessions: Vec<String> = SESSION_COLUMNS
+                .split(',')
+                .map(|c| format!("s.{0} AS s_{0}", c.trim()))
+                .collect();
+            format!(
+                "SELECT {}, {} FROM users u \
+                 LEFT JOIN sessions s FORCE INDEX (sessions_user_live) \
+                 ON s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > ? \
+                 WHERE u.id = ?",
+                qualified("u", USER_COLUMNS),
+                sessions.join(", ")
+            )
+        });
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = conn
+            .exec(STATEMENT.as_str(), (to_db(now), id.get()))
+            .await
+            .map_err(unavailable)?;
+        let mut user = None;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for mut row in rows {
+            if row.get::<Option<String>, _>("s_id").flatten().is_some() {
+                sessions.push(session_taken_from(&mut row, "s_")?);
+            }
+            if user.is_none() {
+                user = Some(user_from_row(row)?);
+            }
+        }
+        Ok(user.map(|user| (user, sessions)))
     }
 
     async fn user_by_id(&self, id: UserId) -> Result<Option<User>, StoreError> {
