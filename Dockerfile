@@ -15,7 +15,8 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates curl \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 finsec \
-    && mkdir -p /var/lib/finsec && chown finsec /var/lib/finsec
+    && mkdir -p /var/lib/finsec /etc/finsec/jwt-keys \
+    && chown finsec /var/lib/finsec /etc/finsec/jwt-keys && chmod 700 /etc/finsec/jwt-keys
 WORKDIR /app
 COPY --from=build /src/target/release/finsec /usr/local/bin/finsec
 COPY config ./config

@@ -56,7 +56,7 @@ async fn main() {
             .merge(("security.encryption_key", service::KEY)),
     )
     .expect("bench settings");
-    let issuer = TokenIssuer::new(&settings.jwt);
+    let issuer = TokenIssuer::new(&settings.jwt).expect("the service's signing keys");
 
     let started = Instant::now();
     let one = insert_population(&database, &issuer, 0, users, 1).await;

@@ -37,7 +37,8 @@ pub enum Command {
         #[arg(long)]
         i_know_demo: bool,
     },
-    /// Encryption keys for secrets at rest (`security.encryption_key`).
+    /// Keys: token signing keys (`jwt.keys_dir`), and encryption keys for secrets at rest
+    /// (`security.encryption_key`).
     Keys {
         #[command(subcommand)]
         action: KeysAction,
@@ -79,6 +80,17 @@ pub enum SessionsAction {
 
 #[derive(Debug, Subcommand)]
 pub enum KeysAction {
+    /// Write a new private key for signing access tokens into DIR as `<kid>.pem` (owner-only);
+    /// once every node reads it, it signs and the older keys only verify. Prints its path.
+    Generate {
+        /// The folder of signing keys (default: jwt.keys_dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// EdDSA (Ed25519) or ES256 (P-256) (default: jwt.algorithm when it is one of them,
+        /// else EdDSA).
+        #[arg(long)]
+        algorithm: Option<String>,
+    },
     /// Print a new random key (32 bytes, base64) for security.encryption_key.
     GenerateEncryptionKey,
     /// Re-encrypt every TOTP secret under security.encryption_key, opening each with the key

@@ -131,6 +131,32 @@ pub fn generate_encryption_key() -> Result<(), StartupError> {
     Ok(())
 }
 
+/// `finsec keys generate`: a new token signing key in `dir` (or `jwt.keys_dir`).
+pub fn generate_signing_key(
+    settings: &Settings,
+    dir: Option<std::path::PathBuf>,
+    algorithm: Option<String>,
+) -> Result<(), StartupError> {
+    use crate::config::SigningAlgorithm;
+    let invalid = |key, reason: &str| StartupError::Config {
+        key,
+        reason: reason.to_owned(),
+    };
+    let algorithm = match algorithm.as_deref() {
+        Some("EdDSA") => SigningAlgorithm::EdDSA,
+        Some("ES256") => SigningAlgorithm::ES256,
+        Some(_) => return Err(invalid("--algorithm", "EdDSA or ES256")),
+        None if settings.jwt.algorithm == SigningAlgorithm::ES256 => SigningAlgorithm::ES256,
+        None => SigningAlgorithm::EdDSA,
+    };
+    let dir = dir
+        .or_else(|| settings.jwt.keys_dir.clone())
+        .ok_or_else(|| invalid("--dir", "name the folder (or set jwt.keys_dir)"))?;
+    let path = crate::auth::keys::generate(&dir, algorithm, chrono::Utc::now())?;
+    println!("{}", path.display());
+    Ok(())
+}
+
 /// `finsec keys rotate`: every secret sealed under an older key is re-sealed under the
 /// current one.
 pub async fn rotate_keys(settings: &Settings) -> Result<(), StartupError> {

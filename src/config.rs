@@ -156,6 +156,40 @@ pub struct JwtSettings {
     /// How many verified tokens are remembered, so a token seen again skips the HMAC and
     /// the claims' JSON (expiry is still checked each time); 0 verifies every time.
     pub verified_tokens: usize,
+    /// How access tokens are signed; the only algorithm verification accepts.
+    pub algorithm: SigningAlgorithm,
+    /// The signing keys (`<kid>.pem`, from `finsec keys generate`) for EdDSA and ES256.
+    #[serde(default)]
+    pub keys_dir: Option<std::path::PathBuf>,
+}
+
+/// `jwt.algorithm`. EdDSA (Ed25519) or ES256 (ECDSA on P-256): resource servers verify with
+/// the public keys of `/.well-known/jwks.json` and hold nothing that can mint a token. HS256:
+/// one shared secret signs and verifies (the original service's tokens).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+pub enum SigningAlgorithm {
+    HS256,
+    EdDSA,
+    ES256,
+}
+
+impl SigningAlgorithm {
+    pub fn jwt(self) -> jsonwebtoken::Algorithm {
+        match self {
+            Self::HS256 => jsonwebtoken::Algorithm::HS256,
+            Self::EdDSA => jsonwebtoken::Algorithm::EdDSA,
+            Self::ES256 => jsonwebtoken::Algorithm::ES256,
+        }
+    }
+
+    /// The name in a token's header and a JWK's `alg`.
+    pub fn jwt_name(self) -> &'static str {
+        match self {
+            Self::HS256 => "HS256",
+            Self::EdDSA => "EdDSA",
+            Self::ES256 => "ES256",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -345,6 +379,12 @@ impl Settings {
         }
         if self.is_production() && secret.len() < MIN_PRODUCTION_SECRET_BYTES {
             return invalid("jwt.secret", "must be at least 32 bytes in production");
+        }
+        if self.jwt.algorithm != SigningAlgorithm::HS256 && self.jwt.keys_dir.is_none() {
+            return invalid(
+                "jwt.keys_dir",
+                "is required with EdDSA and ES256 (make a key with `finsec keys generate --dir DIR`)",
+            );
         }
         let url = self.database.url.expose_secret();
         if url != "memory" && !url.starts_with("mysql://") {

@@ -47,6 +47,9 @@ async fn run(cli: Cli, settings: Settings) -> ExitCode {
             .await
             .map_err(Into::into),
         Command::Keys { action } => match action {
+            KeysAction::Generate { dir, algorithm } => {
+                commands::generate_signing_key(&settings, dir, algorithm).map_err(Into::into)
+            }
             KeysAction::GenerateEncryptionKey => {
                 commands::generate_encryption_key().map_err(Into::into)
             }

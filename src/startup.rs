@@ -48,6 +48,8 @@ pub enum StartupError {
     Config { key: &'static str, reason: String },
     #[error("cluster: {0}")]
     Cluster(#[from] ClusterError),
+    #[error("jwt signing keys: {0}")]
+    Keys(#[from] crate::auth::keys::KeyError),
     #[error("{0}")]
     Journal(#[from] crate::sessions::journal::JournalError),
     /// Another single-node instance, or clustered nodes, already serve this database.
@@ -320,7 +322,7 @@ impl Application {
             topology.residents,
             topology.cluster,
             hasher,
-            TokenIssuer::new(&settings.jwt),
+            TokenIssuer::new(&settings.jwt)?,
             SessionsConfig {
                 policy,
                 call_timeout: settings.actors.call_timeout,

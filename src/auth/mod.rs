@@ -1,6 +1,7 @@
 //! Credentials toolbox, usable by any layer above `store`: password hashing, TOTP codes and
 //! access tokens. None of it holds state about users; that is the session actors' job.
 
+pub mod keys;
 pub mod password;
 pub mod policy;
 pub mod recovery;

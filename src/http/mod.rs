@@ -8,6 +8,7 @@ mod auth;
 mod events;
 pub mod extract;
 mod health;
+mod jwks;
 mod mfa;
 pub mod openapi;
 pub mod rate;
@@ -63,6 +64,7 @@ pub fn routes(
     // Each group is boxed: warp's `Or` keeps its alternatives' futures inline, so an unboxed
     // tree makes every request's future the size of the whole API, moved (memcpy) at each
     // poll; boxed, it is a few pointers (perf showed 15% of a request's CPU in memmove).
+    let state_for_jwks = state.clone();
     let endpoints = health::routes(state.clone())
         .boxed()
         .or(metrics_route(state.clone()).boxed())
@@ -79,13 +81,19 @@ pub fn routes(
         .unify()
         .or(openapi::route().boxed())
         .unify()
+        .or(jwks::route(state_for_jwks).boxed())
+        .unify()
         .recover(recover)
         .unify();
     warp::path::full()
         .and(endpoints)
         .map(with_allow)
-        // Nothing this service returns may be cached: tokens, profiles, session lists.
-        .with(warp::reply::with::header("cache-control", "no-store"))
+        // Nothing this service returns may be cached (tokens, profiles, session lists) but
+        // what says otherwise itself: the public keys.
+        .with(warp::reply::with::default_header(
+            "cache-control",
+            "no-store",
+        ))
         .with(warp::reply::with::header(
             "x-content-type-options",
             "nosniff",
@@ -101,6 +109,7 @@ pub const ROUTES: &[&str] = &[
     "/health/ready",
     "/metrics",
     "/openapi.json",
+    "/.well-known/jwks.json",
     "/api/auth/login",
     "/api/auth/verify-mfa",
     "/api/auth/logout",

@@ -251,6 +251,11 @@ impl Sessions {
         &self.cluster
     }
 
+    /// Signs and verifies access tokens; publishes its public keys.
+    pub fn tokens(&self) -> &TokenIssuer {
+        &self.tokens
+    }
+
     pub fn registry(&self) -> &Registry {
         &self.registry
     }

@@ -26,6 +26,7 @@ mod restart;
 mod secrets;
 mod sessions;
 mod shutdown;
+mod signing_keys;
 mod slow_clients;
 mod supervision;
 mod throttle;
