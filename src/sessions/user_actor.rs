@@ -169,8 +169,9 @@ pub struct UserState {
     user_read_at: DateTime<Utc>,
     sessions: HashMap<SessionId, LiveSession>,
     /// Started for a login, which reads the user's live sessions under its lock anyway
-    /// (`LoginCommit::live`): `sessions` is empty until that read or any other message reads
-    /// them, and nothing is published meanwhile.
+    /// (`LoginCommit::live`): `sessions` is empty until that read (or, when the login opens
+    /// no session, a read right after it; or any message that comes first), and nothing is
+    /// published meanwhile. Stays true only while those reads fail (the store down).
     sessions_unread: bool,
     refused: RefusedIds,
     /// The trust epoch this memory was loaded under; `None` when loaded while untrusted.
@@ -444,6 +445,13 @@ impl UserState {
                 reply,
             } => {
                 let _ = reply.send(state.login(*row, failures, device, now).await);
+                // A login that opened no session (a challenge, a refusal) read none: read
+                // them now, while the store has just answered, so that this actor knows them
+                // before anything else asks (a revocation in an outage must find its session
+                // in memory to journal it, as with any actor that started).
+                if state.sessions_unread {
+                    state.read_sessions(now).await;
+                }
             }
             UserMsg::VerifyMfa { attempt, reply } => {
                 let outcome = state.verify_mfa(attempt, now).await;

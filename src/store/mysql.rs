@@ -435,7 +435,7 @@ async fn lock_account_and_sessions(
             ));
         }
         // A user with no live session is one row of NULL session columns.
-        if row.get::<Option<String>, _>("id").flatten().is_some() {
+        if !is_null(&row, "id") {
             live.push(session_from_row(row)?);
         }
     }
@@ -517,6 +517,15 @@ fn to_db(time: DateTime<Utc>) -> NaiveDateTime {
 
 fn from_db(time: NaiveDateTime) -> DateTime<Utc> {
     time.and_utc()
+}
+
+/// Whether `column` is NULL in `row` (or missing): the absent side of a LEFT JOIN. Reads it
+/// as a raw value, which cannot fail to convert (a typed `get` would panic on a bad value).
+fn is_null(row: &Row, column: &str) -> bool {
+    !matches!(
+        row.get_opt::<mysql_async::Value, _>(column),
+        Some(Ok(value)) if value != mysql_async::Value::NULL
+    )
 }
 
 /// Takes a column out of a row, naming it when it is missing or of the wrong type.
@@ -647,7 +656,7 @@ impl SessionStore for MySqlStore {
         let mut user = None;
         let mut sessions = Vec::with_capacity(rows.len());
         for mut row in rows {
-            if row.get::<Option<String>, _>("s_id").flatten().is_some() {
+            if !is_null(&row, "s_id") {
                 sessions.push(session_taken_from(&mut row, "s_")?);
             }
             if user.is_none() {
@@ -1292,13 +1301,13 @@ impl SessionStore for MySqlStore {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| StoreError::Corrupt("a join to one row returned none".into()))?;
-        let record = match row.get::<Option<u32>, _>("failures").flatten() {
-            Some(_) => Some(lockout_taken_from(&mut row)?),
-            None => None,
+        let record = match is_null(&row, "failures") {
+            false => Some(lockout_taken_from(&mut row)?),
+            true => None,
         };
-        let user = match row.get::<Option<u64>, _>("id").flatten() {
-            Some(_) => Some(user_from_row(row)?),
-            None => None,
+        let user = match is_null(&row, "id") {
+            false => Some(user_from_row(row)?),
+            true => None,
         };
         Ok((record, user))
     }
