@@ -16,6 +16,9 @@ use serde::{Deserialize, Serialize, Serializer};
 use crate::crypto::Keyring;
 
 /// The JWT secret shipped in `config/default.toml` for local runs. Production refuses it.
+/// A resource server's introspection secret: as long as the production JWT secret.
+const MIN_INTROSPECTION_SECRET_BYTES: usize = 32;
+
 pub const DEMO_JWT_SECRET: &str = "demo-only-jwt-secret-do-not-use-in-production";
 /// HS256 keys shorter than this are guessable offline from any token; production refuses them.
 pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
@@ -33,6 +36,7 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub session: SessionSettings,
     pub admin: AdminSettings,
+    pub introspection: IntrospectionSettings,
     pub actors: ActorSettings,
     pub cluster: ClusterSettings,
     pub security: SecuritySettings,
@@ -238,6 +242,16 @@ pub struct AdminSettings {
     pub api_key: SecretString,
 }
 
+/// RFC 7662 token introspection for resource servers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionSettings {
+    /// The resource servers allowed to ask, each `"id:secret"` (HTTP Basic); none turns
+    /// `POST /api/auth/introspect` off (404).
+    #[serde(serialize_with = "masked_all")]
+    pub clients: Vec<SecretString>,
+}
+
 impl AdminSettings {
     pub fn api_key(&self) -> Option<&str> {
         Some(self.api_key.expose_secret()).filter(|key| !key.is_empty())
@@ -379,6 +393,15 @@ impl Settings {
         }
         if self.is_production() && secret.len() < MIN_PRODUCTION_SECRET_BYTES {
             return invalid("jwt.secret", "must be at least 32 bytes in production");
+        }
+        for client in &self.introspection.clients {
+            let (id, secret) = client.expose_secret().split_once(':').unwrap_or_default();
+            if id.is_empty() || secret.len() < MIN_INTROSPECTION_SECRET_BYTES {
+                return invalid(
+                    "introspection.clients",
+                    "each is \"id:secret\", the id not empty and the secret at least 32 bytes",
+                );
+            }
         }
         if self.jwt.algorithm != SigningAlgorithm::HS256 && self.jwt.keys_dir.is_none() {
             return invalid(
@@ -584,6 +607,30 @@ mod tests {
             Duration::from_secs(12 * 3600)
         );
         assert!(!settings.is_production());
+    }
+
+    #[test]
+    fn introspection_clients_need_an_id_and_a_long_secret_and_key_pairs_a_folder() {
+        let with = |clients: Vec<&str>| {
+            Settings::from_figment(
+                Settings::figment(&repo_config(), None).merge(("introspection.clients", clients)),
+            )
+        };
+        for bad in ["rs1", ":a-secret-of-thirty-two-bytes-or-more", "rs1:short"] {
+            let err = with(vec![bad]).unwrap_err().to_string();
+            assert!(err.starts_with("introspection.clients:"), "{bad}: {err}");
+            assert!(!err.contains("short"), "the value is not echoed: {err}");
+        }
+        assert!(with(vec!["rs1:a-secret-of-thirty-two-bytes-or-more"]).is_ok());
+
+        let eddsa = Settings::figment(&repo_config(), None).merge(("jwt.algorithm", "EdDSA"));
+        let err = Settings::from_figment(eddsa.clone())
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("jwt.keys_dir:"), "{err}");
+        assert!(Settings::from_figment(eddsa.merge(("jwt.keys_dir", "/somewhere"))).is_ok());
+        let unknown = Settings::figment(&repo_config(), None).merge(("jwt.algorithm", "RS256"));
+        assert!(Settings::from_figment(unknown).is_err());
     }
 
     #[test]

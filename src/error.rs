@@ -50,6 +50,9 @@ pub enum ApiError {
     AdminKeyRequired,
     #[error("Invalid admin key")]
     InvalidAdminKey,
+    /// Introspection asked by someone who is not one of `introspection.clients`.
+    #[error("Unknown introspection client")]
+    InvalidClient,
     #[error("User not found")]
     UserNotFound,
     #[error("Session not found")]
@@ -109,6 +112,7 @@ impl ApiError {
             Self::AdminKeyRequired | Self::InvalidAdminKey => {
                 (StatusCode::UNAUTHORIZED, "invalid_admin_key")
             }
+            Self::InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
             Self::UserNotFound => (StatusCode::NOT_FOUND, "user_not_found"),
             Self::SessionNotFound => (StatusCode::NOT_FOUND, "session_not_found"),
             Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -142,6 +146,13 @@ impl ApiError {
             Self::Throttled(seconds) | Self::RateLimited(seconds) => Some(*seconds),
             _ => None,
         };
+        if matches!(self, Self::InvalidClient) {
+            // RFC 7617: a 401 names the scheme that would be accepted.
+            response.headers_mut().insert(
+                warp::http::header::WWW_AUTHENTICATE,
+                warp::http::HeaderValue::from_static("Basic realm=\"finsec introspection\""),
+            );
+        }
         if let Some(seconds) = retry_after {
             response.headers_mut().insert(
                 warp::http::header::RETRY_AFTER,

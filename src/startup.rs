@@ -351,6 +351,13 @@ impl Application {
             body_limit: settings.http.body_limit,
             idle_timeout,
             admin_key: settings.admin.api_key().map(AdminKey::new),
+            introspection: http::IntrospectionClients::new(
+                settings
+                    .introspection
+                    .clients
+                    .iter()
+                    .map(|client| client.expose_secret()),
+            ),
             ip_rate: http::rate::IpRateLimit::new(
                 settings.security.ip_rate,
                 settings.security.ip_burst,

@@ -7,6 +7,7 @@ service answers 401, then logs in again; if the fuzzer has deactivated the demo 
 reactivates it first through the admin API.
 """
 
+import base64
 import os
 
 import requests
@@ -14,6 +15,10 @@ import schemathesis
 
 BASE = os.environ["FINSEC_BASE_URL"]
 ADMIN_KEY = os.environ["FINSEC_ADMIN_KEY"]
+# Token introspection is asked by a resource server (HTTP Basic), not by a user.
+INTROSPECTION = "Basic " + base64.b64encode(
+    os.environ["FINSEC_INTROSPECTION_CLIENT"].encode()
+).decode()
 CREDENTIALS = {"email": "john.doe@example.com", "password": "password123"}
 
 
@@ -53,4 +58,7 @@ class DemoUser:
 
     def set(self, case, data, ctx):
         case.headers = case.headers or {}
-        case.headers["Authorization"] = f"Bearer {data}"
+        if case.operation.path == "/api/auth/introspect":
+            case.headers["Authorization"] = INTROSPECTION
+        else:
+            case.headers["Authorization"] = f"Bearer {data}"

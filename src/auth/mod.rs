@@ -10,7 +10,7 @@ pub mod totp;
 
 pub use password::PasswordHasher;
 pub use policy::PasswordPolicy;
-pub use token::{AccessClaims, TokenIssuer};
+pub use token::{AccessClaims, TokenIssuer, TokenSubject};
 
 /// Why a credential was refused. Variants say nothing a client may not learn.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -41,11 +41,14 @@ pub struct AccessClaims {
     pub jti: String,
 }
 
-/// The identity a verified token asserts; the session actors still decide if it is live.
+/// The identity a verified token asserts, and its times (seconds since the epoch, as in the
+/// claims); the session actors still decide if it is live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TokenSubject {
     pub user_id: UserId,
     pub session_id: SessionId,
+    pub issued_at: i64,
+    pub expires_at: i64,
 }
 
 #[derive(Clone)]
@@ -56,7 +59,7 @@ pub struct TokenIssuer {
     issuer: String,
     audience: String,
     /// Tokens that passed, by their text; `None` when `jwt.verified_tokens` is 0.
-    verified: Option<Arc<quick_cache::sync::Cache<Box<str>, Verified>>>,
+    verified: Option<Arc<quick_cache::sync::Cache<Box<str>, TokenSubject>>>,
 }
 
 /// What signs and verifies.
@@ -69,13 +72,6 @@ enum Keys {
     },
     /// EdDSA or ES256: the newest key signs, each verifies the tokens that name it.
     Pairs(Arc<KeySet>),
-}
-
-/// What a remembered token asserts, and until when.
-#[derive(Debug, Clone, Copy)]
-struct Verified {
-    subject: TokenSubject,
-    exp: i64,
 }
 
 impl TokenIssuer {
@@ -115,6 +111,16 @@ impl TokenIssuer {
         })
     }
 
+    /// `iss` of the tokens issued here.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// `aud` of the tokens issued here.
+    pub fn audience(&self) -> &str {
+        &self.audience
+    }
+
     /// The public keys resource servers verify with; none for HS256 (its key is a secret).
     pub fn jwks(&self) -> JwkSet {
         match &self.keys {
@@ -151,10 +157,10 @@ impl TokenIssuer {
     pub fn verify(&self, token: &str) -> Result<TokenSubject, AuthError> {
         if let Some(known) = self.verified.as_ref().and_then(|v| v.get(token)) {
             // jsonwebtoken's rule with no leeway: expired once `exp` is in the past.
-            if known.exp < Utc::now().timestamp() {
+            if known.expires_at < Utc::now().timestamp() {
                 return Err(AuthError::TokenExpired);
             }
-            return Ok(known.subject);
+            return Ok(known);
         }
         let decoding = match &self.keys {
             Keys::Shared { decoding, .. } => decoding,
@@ -182,13 +188,11 @@ impl TokenIssuer {
         let subject = TokenSubject {
             user_id: claims.sub.parse().map_err(|_| AuthError::InvalidToken)?,
             session_id: claims.sid.parse().map_err(|_| AuthError::InvalidToken)?,
+            issued_at: claims.iat,
+            expires_at: claims.exp,
         };
         if let Some(verified) = &self.verified {
-            let known = Verified {
-                subject,
-                exp: claims.exp,
-            };
-            verified.insert(token.into(), known);
+            verified.insert(token.into(), subject);
         }
         Ok(subject)
     }

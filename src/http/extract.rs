@@ -143,6 +143,38 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
+    parse_object(&read_limited(declared, body, limit).await?, optional)
+}
+
+/// A form body (`application/x-www-form-urlencoded`, as RFC 7662 asks) of at most `limit`
+/// bytes, as its fields in order. Invalid percent-encoding decodes lossily, and fields are
+/// then checked by the handler like any other input.
+pub fn form_body(
+    limit: u64,
+) -> impl Filter<Extract = (Vec<(String, String)>,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, body| async move {
+            let bytes = read_limited(length, body, limit)
+                .await
+                .map_err(warp::reject::custom)?;
+            Ok::<_, Rejection>(
+                form_urlencoded::parse(&bytes)
+                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                    .collect(),
+            )
+        })
+}
+
+async fn read_limited<S, B>(
+    declared: Option<u64>,
+    body: S,
+    limit: u64,
+) -> Result<BytesMut, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
     // Refuse a declared oversize body before reading a byte of it; count a chunked one as
     // it arrives.
     if declared.is_some_and(|len| len > limit) {
@@ -163,7 +195,7 @@ where
             chunk.advance(n);
         }
     }
-    parse_object(&bytes, optional)
+    Ok(bytes)
 }
 
 /// A request body as a JSON object (`optional`: an empty body reads as `{}`). Public for the

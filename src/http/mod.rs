@@ -8,6 +8,8 @@ mod auth;
 mod events;
 pub mod extract;
 mod health;
+mod introspect;
+pub use introspect::IntrospectionClients;
 mod jwks;
 mod mfa;
 pub mod openapi;
@@ -36,6 +38,8 @@ pub struct AppState {
     pub idle_timeout: chrono::Duration,
     /// `None` turns the admin API off.
     pub admin_key: Option<AdminKey>,
+    /// The resource servers that may introspect tokens; none turns the endpoint off.
+    pub introspection: introspect::IntrospectionClients,
     /// The per-client-IP limit on endpoints that take credentials.
     pub ip_rate: rate::IpRateLimit,
     /// Renders `GET /metrics` on the main listener; `None` when `metrics.listen` names an
@@ -81,7 +85,9 @@ pub fn routes(
         .unify()
         .or(openapi::route().boxed())
         .unify()
-        .or(jwks::route(state_for_jwks).boxed())
+        .or(jwks::route(state_for_jwks.clone()).boxed())
+        .unify()
+        .or(introspect::route(state_for_jwks).boxed())
         .unify()
         .recover(recover)
         .unify();
@@ -114,6 +120,7 @@ pub const ROUTES: &[&str] = &[
     "/api/auth/verify-mfa",
     "/api/auth/logout",
     "/api/auth/me",
+    "/api/auth/introspect",
     "/api/auth/sessions",
     "/api/auth/sessions/{id}",
     "/api/auth/logout-all",

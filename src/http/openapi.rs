@@ -34,6 +34,7 @@ use super::{admin, auth, events, health, mfa, sessions};
         super::metrics,
         document,
         super::jwks::jwks,
+        super::introspect::introspect,
         auth::login,
         auth::verify_mfa,
         auth::logout,
@@ -66,7 +67,8 @@ use super::{admin, auth, events, health, mfa, sessions};
 )]
 pub struct ApiDoc;
 
-/// The two ways a caller proves who it is.
+/// The ways a caller proves who it is: a user's token, the operators' key, a resource server's
+/// introspection credentials.
 struct SecuritySchemes;
 
 impl Modify for SecuritySchemes {
@@ -90,6 +92,17 @@ impl Modify for SecuritySchemes {
                 "X-Admin-Key",
                 "The operators' key (`admin.key`); without one configured the admin API is off",
             ))),
+        );
+        components.add_security_scheme(
+            "introspection_client",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Basic)
+                    .description(Some(
+                        "A resource server's `id:secret` from `introspection.clients`",
+                    ))
+                    .build(),
+            ),
         );
     }
 }

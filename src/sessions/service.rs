@@ -93,6 +93,8 @@ pub enum LoginOutcome {
 pub struct Authenticated {
     pub user_id: UserId,
     pub session_id: SessionId,
+    /// The token's own claims, as verified.
+    pub token: crate::auth::TokenSubject,
     pub session: Session,
     pub user: Arc<UserProfile>,
     /// Where this request came from (the session's own device is where it was opened).
@@ -417,6 +419,7 @@ impl Sessions {
         Ok(Authenticated {
             user_id: subject.user_id,
             session_id: subject.session_id,
+            token: subject,
             session: grant.session,
             user: grant.user,
             device,

@@ -10,6 +10,7 @@ mod crash;
 mod events;
 mod expiry;
 mod health;
+mod introspection;
 mod login;
 mod logout;
 mod metrics;
