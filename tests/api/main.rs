@@ -23,6 +23,7 @@ mod password;
 mod process;
 mod random_input;
 mod read_path;
+mod resource_server;
 mod restart;
 mod secrets;
 mod sessions;
