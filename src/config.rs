@@ -15,10 +15,10 @@ use serde::{Deserialize, Serialize, Serializer};
 
 use crate::crypto::Keyring;
 
-/// The JWT secret shipped in `config/default.toml` for local runs. Production refuses it.
 /// A resource server's introspection secret: as long as the production JWT secret.
 const MIN_INTROSPECTION_SECRET_BYTES: usize = 32;
 
+/// The JWT secret shipped in `config/default.toml` for local runs. Production refuses it.
 pub const DEMO_JWT_SECRET: &str = "demo-only-jwt-secret-do-not-use-in-production";
 /// HS256 keys shorter than this are guessable offline from any token; production refuses them.
 pub const MIN_PRODUCTION_SECRET_BYTES: usize = 32;
@@ -165,6 +165,10 @@ pub struct JwtSettings {
     /// The signing keys (`<kid>.pem`, from `finsec keys generate`) for EdDSA and ES256.
     #[serde(default)]
     pub keys_dir: Option<std::path::PathBuf>,
+    /// How long a new key is only published (and verifies) before it signs: every instance
+    /// must have read it, and resource servers' copies of the JWKS expired, by then.
+    #[serde(with = "humantime_serde")]
+    pub key_activation: Duration,
 }
 
 /// `jwt.algorithm`. EdDSA (Ed25519) or ES256 (ECDSA on P-256): resource servers verify with

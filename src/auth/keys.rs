@@ -41,9 +41,11 @@ impl KeyError {
     }
 }
 
-/// One key: its id, both halves as `jsonwebtoken` wants them, and its public JWK.
+/// One key: its id, when it was made, both halves as `jsonwebtoken` wants them, and its
+/// public JWK.
 pub struct SigningKey {
     pub kid: String,
+    pub created: DateTime<Utc>,
     pub encoding: EncodingKey,
     pub decoding: DecodingKey,
     pub jwk: Jwk,
@@ -73,12 +75,17 @@ pub struct JwkSet {
 pub struct KeySet {
     algorithm: SigningAlgorithm,
     keys: Vec<SigningKey>,
+    activation: chrono::Duration,
 }
 
 impl KeySet {
     /// Reads every `*.pem` in `dir` (other files are left alone: a README, say). Fails on a
     /// file that is not a key of `algorithm`, and on a folder with no key.
-    pub fn load(dir: &Path, algorithm: SigningAlgorithm) -> Result<Self, KeyError> {
+    pub fn load(
+        dir: &Path,
+        algorithm: SigningAlgorithm,
+        activation: chrono::Duration,
+    ) -> Result<Self, KeyError> {
         let entries = std::fs::read_dir(dir).map_err(|e| KeyError::file(dir, e))?;
         let mut keys = Vec::new();
         for entry in entries {
@@ -92,8 +99,10 @@ impl KeySet {
                 .filter(|stem| is_kid(stem))
                 .ok_or_else(|| KeyError::file(&path, "not named <kid>.pem"))?
                 .to_owned();
+            let created =
+                kid_time(&kid).ok_or_else(|| KeyError::file(&path, "not named <kid>.pem"))?;
             let pem = std::fs::read_to_string(&path).map_err(|e| KeyError::file(&path, e))?;
-            keys.push(parse(&pem, kid, algorithm).map_err(|e| KeyError::file(&path, e))?);
+            keys.push(parse(&pem, kid, created, algorithm).map_err(|e| KeyError::file(&path, e))?);
         }
         if keys.is_empty() {
             return Err(KeyError::Empty {
@@ -101,16 +110,32 @@ impl KeySet {
             });
         }
         keys.sort_by(|a, b| a.kid.cmp(&b.kid));
-        Ok(Self { algorithm, keys })
+        Ok(Self {
+            algorithm,
+            keys,
+            activation,
+        })
     }
 
     pub fn algorithm(&self) -> Algorithm {
         self.algorithm.jwt()
     }
 
-    /// The key new tokens are signed with: the newest.
-    pub fn signing(&self) -> &SigningKey {
-        self.keys.last().expect("a key set is never empty")
+    /// The key new tokens are signed with at `now`: the newest that is at least
+    /// `activation` old, so that a key every instance has not read yet signs nothing (a
+    /// rotation rolls through a cluster with nobody logged out). With none that old (a new
+    /// deployment's first key), the oldest.
+    pub fn signing(&self, now: DateTime<Utc>) -> &SigningKey {
+        self.keys
+            .iter()
+            .rev()
+            .find(|key| {
+                key.created
+                    .checked_add_signed(self.activation)
+                    .is_some_and(|active| active <= now)
+            })
+            .or(self.keys.first())
+            .expect("a key set is never empty")
     }
 
     /// The key a token names in its header, if it is one of ours.
@@ -146,14 +171,36 @@ pub fn generate(
             .map(|b| format!("{b:02x}"))
             .collect::<String>()
     );
+    // A folder of keys of another algorithm would make every instance refuse to start.
+    if dir.is_dir()
+        && let Err(err @ KeyError::File { .. }) =
+            KeySet::load(dir, algorithm, chrono::Duration::zero())
+    {
+        return Err(err);
+    }
     let pem = new_private_key(algorithm)?;
-    std::fs::create_dir_all(dir).map_err(|e| KeyError::file(dir, e))?;
+    create_private_dir(dir)?;
     let path = dir.join(format!("{kid}.pem"));
     // Written beside, then renamed: a node reading the folder never sees half a key.
     let partial = dir.join(format!(".{kid}.pem.partial"));
     write_private(&partial, pem.as_bytes())?;
     std::fs::rename(&partial, &path).map_err(|e| KeyError::file(&path, e))?;
     Ok(path)
+}
+
+#[cfg(unix)]
+fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| KeyError::file(dir, e))
+}
+
+#[cfg(not(unix))]
+fn create_private_dir(dir: &Path) -> Result<(), KeyError> {
+    std::fs::create_dir_all(dir).map_err(|e| KeyError::file(dir, e))
 }
 
 #[cfg(unix)]
@@ -212,7 +259,12 @@ fn new_private_key(algorithm: SigningAlgorithm) -> Result<String, KeyError> {
     }
 }
 
-fn parse(pem: &str, kid: String, algorithm: SigningAlgorithm) -> Result<SigningKey, String> {
+fn parse(
+    pem: &str,
+    kid: String,
+    created: DateTime<Utc>,
+    algorithm: SigningAlgorithm,
+) -> Result<SigningKey, String> {
     match algorithm {
         SigningAlgorithm::EdDSA => {
             let key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
@@ -238,6 +290,7 @@ fn parse(pem: &str, kid: String, algorithm: SigningAlgorithm) -> Result<SigningK
                     alg: "EdDSA",
                 },
                 kid,
+                created,
             })
         }
         SigningAlgorithm::ES256 => {
@@ -264,10 +317,18 @@ fn parse(pem: &str, kid: String, algorithm: SigningAlgorithm) -> Result<SigningK
                     alg: "ES256",
                 },
                 kid,
+                created,
             })
         }
         SigningAlgorithm::HS256 => Err("HS256 signs with jwt.secret, not key files".into()),
     }
+}
+
+/// When the key named `kid` was made (the time in its name).
+fn kid_time(kid: &str) -> Option<DateTime<Utc>> {
+    chrono::NaiveDateTime::parse_from_str(kid.get(..16)?, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|time| time.and_utc())
 }
 
 /// `YYYYMMDDTHHMMSSZ-` and 8 lowercase hex digits, as [`generate`] names keys. Other names are
@@ -305,15 +366,30 @@ mod tests {
             let now = Utc::now();
             let old = generate(&dir, algorithm, now - chrono::Duration::days(30)).unwrap();
             let new = generate(&dir, algorithm, now).unwrap();
-            let set = KeySet::load(&dir, algorithm).unwrap();
+            let set = KeySet::load(&dir, algorithm, chrono::Duration::zero()).unwrap();
             let stem = |p: &Path| p.file_stem().unwrap().to_str().unwrap().to_owned();
-            assert_eq!(set.signing().kid, stem(&new));
+            assert_eq!(set.signing(now).kid, stem(&new));
             assert!(set.verifying(&stem(&old)).is_some());
             assert!(set.verifying("20000101T000000Z-00000000").is_none());
             let jwks = set.jwks();
             assert_eq!(jwks.keys.len(), 2);
             assert_eq!(jwks.keys[0].kid, stem(&new), "newest first");
             assert_eq!(jwks.keys[0].alg, algorithm.jwt_name());
+            // A key younger than the activation delay is published and verifies, but the
+            // older one signs until it comes of age; with no key old enough, the oldest signs.
+            let hour = chrono::Duration::hours(1);
+            let young = KeySet::load(&dir, algorithm, hour).unwrap();
+            assert_eq!(young.signing(now).kid, stem(&old));
+            assert_eq!(young.signing(now + hour).kid, stem(&new));
+            assert!(young.verifying(&stem(&new)).is_some());
+            let days = chrono::Duration::days(60);
+            assert_eq!(
+                KeySet::load(&dir, algorithm, days)
+                    .unwrap()
+                    .signing(now)
+                    .kid,
+                stem(&old)
+            );
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
@@ -328,26 +404,29 @@ mod tests {
     fn a_folder_with_no_key_or_a_stray_file_is_refused() {
         let dir = folder("refused");
         assert!(matches!(
-            KeySet::load(&dir, SigningAlgorithm::EdDSA),
+            KeySet::load(&dir, SigningAlgorithm::EdDSA, chrono::Duration::zero()),
             Err(KeyError::Empty { .. })
         ));
         std::fs::write(dir.join("README"), "not a key").unwrap();
         assert!(matches!(
-            KeySet::load(&dir, SigningAlgorithm::EdDSA),
+            KeySet::load(&dir, SigningAlgorithm::EdDSA, chrono::Duration::zero()),
             Err(KeyError::Empty { .. })
         ));
         // A P-256 key where Ed25519 keys are expected.
         generate(&dir, SigningAlgorithm::ES256, Utc::now()).unwrap();
-        let err = KeySet::load(&dir, SigningAlgorithm::EdDSA)
+        let err = KeySet::load(&dir, SigningAlgorithm::EdDSA, chrono::Duration::zero())
             .err()
             .expect("refused");
+        assert!(err.to_string().contains("not an Ed25519"), "{err}");
+        // Nor is a key of the other algorithm added to it.
+        let err = generate(&dir, SigningAlgorithm::EdDSA, Utc::now()).expect_err("refused");
         assert!(err.to_string().contains("not an Ed25519"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
 
         let dir = folder("misnamed");
         let key = generate(&dir, SigningAlgorithm::EdDSA, Utc::now()).unwrap();
         std::fs::rename(&key, dir.join("my key.pem")).unwrap();
-        let err = KeySet::load(&dir, SigningAlgorithm::EdDSA)
+        let err = KeySet::load(&dir, SigningAlgorithm::EdDSA, chrono::Duration::zero())
             .err()
             .expect("refused");
         assert!(err.to_string().contains("not named"), "{err}");
@@ -363,9 +442,9 @@ mod tests {
             .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
             .unwrap();
         std::fs::write(dir.join("20261207T000000Z-0000abcd.pem"), v2.as_bytes()).unwrap();
-        let set = KeySet::load(&dir, SigningAlgorithm::EdDSA).unwrap();
+        let set = KeySet::load(&dir, SigningAlgorithm::EdDSA, chrono::Duration::zero()).unwrap();
         assert_eq!(
-            set.signing().jwk.x,
+            set.signing(Utc::now()).jwk.x,
             URL_SAFE_NO_PAD.encode(key.verifying_key().as_bytes())
         );
         std::fs::remove_dir_all(&dir).unwrap();

@@ -86,7 +86,11 @@ impl TokenIssuer {
                     decoding: DecodingKey::from_secret(secret),
                 }
             }
-            (pair, Some(dir)) => Keys::Pairs(Arc::new(KeySet::load(dir, pair)?)),
+            (pair, Some(dir)) => {
+                let activation = chrono::Duration::from_std(settings.key_activation)
+                    .unwrap_or(chrono::Duration::MAX);
+                Keys::Pairs(Arc::new(KeySet::load(dir, pair, activation)?))
+            }
             (_, None) => {
                 return Err(KeyError::Empty {
                     dir: "jwt.keys_dir (not set)".into(),
@@ -144,7 +148,7 @@ impl TokenIssuer {
         let encoding = match &self.keys {
             Keys::Shared { encoding, .. } => encoding,
             Keys::Pairs(set) => {
-                let key = set.signing();
+                let key = set.signing(now);
                 header.kid = Some(key.kid.clone());
                 &key.encoding
             }
@@ -211,6 +215,7 @@ mod tests {
             verified_tokens: 16,
             algorithm: SigningAlgorithm::HS256,
             keys_dir: None,
+            key_activation: std::time::Duration::ZERO,
         }
     }
 

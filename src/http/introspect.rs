@@ -162,8 +162,9 @@ pub(super) async fn introspect(
     device: Device,
     form: Vec<(String, String)>,
 ) -> Response {
-    let Some((_, token)) = form.iter().find(|(key, _)| key == "token") else {
-        return ApiError::InvalidRequest("token is required (form field `token`)".into())
+    let mut tokens = form.iter().filter(|(key, _)| key == "token");
+    let (Some((_, token)), None) = (tokens.next(), tokens.next()) else {
+        return ApiError::InvalidRequest("one token is required (form field `token`)".into())
             .to_response();
     };
     match state.sessions.authenticate(token, device).await {
@@ -182,9 +183,15 @@ pub(super) async fn introspect(
             .reply()
         }
         Err(err) => match ApiError::from(err) {
-            // Could not tell: the asker must not take it for "not live", nor for "live".
-            unknown @ (ApiError::Unavailable(_) | ApiError::Busy) => unknown.to_response(),
-            _ => Introspection::inactive().reply(),
+            // Not live, whatever the reason: the asker hears no more than that.
+            ApiError::InvalidToken
+            | ApiError::TokenExpired
+            | ApiError::SessionEnded
+            | ApiError::MissingToken
+            | ApiError::AccountInactive => Introspection::inactive().reply(),
+            // Could not tell (the store down, a fault): neither "live" nor "not live", and a
+            // fault is logged where every 5xx is.
+            unknown => unknown.to_response(),
         },
     }
 }

@@ -110,6 +110,18 @@ async fn only_configured_resource_servers_may_ask() {
         "invalid_request",
     )
     .await;
+    // Two tokens: which one was meant is not for us to guess.
+    assert_error(
+        introspect(
+            &app,
+            Some(&format!("{CLIENT}:{SECRET}")),
+            &[("token", "a"), ("token", "b")],
+        )
+        .await,
+        StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 }
 
 #[tokio::test]

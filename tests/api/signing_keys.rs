@@ -32,6 +32,8 @@ fn signed_with(algorithm: SigningAlgorithm, dir: &Path) -> impl FnOnce(Figment) 
         figment
             .merge(("jwt.algorithm", algorithm.jwt_name()))
             .merge(("jwt.keys_dir", dir))
+            // A new key signs once it is four seconds old: the rotation below sees it both ways.
+            .merge(("jwt.key_activation", "4s"))
     }
 }
 
@@ -104,11 +106,21 @@ async fn a_key_rotation_logs_nobody_out_and_a_removed_key_stops_verifying() {
     let before = app.logged_in(&john).await;
     let old_kid = jsonwebtoken::decode_header(&before.token).unwrap().kid;
 
-    // A new key, and the service restarted onto it: the live session's token still works,
-    // and new tokens name the new key.
+    // A new key, and the service restarted onto it: the live session's token still works.
+    // The new key is published at once, but signs only once it has come of age
+    // (`jwt.key_activation`), by when every instance has read it: until then new tokens
+    // name the old key, which every instance knows.
     keys::generate(&dir, algorithm, chrono::Utc::now()).unwrap();
     app.restart_with(signed_with(algorithm, &dir)).await;
     assert_eq!(app.me(&before.token).await.status(), StatusCode::OK);
+    let (set, _) = jwks(&app).await;
+    assert_eq!(set.keys.len(), 2, "published before it signs");
+    let early = app.logged_in(&john).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&early.token).unwrap().kid,
+        old_kid
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(4100)).await;
     let after = app.logged_in(&john).await;
     let new_kid = jsonwebtoken::decode_header(&after.token).unwrap().kid;
     assert_ne!(new_kid, old_kid);
