@@ -35,6 +35,8 @@ const SESSIONS_PER_USER: usize = 3;
 const PASSWORD: &str = "bench-password-0123456789";
 /// Requests per second of the latency probe: light enough to leave the cores to the logins.
 const PROBE_RATE: u32 = 200;
+/// A resource server allowed to introspect (issue 13).
+const INTROSPECTION_CLIENT: &str = "bench-rs:bench-introspection-secret-0123456789abcdef";
 /// The concurrency sweep behind the chart: wrk connections per point.
 const SWEEP: [u32; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
 
@@ -116,6 +118,7 @@ async fn main() {
             "YmVuY2ggZW5jcnlwdGlvbiBrZXksIDMyIGJ5dGVzISE=",
         ))
         .merge(("security.ip_rate", 0))
+        .merge(("introspection.clients", vec![INTROSPECTION_CLIENT]))
         .merge(("password.log_n", 4));
     let settings = Settings::from_figment(figment).expect("bench settings");
     finsec::telemetry::init(&settings.log);
@@ -192,6 +195,30 @@ end
     };
     let script = bearer_script("/api/auth/me");
     let root_script = bearer_script("/");
+    // Introspection (issue 13): the same tokens, asked by a resource server.
+    let introspect_script =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-introspect.lua");
+    std::fs::write(
+        &introspect_script,
+        format!(
+            r#"local tokens = {{}}
+for line in io.lines("{}") do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+local headers = {{["Content-Type"] = "application/x-www-form-urlencoded",
+                 ["Authorization"] = "Basic {}"}}
+request = function()
+  i = i % #tokens + 1
+  return wrk.format("POST", "/api/auth/introspect", headers, "token=" .. tokens[i])
+end
+"#,
+            tokens_file.display(),
+            base64::Engine::encode(
+                &base64::engine::general_purpose::STANDARD,
+                INTROSPECTION_CLIENT
+            ),
+        ),
+    )
+    .unwrap();
 
     let login_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-login.lua");
     std::fs::write(
@@ -213,6 +240,7 @@ end
     // wrk blocks its thread: run it off the runtime, which serves the requests.
     let mut bare = Vec::new();
     let mut me = Vec::new();
+    let mut introspected = Vec::new();
     for _ in 0..runs {
         let (root, root_script) = (format!("{base}/"), root_script.clone());
         bare.push(
@@ -222,6 +250,15 @@ end
         );
         let (url, script) = (format!("{base}/api/auth/me"), script.clone());
         me.push(
+            tokio::task::spawn_blocking(move || wrk(&url, Some(&script), seconds))
+                .await
+                .unwrap(),
+        );
+        let (url, script) = (
+            format!("{base}/api/auth/introspect"),
+            introspect_script.clone(),
+        );
+        introspected.push(
             tokio::task::spawn_blocking(move || wrk(&url, Some(&script), seconds))
                 .await
                 .unwrap(),
@@ -319,10 +356,16 @@ end
     );
     row("GET /", &bare);
     row("GET /api/auth/me", &me);
+    row("POST /api/auth/introspect", &introspected);
     row("POST /api/auth/login (load)", &logins);
     println!(
         "\n/me ÷ / (medians): **{:.2}** (target ≥ 0.80)",
         median(me.iter().map(|r| r.rps).collect()) / median(bare.iter().map(|r| r.rps).collect())
+    );
+    println!(
+        "introspect ÷ /me (medians): **{:.2}** (issue 13: as fast as /me)",
+        median(introspected.iter().map(|r| r.rps).collect())
+            / median(me.iter().map(|r| r.rps).collect())
     );
     println!(
         "\n`GET /api/auth/me` at {PROBE_RATE}/s (open loop), {runs} runs each: \n\n\
