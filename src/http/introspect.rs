@@ -19,7 +19,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use super::AppState;
-use super::extract::{device, form_body, with_state};
+use super::extract::{form_body, with_state};
 use super::views::JsonReply;
 use crate::domain::Device;
 use crate::error::ApiError;
@@ -92,7 +92,6 @@ pub fn route(
             }
             Ok(state)
         })
-        .and(device(state))
         .and(form_body(limit))
         .then(introspect)
 }
@@ -157,17 +156,14 @@ impl Introspection {
         (status = 503, description = "Liveness cannot be told now", body = crate::error::ErrorBody),
     )
 )]
-pub(super) async fn introspect(
-    state: Arc<AppState>,
-    device: Device,
-    form: Vec<(String, String)>,
-) -> Response {
+pub(super) async fn introspect(state: Arc<AppState>, form: Vec<(String, String)>) -> Response {
     let mut tokens = form.iter().filter(|(key, _)| key == "token");
     let (Some((_, token)), None) = (tokens.next(), tokens.next()) else {
         return ApiError::InvalidRequest("one token is required (form field `token`)".into())
             .to_response();
     };
-    match state.sessions.authenticate(token, device).await {
+    // The asker is a resource server: its address and agent are not the user's device.
+    match state.sessions.authenticate(token, Device::default()).await {
         Ok(caller) => {
             let tokens = state.sessions.tokens();
             Introspection {
