@@ -170,21 +170,20 @@ async fn main() {
     }
     let tokens_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-tokens.txt");
     std::fs::write(&tokens_file, tokens.join("\n") + "\n").unwrap();
-    // Both routes get the same requests from the same Lua function (a token each, rotating):
-    // wrk's per-request Lua costs client CPU on these shared cores, so `/` without it would
-    // be measured with a faster load generator. `/` ignores the header.
-    let bearer_script = |route: &str| {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(format!("target/bench-{}.lua", route.replace('/', "_")));
+    // Each script sends the tokens in turn; `request` is the Lua expression of one request,
+    // with the token in `tokens[i]`, after `setup` (run once).
+    let token_script = |name: &str, setup: &str, request: &str| {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("target/bench-{name}.lua"));
         std::fs::write(
             &script,
             format!(
                 r#"local tokens = {{}}
 for line in io.lines("{}") do tokens[#tokens + 1] = line end
 local i = math.random(#tokens)
+{setup}
 request = function()
   i = i % #tokens + 1
-  return wrk.format("GET", "{route}", {{["Authorization"] = "Bearer " .. tokens[i]}})
+  return {request}
 end
 "#,
                 tokens_file.display()
@@ -193,32 +192,33 @@ end
         .unwrap();
         script
     };
+    // Both routes get the same requests from the same Lua function (a token each, rotating):
+    // wrk's per-request Lua costs client CPU on these shared cores, so `/` without it would
+    // be measured with a faster load generator. `/` ignores the header.
+    let bearer_script = |route: &str| {
+        token_script(
+            &route.replace('/', "_"),
+            "",
+            &format!(
+                r#"wrk.format("GET", "{route}", {{["Authorization"] = "Bearer " .. tokens[i]}})"#
+            ),
+        )
+    };
     let script = bearer_script("/api/auth/me");
     let root_script = bearer_script("/");
     // Introspection (issue 13): the same tokens, asked by a resource server.
-    let introspect_script =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-introspect.lua");
-    std::fs::write(
-        &introspect_script,
-        format!(
-            r#"local tokens = {{}}
-for line in io.lines("{}") do tokens[#tokens + 1] = line end
-local i = math.random(#tokens)
-local headers = {{["Content-Type"] = "application/x-www-form-urlencoded",
-                 ["Authorization"] = "Basic {}"}}
-request = function()
-  i = i % #tokens + 1
-  return wrk.format("POST", "/api/auth/introspect", headers, "token=" .. tokens[i])
-end
-"#,
-            tokens_file.display(),
-            base64::Engine::encode(
-                &base64::engine::general_purpose::STANDARD,
-                INTROSPECTION_CLIENT
-            ),
+    let basic = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        INTROSPECTION_CLIENT,
+    );
+    let introspect_script = token_script(
+        "introspect",
+        &format!(
+            r#"local headers = {{["Content-Type"] = "application/x-www-form-urlencoded",
+                 ["Authorization"] = "Basic {basic}"}}"#
         ),
-    )
-    .unwrap();
+        r#"wrk.format("POST", "/api/auth/introspect", headers, "token=" .. tokens[i])"#,
+    );
 
     let login_script = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-login.lua");
     std::fs::write(

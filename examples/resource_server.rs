@@ -41,16 +41,10 @@ struct Trust {
 
 impl Trust {
     async fn fetch_keys(&self) -> Result<(), String> {
-        let set: JwkSet = self
+        let request = self
             .http
-            .get(format!("{}/.well-known/jwks.json", self.finsec))
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("JWKS: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("JWKS: {e}"))?;
+            .get(format!("{}/.well-known/jwks.json", self.finsec));
+        let set: JwkSet = json_of(request, "JWKS").await?;
         *self.keys.write().await = set;
         Ok(())
     }
@@ -91,19 +85,13 @@ impl Trust {
         let form = form_urlencoded::Serializer::new(String::new())
             .append_pair("token", token)
             .finish();
-        let answer: Value = self
+        let request = self
             .http
             .post(format!("{}/api/auth/introspect", self.finsec))
             .basic_auth(&self.client_id, Some(&self.client_secret))
             .header("content-type", "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(|e| format!("introspection: {e}"))?
-            .json()
-            .await
-            .map_err(|e| format!("introspection: {e}"))?;
+            .body(form);
+        let answer: Value = json_of(request, "introspection").await?;
         if answer["active"] != true || answer["sid"] != claims["sid"] {
             return Err("session not live".into());
         }
@@ -112,6 +100,19 @@ impl Trust {
             .map(str::to_owned)
             .ok_or_else(|| "no sub".into())
     }
+}
+
+/// The JSON body of a successful answer to `request`; `Err` naming `what` otherwise.
+async fn json_of<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    what: &str,
+) -> Result<T, String> {
+    let response = request
+        .send()
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(|e| format!("{what}: {e}"))?;
+    response.json().await.map_err(|e| format!("{what}: {e}"))
 }
 
 #[tokio::main]

@@ -17,7 +17,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{DecodingKey, EncodingKey};
 use serde::Serialize;
 
 use crate::config::SigningAlgorithm;
@@ -28,6 +28,8 @@ pub enum KeyError {
     File { path: PathBuf, reason: String },
     #[error("{dir}: no signing key (create one with `finsec keys generate --dir {dir}`)")]
     Empty { dir: PathBuf },
+    #[error("jwt.keys_dir is required with {0} (make a key with `finsec keys generate --dir DIR`)")]
+    NoFolder(&'static str),
     #[error("randomness unavailable: {0}")]
     Random(String),
 }
@@ -73,7 +75,6 @@ pub struct JwkSet {
 
 /// Every key of `jwt.keys_dir`, oldest first.
 pub struct KeySet {
-    algorithm: SigningAlgorithm,
     keys: Vec<SigningKey>,
     activation: chrono::Duration,
 }
@@ -93,14 +94,11 @@ impl KeySet {
             if path.extension().is_none_or(|ext| ext != "pem") {
                 continue;
             }
-            let kid = path
+            let (kid, created) = path
                 .file_stem()
                 .and_then(|stem| stem.to_str())
-                .filter(|stem| is_kid(stem))
-                .ok_or_else(|| KeyError::file(&path, "not named <kid>.pem"))?
-                .to_owned();
-            let created =
-                kid_time(&kid).ok_or_else(|| KeyError::file(&path, "not named <kid>.pem"))?;
+                .and_then(|kid| Some((kid.to_owned(), kid_time(kid)?)))
+                .ok_or_else(|| KeyError::file(&path, "not named <kid>.pem"))?;
             let pem = std::fs::read_to_string(&path).map_err(|e| KeyError::file(&path, e))?;
             keys.push(parse(&pem, kid, created, algorithm).map_err(|e| KeyError::file(&path, e))?);
         }
@@ -110,15 +108,7 @@ impl KeySet {
             });
         }
         keys.sort_by(|a, b| a.kid.cmp(&b.kid));
-        Ok(Self {
-            algorithm,
-            keys,
-            activation,
-        })
-    }
-
-    pub fn algorithm(&self) -> Algorithm {
-        self.algorithm.jwt()
+        Ok(Self { keys, activation })
     }
 
     /// The key new tokens are signed with at `now`: the newest that is at least
@@ -324,9 +314,13 @@ fn parse(
     }
 }
 
-/// When the key named `kid` was made (the time in its name).
+/// When the key named `kid` was made (the time in its name); `None` when `kid` is not a name
+/// [`generate`] gives.
 fn kid_time(kid: &str) -> Option<DateTime<Utc>> {
-    chrono::NaiveDateTime::parse_from_str(kid.get(..16)?, "%Y%m%dT%H%M%SZ")
+    if !is_kid(kid) {
+        return None;
+    }
+    chrono::NaiveDateTime::parse_from_str(&kid[..16], "%Y%m%dT%H%M%SZ")
         .ok()
         .map(|time| time.and_utc())
 }

@@ -91,11 +91,7 @@ impl TokenIssuer {
                     .unwrap_or(chrono::Duration::MAX);
                 Keys::Pairs(Arc::new(KeySet::load(dir, pair, activation)?))
             }
-            (_, None) => {
-                return Err(KeyError::Empty {
-                    dir: "jwt.keys_dir (not set)".into(),
-                });
-            }
+            (pair, None) => return Err(KeyError::NoFolder(pair.jwt_name())),
         };
         let mut validation = Validation::new(algorithm);
         validation.algorithms = vec![algorithm];
@@ -323,7 +319,8 @@ mod tests {
     fn a_key_pair_algorithm_without_keys_is_refused() {
         let mut settings = settings("x");
         settings.algorithm = SigningAlgorithm::EdDSA;
-        assert!(TokenIssuer::new(&settings).is_err());
+        let err = TokenIssuer::new(&settings).err().expect("refused");
+        assert!(matches!(err, KeyError::NoFolder("EdDSA")), "{err}");
     }
 
     fn session(now: DateTime<Utc>) -> Session {

@@ -12,21 +12,19 @@ use std::sync::Arc;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde::Serialize;
-use sha2::{Digest, Sha256};
-use subtle::{Choice, ConstantTimeEq};
+use subtle::Choice;
 use utoipa::ToSchema;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use super::AppState;
 use super::extract::{form_body, with_state};
 use super::views::JsonReply;
+use super::{AppState, SecretDigest};
 use crate::domain::Device;
 use crate::error::ApiError;
 
-/// The resource servers allowed to ask, each as digests of its id and secret: comparing
-/// digests in constant time reveals neither the bytes nor the lengths of either.
-pub struct IntrospectionClients(Vec<([u8; 32], [u8; 32])>);
+/// The resource servers allowed to ask, each as the digests of its id and secret.
+pub struct IntrospectionClients(Vec<(SecretDigest, SecretDigest)>);
 
 impl IntrospectionClients {
     /// From `introspection.clients` (`"id:secret"` each, validated with the configuration).
@@ -35,7 +33,7 @@ impl IntrospectionClients {
             clients
                 .into_iter()
                 .filter_map(|client| client.split_once(':'))
-                .map(|(id, secret)| (digest(id), digest(secret)))
+                .map(|(id, secret)| (SecretDigest::of(id), SecretDigest::of(secret)))
                 .collect(),
         )
     }
@@ -50,7 +48,6 @@ impl IntrospectionClients {
         let Some((id, secret)) = header.and_then(basic_credentials) else {
             return false;
         };
-        let (id, secret) = (digest(&id), digest(&secret));
         let mut admitted = Choice::from(0);
         for (known_id, known_secret) in &self.0 {
             admitted |= known_id.ct_eq(&id) & known_secret.ct_eq(&secret);
@@ -59,19 +56,15 @@ impl IntrospectionClients {
     }
 }
 
-fn digest(text: &str) -> [u8; 32] {
-    Sha256::digest(text.as_bytes()).into()
-}
-
-/// `Basic base64(id:secret)` (RFC 7617), the scheme's name in any case.
-fn basic_credentials(header: &str) -> Option<(String, String)> {
+/// `Basic base64(id:secret)` (RFC 7617), the scheme's name in any case: the digests of both.
+fn basic_credentials(header: &str) -> Option<(SecretDigest, SecretDigest)> {
     let (scheme, encoded) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return None;
     }
     let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
     let (id, secret) = decoded.split_once(':')?;
-    Some((id.to_owned(), secret.to_owned()))
+    Some((SecretDigest::of(id), SecretDigest::of(secret)))
 }
 
 pub fn route(
@@ -106,8 +99,8 @@ pub struct IntrospectionRequest {
     token_type_hint: Option<String>,
 }
 
-/// RFC 7662's answer. Only `active` when the token is not live.
-#[derive(Serialize, ToSchema)]
+/// RFC 7662's answer. Only `active` when the token is not live (the default).
+#[derive(Default, Serialize, ToSchema)]
 pub struct Introspection {
     active: bool,
     /// The user id, as in the token.
@@ -126,21 +119,6 @@ pub struct Introspection {
     aud: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     token_type: Option<&'static str>,
-}
-
-impl Introspection {
-    fn inactive() -> Self {
-        Self {
-            active: false,
-            sub: None,
-            sid: None,
-            exp: None,
-            iat: None,
-            iss: None,
-            aud: None,
-            token_type: None,
-        }
-    }
 }
 
 /// Is this token live? For resource servers.
@@ -184,7 +162,7 @@ pub(super) async fn introspect(state: Arc<AppState>, form: Vec<(String, String)>
             | ApiError::TokenExpired
             | ApiError::SessionEnded
             | ApiError::MissingToken
-            | ApiError::AccountInactive => Introspection::inactive().reply(),
+            | ApiError::AccountInactive => Introspection::default().reply(),
             // Could not tell (the store down, a fault): neither "live" nor "not live", and a
             // fault is logged where every 5xx is.
             unknown => unknown.to_response(),

@@ -47,18 +47,30 @@ pub struct AppState {
     pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
 }
 
-/// The operators' API key, kept as a SHA-256 digest: comparing digests in constant time
-/// reveals neither the key's bytes nor its length.
-pub struct AdminKey([u8; 32]);
+/// A secret kept as its SHA-256 digest: comparing digests in constant time reveals neither
+/// the secret's bytes nor its length.
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    pub fn of(secret: &str) -> Self {
+        Self(Sha256::digest(secret.as_bytes()).into())
+    }
+
+    pub fn ct_eq(&self, other: &Self) -> subtle::Choice {
+        self.0.ct_eq(&other.0)
+    }
+}
+
+/// The operators' API key.
+pub struct AdminKey(SecretDigest);
 
 impl AdminKey {
     pub fn new(key: &str) -> Self {
-        Self(Sha256::digest(key.as_bytes()).into())
+        Self(SecretDigest::of(key))
     }
 
     pub fn matches(&self, presented: &str) -> bool {
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-        presented.ct_eq(&self.0).into()
+        self.0.ct_eq(&SecretDigest::of(presented)).into()
     }
 }
 

@@ -288,7 +288,6 @@ impl Actor for UserActor {
             })
             .and_then(|p| Some((p.left_row()?.clone(), p)));
         let now = Utc::now();
-        let for_login = args.row.is_some();
         let (user, user_read_at, marks, resumed, loaded) = match (args.row, resumable) {
             // Read by the login before these marks would be taken here: its own marks, taken
             // before its read, say which news it may predate. Of the two news marks, the
@@ -334,6 +333,8 @@ impl Actor for UserActor {
                 (user, now, marks, None, Some(sessions))
             }
         };
+        // Neither resumed nor loaded: started for a login, whose transaction reads them.
+        let sessions_unread = resumed.is_none() && loaded.is_none();
         let sessions: Vec<LiveSession> = match (&resumed, loaded) {
             (Some(publication), _) => publication
                 .sessions
@@ -363,7 +364,7 @@ impl Actor for UserActor {
                 })
                 .map(|l| (l.session.id, l))
                 .collect(),
-            sessions_unread: for_login && resumed.is_none(),
+            sessions_unread,
             refused: RefusedIds::default(),
             synced_epoch: marks.trust_epoch,
             news_mark: marks.news,
@@ -670,12 +671,9 @@ impl UserState {
             .user_and_live_sessions(self.user.id, now)
             .await?
             .ok_or(SessionError::UnknownUser)?;
-        self.set_user(user, now);
+        self.take_stored_user(user, now);
         if self.user.is_active {
             self.take_stored_sessions(stored);
-        } else {
-            // Deactivated elsewhere: whatever ended its sessions did so in the store.
-            self.forget_all_but(None);
         }
         self.synced_epoch = epoch;
         self.news_mark = news_mark;
@@ -724,12 +722,17 @@ impl UserState {
             .user_by_id(self.user.id)
             .await?
             .ok_or(SessionError::UnknownUser)?;
+        self.take_stored_user(user, now);
+        Ok(())
+    }
+
+    /// `user`, as the store holds it at `now`, becomes memory's.
+    fn take_stored_user(&mut self, user: User, now: DateTime<Utc>) {
         self.set_user(user, now);
         if !self.user.is_active {
             // Deactivated elsewhere: whatever ended its sessions did so in the store.
             self.forget_all_but(None);
         }
-        Ok(())
     }
 
     /// A row changed straight in SQL is seen within `cluster.user_refresh`. A failed read keeps

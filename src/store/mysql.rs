@@ -38,9 +38,19 @@ const SESSION_COLUMNS: &str = "id, user_id, created_at, last_seen_at, expires_at
 
 /// `columns` (a list as above) each qualified by `table`, for a statement that joins.
 fn qualified(table: &str, columns: &str) -> String {
+    joined(columns, |c| format!("{table}.{c}"))
+}
+
+/// Like [`qualified`], each column also renamed `<table>_<column>`: for a join whose tables
+/// share column names (`id`, `created_at`).
+fn qualified_as(table: &str, columns: &str) -> String {
+    joined(columns, |c| format!("{table}.{c} AS {table}_{c}"))
+}
+
+fn joined(columns: &str, each: impl Fn(&str) -> String) -> String {
     columns
         .split(',')
-        .map(|c| format!("{table}.{}", c.trim()))
+        .map(|c| each(c.trim()))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -361,7 +371,7 @@ impl MySqlStore {
     ) -> Result<Option<LoginCommit>, StoreError> {
         let mut tx = self.transaction().await?;
         let result = async {
-            let (account, live) = lock_account_and_sessions(&mut tx, session).await?;
+            let (account, mut live) = lock_account_and_sessions(&mut tx, session).await?;
             let (active, mfa_enabled, hash) = account
                 .ok_or_else(|| StoreError::Conflict(format!("no user {}", session.user_id)))?;
             if !active
@@ -371,8 +381,7 @@ impl MySqlStore {
                 return Ok(None);
             }
             let excess = (live.len() + 1).saturating_sub(max_live.max(1));
-            let (evicted, kept) = live.split_at(excess);
-            let evicted: Vec<SessionId> = evicted.iter().map(|s| s.id).collect();
+            let evicted: Vec<SessionId> = live.drain(..excess).map(|s| s.id).collect();
             revoke_in(
                 &mut tx,
                 session.user_id,
@@ -383,7 +392,6 @@ impl MySqlStore {
             .await?;
             insert_session_on(&mut tx, session).await?;
             insert_events(&mut tx, std::slice::from_ref(event)).await?;
-            let mut live = kept.to_vec();
             live.push(session.clone());
             Ok(Some(LoginCommit {
                 ended: evicted,
@@ -635,17 +643,13 @@ impl SessionStore for MySqlStore {
         // One statement, so one snapshot: the row and the sessions as of one moment. A row per
         // live session (the user's columns repeated), or one with NULL session columns.
         static STATEMENT: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-            let sessions: Vec<String> = SESSION_COLUMNS
-                .split(',')
-                .map(|c| format!("s.{0} AS s_{0}", c.trim()))
-                .collect();
             format!(
                 "SELECT {}, {} FROM users u \
                  LEFT JOIN sessions s FORCE INDEX (sessions_user_live) \
                  ON s.user_id = u.id AND s.revoked_at IS NULL AND s.expires_at > ? \
                  WHERE u.id = ?",
                 qualified("u", USER_COLUMNS),
-                sessions.join(", ")
+                qualified_as("s", SESSION_COLUMNS)
             )
         });
         let mut conn = self.conn().await?;
@@ -1301,14 +1305,12 @@ impl SessionStore for MySqlStore {
             .await
             .map_err(unavailable)?
             .ok_or_else(|| StoreError::Corrupt("a join to one row returned none".into()))?;
-        let record = match is_null(&row, "failures") {
-            false => Some(lockout_taken_from(&mut row)?),
-            true => None,
-        };
-        let user = match is_null(&row, "id") {
-            false => Some(user_from_row(row)?),
-            true => None,
-        };
+        let record = (!is_null(&row, "failures"))
+            .then(|| lockout_taken_from(&mut row))
+            .transpose()?;
+        let user = (!is_null(&row, "id"))
+            .then(|| user_from_row(row))
+            .transpose()?;
         Ok((record, user))
     }
 
