@@ -37,6 +37,7 @@ pub struct Settings {
     pub session: SessionSettings,
     pub admin: AdminSettings,
     pub introspection: IntrospectionSettings,
+    pub console: ConsoleSettings,
     pub actors: ActorSettings,
     pub cluster: ClusterSettings,
     pub security: SecuritySettings,
@@ -254,6 +255,23 @@ pub struct IntrospectionSettings {
     /// `POST /api/auth/introspect` off (404).
     #[serde(serialize_with = "masked_all")]
     pub clients: Vec<SecretString>,
+}
+
+/// An operator's console cookie lives at most this long: it stands for the admin key.
+const MAX_OPERATOR_TTL: Duration = Duration::from_secs(12 * 3600);
+
+/// The browser console (`/account/`, `/admin/`; `http::console`).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleSettings {
+    /// Off: every console path answers 404.
+    pub enabled: bool,
+    /// Cookies marked `Secure` (and named `__Secure-…`): set it whenever the console is
+    /// reached over HTTPS, which production requires.
+    pub secure_cookies: bool,
+    /// How long the console cookie an operator gets for the admin key stays good.
+    #[serde(with = "humantime_serde")]
+    pub operator_ttl: Duration,
 }
 
 impl AdminSettings {
@@ -539,6 +557,9 @@ impl Settings {
         }
         if self.cluster.user_refresh.is_zero() {
             return invalid("cluster.user_refresh", "must be longer than zero");
+        }
+        if self.console.operator_ttl.is_zero() || self.console.operator_ttl > MAX_OPERATOR_TTL {
+            return invalid("console.operator_ttl", "must be between 1s and 12h");
         }
         Ok(())
     }

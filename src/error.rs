@@ -46,6 +46,10 @@ pub enum ApiError {
         code: &'static str,
         message: &'static str,
     },
+    /// A state-changing console call without the console's header, or sent from another
+    /// site (`http::console`).
+    #[error("Console requests must come from the console's own pages")]
+    CsrfRejected,
     #[error("Missing X-Admin-Key header")]
     AdminKeyRequired,
     #[error("Invalid admin key")]
@@ -109,6 +113,7 @@ impl ApiError {
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::WeakPassword(_) => (StatusCode::BAD_REQUEST, "weak_password"),
             Self::MfaState { code, .. } => (StatusCode::CONFLICT, code),
+            Self::CsrfRejected => (StatusCode::FORBIDDEN, "csrf_rejected"),
             Self::AdminKeyRequired | Self::InvalidAdminKey => {
                 (StatusCode::UNAUTHORIZED, "invalid_admin_key")
             }

@@ -351,6 +351,7 @@ impl Application {
             body_limit: settings.http.body_limit,
             idle_timeout,
             admin_key: settings.admin.api_key().map(AdminKey::new),
+            console: http::console::Console::new(&settings.console, settings.admin.api_key()),
             introspection: http::IntrospectionClients::new(
                 settings
                     .introspection

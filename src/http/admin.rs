@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use super::console::OperatorPass;
 use super::events::{Audience, PageQuery};
 use super::extract::{FromJson, JsonObject, device, optional_body, with_state};
 use super::rate::within_rate;
@@ -17,7 +18,7 @@ use super::server::ClientAddr;
 use super::views::{JsonReply, Revoked, SessionView};
 use super::{AppState, respond};
 use crate::domain::session::MAX_REVOKE_NOTE as MAX_REASON;
-use crate::domain::{Device, UserId};
+use crate::domain::{Device, Email, UserId, UserProfile};
 use crate::error::{ApiError, ErrorBody};
 
 pub fn routes(
@@ -28,6 +29,16 @@ pub fn routes(
         .and(warp::path("admin"))
         .and(warp::path("users"))
         .and(warp::path::param::<u64>());
+
+    let find = warp::path("api")
+        .and(warp::path("admin"))
+        .and(warp::path("users"))
+        .and(warp::path::end())
+        .and(warp::get())
+        .and(admin(state.clone()))
+        .and(warp::query::<FindQuery>())
+        .then(find)
+        .map(respond);
 
     let list = user
         .and(warp::path("sessions"))
@@ -76,7 +87,9 @@ pub fn routes(
         .then(activate)
         .map(respond);
 
-    list.or(events)
+    find.or(list)
+        .unify()
+        .or(events)
         .unify()
         .or(logout_all)
         .unify()
@@ -86,20 +99,29 @@ pub fn routes(
         .unify()
 }
 
-/// Passes with the state when `X-Admin-Key` matches the configured key. Guesses at the key
+/// Passes with the state when `X-Admin-Key` matches the configured key (or the console
+/// vouches for an operator's pass, `console::OperatorPass`). Guesses at the key
 /// are rate limited per client address, and each wrong key is logged with that address.
 fn admin(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Arc<AppState>,), Error = Rejection> + Clone {
     within_rate(state.clone())
         .and(warp::header::optional::<String>("x-admin-key"))
+        .and(warp::ext::optional::<OperatorPass>())
         .and(warp::ext::optional::<ClientAddr>())
         .and(with_state(state))
         .and_then(
-            |key: Option<String>, peer: Option<ClientAddr>, state: Arc<AppState>| async move {
+            |key: Option<String>,
+             pass: Option<OperatorPass>,
+             peer: Option<ClientAddr>,
+             state: Arc<AppState>| async move {
                 let Some(expected) = &state.admin_key else {
                     return Err(warp::reject::custom(ApiError::NotFound));
                 };
+                // The console checked an operator's pass, given for this key.
+                if pass.is_some() {
+                    return Ok(state);
+                }
                 match key {
                     None => Err(warp::reject::custom(ApiError::AdminKeyRequired)),
                     Some(key) if expected.matches(&key) => Ok(state),
@@ -146,6 +168,22 @@ impl FromJson for AdminRequest {
     }
 }
 
+/// `GET /api/admin/users?email=`: the query as sent (the handler parses the email, so a bad
+/// one gets a message naming it).
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FindQuery {
+    /// The customer's email, matched case-insensitively.
+    #[param(value_type = String, format = Email, example = "john.doe@example.com")]
+    email: Option<String>,
+}
+
+/// The account an operator looked up.
+#[derive(Serialize, ToSchema)]
+pub struct FoundUser {
+    user: UserProfile,
+}
+
 /// `GET /api/admin/users/{id}/sessions`.
 #[derive(Serialize, ToSchema)]
 pub struct AdminSessionList {
@@ -161,6 +199,29 @@ pub struct AccountState {
     active: bool,
     /// Sessions ended (deactivation ends them all).
     revoked: usize,
+}
+
+/// Find a customer's account by email.
+#[utoipa::path(
+    get, path = "/api/admin/users", tag = "admin",
+    params(FindQuery),
+    security(("admin_key" = [])),
+    responses(
+        (status = 200, description = "The account", body = FoundUser),
+        (status = 400, description = "No `email`, or not an email (`invalid_request`)", body = ErrorBody),
+        (status = 401, description = "No or a wrong `X-Admin-Key` (`invalid_admin_key`)", body = ErrorBody),
+        (status = 404, description = "No account has that email (`user_not_found`), or the admin API is off (`not_found`)", body = ErrorBody),
+        (status = 429, description = "Too many requests from this address (`rate_limited`); see Retry-After", body = ErrorBody),
+    )
+)]
+pub(super) async fn find(state: Arc<AppState>, query: FindQuery) -> Result<Response, ApiError> {
+    let raw = query
+        .email
+        .filter(|e| !e.is_empty())
+        .ok_or_else(|| ApiError::InvalidRequest("`email` is required".into()))?;
+    let email = Email::parse(&raw).map_err(|e| ApiError::InvalidRequest(format!("`email` {e}")))?;
+    let user = state.sessions.admin_find_user(&email).await?;
+    Ok(FoundUser { user }.reply())
 }
 
 /// Any user's live sessions.

@@ -166,6 +166,19 @@ pub fn form_body(
         })
 }
 
+/// A body of at most `limit` bytes as it came (the console passes it on to the API, which
+/// parses it).
+pub fn raw_body(limit: u64) -> impl Filter<Extract = (bytes::Bytes,), Error = Rejection> + Clone {
+    warp::header::optional::<u64>("content-length")
+        .and(warp::body::stream())
+        .and_then(move |length: Option<u64>, body| async move {
+            let bytes = read_limited(length, body, limit)
+                .await
+                .map_err(warp::reject::custom)?;
+            Ok::<_, Rejection>(bytes.freeze())
+        })
+}
+
 async fn read_limited<S, B>(
     declared: Option<u64>,
     body: S,

@@ -5,6 +5,7 @@
 
 mod admin;
 mod auth;
+pub mod console;
 mod events;
 pub mod extract;
 mod health;
@@ -40,6 +41,8 @@ pub struct AppState {
     pub admin_key: Option<AdminKey>,
     /// The resource servers that may introspect tokens; none turns the endpoint off.
     pub introspection: introspect::IntrospectionClients,
+    /// The browser console's settings and operator passes.
+    pub console: console::Console,
     /// The per-client-IP limit on endpoints that take credentials.
     pub ip_rate: rate::IpRateLimit,
     /// Renders `GET /metrics` on the main listener; `None` when `metrics.listen` names an
@@ -77,35 +80,12 @@ impl AdminKey {
 pub fn routes(
     state: Arc<AppState>,
 ) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone {
-    // Each group is boxed: warp's `Or` keeps its alternatives' futures inline, so an unboxed
-    // tree makes every request's future the size of the whole API, moved (memcpy) at each
-    // poll; boxed, it is a few pointers (perf showed 15% of a request's CPU in memmove).
-    // The busiest first: each group a request passes costs it a rejection.
-    let state_for_jwks = state.clone();
-    let endpoints = health::routes(state.clone())
-        .boxed()
-        .or(metrics_route(state.clone()).boxed())
-        .unify()
-        .or(auth::routes(state.clone()).boxed())
-        .unify()
-        .or(introspect::route(state.clone()).boxed())
-        .unify()
-        .or(sessions::routes(state.clone()).boxed())
-        .unify()
-        .or(mfa::routes(state.clone()).boxed())
-        .unify()
-        .or(events::routes(state.clone()).boxed())
-        .unify()
-        .or(admin::routes(state).boxed())
-        .unify()
-        .or(openapi::route().boxed())
-        .unify()
-        .or(jwks::route(state_for_jwks).boxed())
-        .unify()
-        .recover(recover)
-        .unify();
+    let api = endpoints(state.clone());
+    // The console calls the API as a service: the same handlers, limits and error mapping.
+    let console = console::routes(state, api.clone().recover(recover).unify().boxed());
+    let all = api.or(console).unify().recover(recover).unify();
     warp::path::full()
-        .and(endpoints)
+        .and(all)
         .map(with_allow)
         // Nothing this service returns may be cached (tokens, profiles, session lists) but
         // what says otherwise itself: the public keys.
@@ -119,6 +99,59 @@ pub fn routes(
         ))
         .map(Reply::into_response)
 }
+
+/// Every API endpoint, busiest first.
+fn endpoints(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
+    // Each group is boxed: warp's `Or` keeps its alternatives' futures inline, so an unboxed
+    // tree makes every request's future the size of the whole API, moved (memcpy) at each
+    // poll; boxed, it is a few pointers (perf showed 15% of a request's CPU in memmove).
+    // The busiest first: each group a request passes costs it a rejection.
+    health::routes(state.clone())
+        .boxed()
+        .or(metrics_route(state.clone()).boxed())
+        .unify()
+        .or(auth::routes(state.clone()).boxed())
+        .unify()
+        .or(introspect::route(state.clone()).boxed())
+        .unify()
+        .or(sessions::routes(state.clone()).boxed())
+        .unify()
+        .or(mfa::routes(state.clone()).boxed())
+        .unify()
+        .or(events::routes(state.clone()).boxed())
+        .unify()
+        .or(admin::routes(state.clone()).boxed())
+        .unify()
+        .or(openapi::route().boxed())
+        .unify()
+        .or(jwks::route(state).boxed())
+        .unify()
+        .boxed()
+}
+
+/// Whether `template` (a [`route_template`]) is one the service serves: an API route, a
+/// console page or file, or the API through the console.
+pub fn is_route(template: &str) -> bool {
+    ROUTES.contains(&template)
+        || CONSOLE_ROUTES.contains(&template)
+        || template
+            .strip_prefix("/console")
+            .is_some_and(|api| api.starts_with("/api/") && ROUTES.contains(&api))
+}
+
+/// The console's pages and files (`http::console`).
+const CONSOLE_ROUTES: &[&str] = &[
+    "/account",
+    "/account/",
+    "/admin",
+    "/admin/",
+    "/console/api/admin/session",
+    "/console/assets/console.css",
+    "/console/assets/api.js",
+    "/console/assets/ui.js",
+    "/console/assets/account.js",
+    "/console/assets/admin.js",
+];
 
 /// Every route template the service serves (metrics label only these; anything else is
 /// `unmatched`).
@@ -143,6 +176,7 @@ pub const ROUTES: &[&str] = &[
     "/api/auth/mfa/disable",
     "/api/auth/mfa/recovery-codes",
     "/api/auth/events",
+    "/api/admin/users",
     "/api/admin/users/{id}/sessions",
     "/api/admin/users/{id}/logout-all",
     "/api/admin/users/{id}/deactivate",

@@ -48,6 +48,7 @@ use super::{admin, auth, events, health, mfa, sessions};
         mfa::disable,
         mfa::recovery_codes,
         events::own_events,
+        admin::find,
         admin::list,
         admin::events,
         admin::logout_all,

@@ -54,7 +54,7 @@ impl IpRateLimit {
             .unwrap_or(peer)
     }
 
-    fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };

@@ -144,7 +144,7 @@ pub async fn serve<S>(
                 response.headers_mut().insert(REQUEST_ID, id);
                 let status = response.status();
                 // Paths of no route are one label, or a scanner would mint series at will.
-                let label = if super::ROUTES.contains(&route.as_str()) {
+                let label = if super::is_route(&route) {
                     route.clone()
                 } else {
                     "unmatched".to_owned()

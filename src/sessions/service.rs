@@ -692,6 +692,13 @@ impl Sessions {
         }
     }
 
+    /// Operators: the account with this email (support finds a customer by it).
+    pub async fn admin_find_user(&self, email: &Email) -> Result<UserProfile, SessionError> {
+        let user = self.store.user_by_email(email).await?;
+        user.map(|user| UserProfile::from(&user))
+            .ok_or(SessionError::UnknownUser)
+    }
+
     /// Operators: any user's live sessions.
     pub async fn admin_sessions_of(&self, user_id: UserId) -> Result<Vec<Session>, SessionError> {
         self.registry

@@ -1,0 +1,131 @@
+// /admin/: support staff's console. The admin key is sent once, to be exchanged for an
+// operator's pass in an HttpOnly cookie (the key is cleared from the form at once and kept
+// nowhere). Then: find a customer by email, see their live sessions and recent events, sign
+// them out of everything with a reason, deactivate or reactivate the account.
+
+import { ApiError, del, get, post } from './api.js';
+import { ago, byId, describe, el, eventItem, onSubmit, showView, when } from './ui.js';
+
+let customer = null;
+
+function signedOut(error) {
+  if (error instanceof ApiError && error.signedOut) {
+    showSignIn('Your console session has ended. Sign in again with the admin key.');
+    return true;
+  }
+  return false;
+}
+
+function showSignIn(notice = '') {
+  customer = null;
+  byId('customer').hidden = true;
+  byId('sign-out').hidden = true;
+  byId('sign-in-notice').textContent = notice;
+  showView('sign-in');
+}
+
+function showConsole(notice = '') {
+  byId('sign-out').hidden = false;
+  byId('console-notice').textContent = notice;
+  showView('console');
+}
+
+async function showCustomer(user) {
+  customer = user;
+  const base = `admin/users/${encodeURIComponent(user.id)}`;
+  const [{ sessions }, { events }] = await Promise.all([
+    get(`${base}/sessions`),
+    get(`${base}/events?limit=20`),
+  ]);
+  byId('customer-name').textContent = `${user.first_name} ${user.last_name}`;
+  byId('customer-email').textContent = user.email;
+  byId('customer-status').textContent = user.is_active ? 'Active' : 'Deactivated';
+  byId('customer-mfa').textContent = user.mfa_enabled ? 'On' : 'Off';
+  byId('customer-since').textContent = when(user.created_at);
+  byId('customer-sessions').replaceChildren(
+    ...(sessions.length ? sessions.map(sessionItem) : [el('li', { text: 'Not signed in anywhere.' })]),
+  );
+  byId('customer-events').replaceChildren(
+    ...(events.length ? events.map(eventItem) : [el('li', { text: 'No events.' })]),
+  );
+  byId('deactivate-button').hidden = !user.is_active;
+  byId('activate-button').hidden = user.is_active;
+  byId('customer').hidden = false;
+}
+
+function sessionItem(session) {
+  return el(
+    'li',
+    { class: 'device', 'data-session-id': session.id },
+    el('span', { class: 'what', text: session.device }),
+    el('span', { class: 'where', text: session.ip ?? 'Unknown address' }),
+    el(
+      'span',
+      { class: 'times' },
+      'Signed in ',
+      el('time', { datetime: session.created_at, text: when(session.created_at) }),
+      ' · Active ',
+      el('time', { datetime: session.last_seen_at, title: when(session.last_seen_at), text: ago(session.last_seen_at) }),
+    ),
+  );
+}
+
+async function find(email) {
+  const { user } = await get(`admin/users?email=${encodeURIComponent(email)}`);
+  await showCustomer(user);
+}
+
+function wire() {
+  onSubmit(byId('sign-in-form'), async () => {
+    const key = byId('admin-key').value;
+    byId('admin-key').value = '';
+    if (!key) throw new Error('Enter the admin key.');
+    await post('admin/session', { key });
+    showConsole();
+    byId('find-email').focus();
+  }, () => false);
+
+  byId('sign-out').addEventListener('click', async () => {
+    try {
+      await del('admin/session');
+    } finally {
+      showSignIn('You have signed out.');
+    }
+  });
+
+  onSubmit(byId('find-form'), async () => {
+    const email = byId('find-email').value.trim();
+    if (!email) throw new Error("Enter the customer's email.");
+    byId('console-notice').textContent = '';
+    byId('customer').hidden = true;
+    await find(email);
+  }, signedOut);
+
+  onSubmit(byId('actions-form'), async (_form, submitter) => {
+    const reason = byId('reason').value.trim();
+    if (!reason) throw new Error('Give a reason: it goes into the audit trail.');
+    const base = `admin/users/${encodeURIComponent(customer.id)}`;
+    const action = submitter?.value ?? 'logout-all';
+    const answer = await post(`${base}/${action}`, { reason });
+    byId('reason').value = '';
+    const ended = `${answer.revoked} session${answer.revoked === 1 ? '' : 's'} ended`;
+    byId('console-notice').textContent = {
+      'logout-all': `Signed out of everything: ${ended}.`,
+      deactivate: `Account deactivated: ${ended}.`,
+      activate: 'Account reactivated: the customer can sign in again.',
+    }[action];
+    await find(customer.email);
+  }, signedOut);
+}
+
+async function start() {
+  wire();
+  try {
+    await get('admin/session');
+    showConsole();
+  } catch (error) {
+    showSignIn(error instanceof ApiError && error.signedOut ? '' : describe(error));
+  }
+}
+
+start();

@@ -1,0 +1,444 @@
+//! `/console/api/*`: the console's way into the API. The browser's pages never hold a token;
+//! this gateway holds it for them in a cookie and calls the API on their behalf:
+//!
+//! - `/console/api/auth/<x>` is `/api/auth/<x>` with the session cookie as the bearer token.
+//!   A login's (or verify-mfa's) token goes into the cookie and out of the body; so does the
+//!   `mfaToken` of a password step, which verify-mfa then gets back from its own cookie.
+//! - `/console/api/admin/<x>` is `/api/admin/<x>` for the holder of an operator's pass
+//!   (`operator`); `/console/api/admin/session` trades the admin key for one.
+//!
+//! Every call then runs through the very handlers, limits and error mapping of the bearer
+//! API; the gateway only moves credentials between cookie and request. Anything sent as an
+//! `Authorization`, `X-Admin-Key` or `Cookie` header is dropped first: here only the console's
+//! own cookies count, and there (the API) no cookie does.
+//!
+//! Cross-site requests: the cookies are `SameSite=Strict`, and a call that changes anything
+//! must carry `X-FinSec-Console` (which no form can send and no cross-origin script can
+//! without a CORS preflight this service never grants) and, where the browser says where the
+//! call came from (`Sec-Fetch-Site`, `Origin`), come from this origin.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use http_body_util::{BodyExt, Full};
+use serde_json::{Value, json};
+use tower_service::Service;
+use warp::Filter;
+use warp::filters::BoxedFilter;
+use warp::http::header::{self, HeaderMap, HeaderValue};
+use warp::http::{Method, Request, StatusCode};
+use warp::path::Tail;
+use warp::reply::Response;
+
+use super::cookies::Cookie;
+use super::operator::OperatorPass;
+use crate::error::ApiError;
+use crate::http::extract::{parse_object, raw_body, with_state};
+use crate::http::server::ClientAddr;
+use crate::http::views::JsonReply;
+use crate::http::{AppState, respond};
+
+/// The API itself (every route but the console's, with its error mapping), called as a service.
+pub type Api = BoxedFilter<(Response,)>;
+
+/// The header a state-changing console call must carry.
+pub const CONSOLE_HEADER: &str = "x-finsec-console";
+
+/// Headers a console call may not pass on: credentials come from the console's cookies only.
+const DROPPED: [header::HeaderName; 4] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::CONTENT_LENGTH,
+    header::HeaderName::from_static("x-admin-key"),
+];
+
+/// What a console call is, by its path under `/console/api/`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// `auth/login`: the token (or the challenge) the answer holds goes into a cookie.
+    SignIn,
+    /// `auth/verify-mfa`: the challenge comes from its cookie, the token goes into one.
+    Verify,
+    /// `auth/logout`, `auth/logout-all`: may end the session the cookie holds.
+    SignOut,
+    /// Any other `auth/*` call, with the session cookie as its bearer token.
+    Account,
+    /// `admin/session`: the operator's pass (get its state, trade the key, drop it).
+    OperatorSession,
+    /// Any other `admin/*` call, on an operator's pass.
+    Admin,
+}
+
+impl Call {
+    fn of(path: &str) -> Option<Self> {
+        // The API's paths have no dot segments; no console call may walk out of its prefix.
+        if path
+            .split('/')
+            .any(|s| s == "." || s == ".." || s.contains('%'))
+        {
+            return None;
+        }
+        Some(match path {
+            "auth/login" => Self::SignIn,
+            "auth/verify-mfa" => Self::Verify,
+            "auth/logout" | "auth/logout-all" => Self::SignOut,
+            // Resource servers' endpoint: HTTP Basic, nothing a browser should ask.
+            "auth/introspect" => return None,
+            "admin/session" => Self::OperatorSession,
+            p if p.starts_with("auth/") => Self::Account,
+            p if p.starts_with("admin/") => Self::Admin,
+            _ => return None,
+        })
+    }
+}
+
+/// A console call, as it came.
+struct Incoming {
+    call: Call,
+    method: Method,
+    path: String,
+    query: String,
+    headers: HeaderMap,
+    peer: Option<ClientAddr>,
+    body: Bytes,
+}
+
+pub fn route(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
+    warp::path("console")
+        .and(warp::path("api"))
+        .and(warp::path::tail())
+        .and(warp::method())
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .and(warp::header::headers_cloned())
+        .and(warp::ext::optional::<ClientAddr>())
+        .and(raw_body(state.body_limit))
+        .and(with_state(state))
+        .and(warp::any().map(move || api.clone()))
+        .then(
+            |tail: Tail,
+             method: Method,
+             query: String,
+             headers: HeaderMap,
+             peer: Option<ClientAddr>,
+             body: Bytes,
+             state: Arc<AppState>,
+             api: Api| async move {
+                let Some(call) = Call::of(tail.as_str()) else {
+                    return Err(ApiError::NotFound);
+                };
+                let incoming = Incoming {
+                    call,
+                    method,
+                    path: tail.as_str().to_owned(),
+                    query,
+                    headers,
+                    peer,
+                    body,
+                };
+                same_origin(&incoming)?;
+                if call == Call::OperatorSession {
+                    return operator_session(&state, incoming).await;
+                }
+                forward(&state, api, incoming).await
+            },
+        )
+        .map(respond)
+        .boxed()
+}
+
+/// A call that may change something must say it is the console's and, where the browser
+/// tells, come from this origin.
+fn same_origin(incoming: &Incoming) -> Result<(), ApiError> {
+    if matches!(incoming.method, Method::GET | Method::HEAD) {
+        return Ok(());
+    }
+    let headers = &incoming.headers;
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if text(CONSOLE_HEADER).is_none() {
+        return Err(ApiError::CsrfRejected);
+    }
+    if let Some(site) = text("sec-fetch-site")
+        && site != "same-origin"
+    {
+        return Err(ApiError::CsrfRejected);
+    }
+    // Browsers without Fetch Metadata still send Origin on a POST: it must name our host.
+    if let (Some(origin), Some(host)) = (text("origin"), text("host")) {
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if !origin_host.eq_ignore_ascii_case(host) {
+            return Err(ApiError::CsrfRejected);
+        }
+    }
+    Ok(())
+}
+
+async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Response, ApiError> {
+    let cookies = state.console.cookies;
+    let call = incoming.call;
+    let mut body = incoming.body;
+    if call == Call::Verify
+        && let Some(challenge) = cookies.read(&incoming.headers, Cookie::Challenge)
+    {
+        body = with_challenge(body, challenge);
+    }
+    let ends_own_session = call == Call::SignOut && ends_own_session(&incoming.path, &body);
+
+    let uri = match incoming.query.as_str() {
+        "" => format!("/api/{}", incoming.path),
+        query => format!("/api/{}?{query}", incoming.path),
+    };
+    let mut request = Request::builder()
+        .method(incoming.method)
+        .uri(uri)
+        .body(Full::new(body.clone()))
+        .map_err(|e| ApiError::Internal(format!("console request: {e}")))?;
+    let headers = request.headers_mut();
+    for (name, value) in &incoming.headers {
+        if !DROPPED.contains(name) {
+            headers.append(name, value.clone());
+        }
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    match call {
+        Call::Account | Call::SignOut => {
+            if let Some(token) = cookies.read(&incoming.headers, Cookie::Session) {
+                let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
+                    .map_err(|_| ApiError::InvalidToken)?;
+                headers.insert(header::AUTHORIZATION, bearer);
+            }
+        }
+        Call::Admin => {
+            let pass = cookies.read(&incoming.headers, Cookie::Operator);
+            if let Some(passes) = &state.console.operator
+                && pass.is_some_and(|pass| passes.verify(pass, Utc::now()).is_some())
+            {
+                request.extensions_mut().insert(OperatorPass);
+            }
+        }
+        Call::SignIn | Call::Verify | Call::OperatorSession => {}
+    }
+    if let Some(peer) = incoming.peer {
+        request.extensions_mut().insert(peer);
+    }
+
+    let response = call_api(api, request).await?;
+    let status = response.status();
+    let mut response = match call {
+        Call::SignIn | Call::Verify if status == StatusCode::OK => {
+            keep_credentials(state, call, response).await?
+        }
+        _ => response,
+    };
+    let cleared = match call {
+        // The cookie's session is over (or never was): the browser drops it.
+        Call::Account | Call::SignOut if status == StatusCode::UNAUTHORIZED => {
+            Some(Cookie::Session)
+        }
+        Call::SignOut if status == StatusCode::OK && ends_own_session => Some(Cookie::Session),
+        Call::Admin if status == StatusCode::UNAUTHORIZED => Some(Cookie::Operator),
+        _ => None,
+    };
+    if let Some(cookie) = cleared {
+        response
+            .headers_mut()
+            .append(header::SET_COOKIE, cookies.clear(cookie));
+    }
+    Ok(response)
+}
+
+/// The API's answer to `request`. On a task of its own: warp keeps the route being served in
+/// a thread-local, and a route served inside another one's poll would clobber it (warp
+/// panics). Dropped with the console's request (a client gone, a timeout), it is aborted, as
+/// the API's own request would have been.
+async fn call_api(api: Api, request: Request<Full<Bytes>>) -> Result<Response, ApiError> {
+    struct AbortOnDrop(tokio::task::JoinHandle<Result<Response, std::convert::Infallible>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut task = AbortOnDrop(tokio::spawn(async move {
+        // Called here, not before the spawn: the call itself sets warp's route.
+        warp::service(api).call(request).await
+    }));
+    match (&mut task.0).await {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(never)) => match never {},
+        Err(err) => Err(ApiError::Internal(format!(
+            "console: the API call failed: {err}"
+        ))),
+    }
+}
+
+/// verify-mfa's body with the challenge of the cookie, unless it names one itself.
+fn with_challenge(body: Bytes, challenge: &str) -> Bytes {
+    match serde_json::from_slice::<Value>(&body) {
+        Ok(Value::Object(mut fields)) if !fields.contains_key("mfaToken") => {
+            fields.insert("mfaToken".into(), Value::String(challenge.to_owned()));
+            Bytes::from(Value::Object(fields).to_string())
+        }
+        // The API answers a malformed body as it would anyone's.
+        _ => body,
+    }
+}
+
+/// Whether a logout ends the caller's own session (so its cookie goes too): logout without
+/// a `sessionId`, or logout-all without `keepCurrent: true`.
+fn ends_own_session(path: &str, body: &Bytes) -> bool {
+    let fields = parse_object(body, true).ok();
+    let field = |name: &str| {
+        fields
+            .as_ref()
+            .and_then(|f| f.optional_string(name).ok().flatten())
+    };
+    match path {
+        "auth/logout" => field("sessionId").is_none(),
+        _ => !fields
+            .as_ref()
+            .and_then(|f| f.optional_bool("keepCurrent").ok().flatten())
+            .unwrap_or(false),
+    }
+}
+
+/// A sign-in's answer with its credential moved into a cookie: the access token (a session
+/// opened) or the `mfaToken` (a second factor is due).
+async fn keep_credentials(
+    state: &AppState,
+    call: Call,
+    response: Response,
+) -> Result<Response, ApiError> {
+    let cookies = state.console.cookies;
+    let (mut parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ApiError::Internal(format!("console: reading the API's answer: {e}")))?
+        .to_bytes();
+    let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&bytes) else {
+        return Err(ApiError::Internal(
+            "console: the API's answer is not an object".into(),
+        ));
+    };
+    let mut set = Vec::new();
+    if let Some(Value::String(token)) = fields.remove("access_token") {
+        set.push(cookies.set(Cookie::Session, &token, None)?);
+        if call == Call::Verify {
+            set.push(cookies.clear(Cookie::Challenge));
+        }
+    }
+    if let Some(Value::String(challenge)) = fields.remove("mfaToken") {
+        set.push(cookies.set(Cookie::Challenge, &challenge, None)?);
+    }
+    parts.headers.remove(header::CONTENT_LENGTH);
+    for cookie in set {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
+    let body = Bytes::from(Value::Object(fields).to_string());
+    Ok(Response::from_parts(parts, body.into()))
+}
+
+/// `admin/session`: `GET` says whether the operator's pass is good and until when; `POST
+/// {"key"}` trades the admin key for a pass (rate limited per address like the admin API);
+/// `DELETE` drops it.
+async fn operator_session(state: &AppState, incoming: Incoming) -> Result<Response, ApiError> {
+    let Some(passes) = &state.console.operator else {
+        return Err(ApiError::NotFound);
+    };
+    let cookies = state.console.cookies;
+    let now = Utc::now();
+    match incoming.method {
+        Method::GET => {
+            let until = cookies
+                .read(&incoming.headers, Cookie::Operator)
+                .and_then(|pass| passes.verify(pass, now))
+                .ok_or(ApiError::AdminKeyRequired)?;
+            Ok(json!({"message": "Signed in", "expires_at": until.to_rfc3339()}).reply())
+        }
+        Method::POST => {
+            if let Some(peer) = incoming.peer {
+                let forwarded = incoming
+                    .headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok());
+                let ip = state.ip_rate.client_ip(peer.0.ip(), forwarded);
+                state.ip_rate.check(ip)?;
+            }
+            let key = parse_object(&incoming.body, false)?.string("key")?;
+            let matches = state
+                .admin_key
+                .as_ref()
+                .is_some_and(|expected| expected.matches(&key));
+            if !matches {
+                tracing::warn!(peer = ?incoming.peer.map(|p| p.0.ip()), "wrong admin key presented to the console");
+                return Err(ApiError::InvalidAdminKey);
+            }
+            let (pass, until) = passes.issue(now)?;
+            tracing::info!(peer = ?incoming.peer.map(|p| p.0.ip()), "operator signed in to the console");
+            let mut response =
+                json!({"message": "Signed in", "expires_at": until.to_rfc3339()}).reply();
+            response.headers_mut().append(
+                header::SET_COOKIE,
+                cookies.set(Cookie::Operator, &pass, Some(passes.ttl().as_secs()))?,
+            );
+            Ok(response)
+        }
+        Method::DELETE => {
+            let mut response = json!({"message": "Signed out"}).reply();
+            response
+                .headers_mut()
+                .append(header::SET_COOKIE, cookies.clear(Cookie::Operator));
+            Ok(response)
+        }
+        _ => Err(ApiError::MethodNotAllowed),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_paths_map_to_the_api_and_nowhere_else() {
+        assert_eq!(Call::of("auth/login"), Some(Call::SignIn));
+        assert_eq!(Call::of("auth/sessions/abc"), Some(Call::Account));
+        assert_eq!(Call::of("auth/logout-all"), Some(Call::SignOut));
+        assert_eq!(Call::of("admin/users/7/sessions"), Some(Call::Admin));
+        assert_eq!(Call::of("admin/session"), Some(Call::OperatorSession));
+        for refused in [
+            "auth/introspect",
+            "auth/../admin/users",
+            "auth/%2e%2e/admin",
+            "health/ready",
+            "metrics",
+            "",
+        ] {
+            assert_eq!(Call::of(refused), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn the_challenge_cookie_fills_in_a_missing_mfa_token_only() {
+        let filled = with_challenge(Bytes::from(r#"{"userId":2,"otpCode":"123456"}"#), "abc");
+        let filled: Value = serde_json::from_slice(&filled).unwrap();
+        assert_eq!(filled["mfaToken"], "abc");
+        let own = with_challenge(Bytes::from(r#"{"mfaToken":"mine"}"#), "abc");
+        assert_eq!(own, Bytes::from(r#"{"mfaToken":"mine"}"#));
+        let junk = with_challenge(Bytes::from("not json"), "abc");
+        assert_eq!(junk, Bytes::from("not json"));
+    }
+
+    #[test]
+    fn only_a_logout_of_this_session_drops_its_cookie() {
+        assert!(ends_own_session("auth/logout", &Bytes::new()));
+        assert!(!ends_own_session(
+            "auth/logout",
+            &Bytes::from(r#"{"sessionId":"5b0c6a2e-1b2c-4d5e-8f90-0123456789ab"}"#)
+        ));
+        assert!(ends_own_session("auth/logout-all", &Bytes::from("{}")));
+        assert!(!ends_own_session(
+            "auth/logout-all",
+            &Bytes::from(r#"{"keepCurrent":true}"#)
+        ));
+    }
+}
