@@ -144,3 +144,43 @@ async fn unknown_users_and_bad_bodies() {
         .unwrap();
     assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
 }
+
+#[tokio::test]
+async fn an_operator_finds_a_customer_by_email() {
+    let app = spawn_app_with(|f| f.merge(("admin.api_key", ADMIN_KEY))).await;
+    let john = app.user().await;
+    let find = |query: String| {
+        app.admin(
+            Method::GET,
+            &format!("/api/admin/users{query}"),
+            Some(ADMIN_KEY),
+        )
+        .send()
+    };
+
+    let found = find(format!("?email={}", john.email.to_uppercase()))
+        .await
+        .unwrap();
+    assert_eq!(found.status(), StatusCode::OK);
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found["user"]["id"], john.id.get());
+    assert_eq!(found["user"]["email"], john.email.as_str());
+    assert!(found["user"].get("password_hash").is_none(), "{found}");
+
+    let unknown = find("?email=nobody@example.com".into()).await.unwrap();
+    assert_error(unknown, StatusCode::NOT_FOUND, "user_not_found").await;
+    for bad in ["", "?email=", "?email=not-an-email", "?name=x"] {
+        let response = find(bad.into()).await.unwrap();
+        assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
+    }
+    let keyless = app
+        .admin(
+            Method::GET,
+            &format!("/api/admin/users?email={}", john.email),
+            None,
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_error(keyless, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+}

@@ -18,6 +18,8 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+#[path = "../support/browser.rs"]
+pub mod browser;
 #[path = "../support/database.rs"]
 mod database;
 #[path = "../support/nats.rs"]
@@ -91,6 +93,9 @@ impl TestUser {
 pub struct UserSpec {
     pub mfa: bool,
     pub inactive: bool,
+    /// First and last name ("Test User" when not given); the email is then
+    /// `first.last@example.com` (each test has a database of its own).
+    pub name: Option<(&'static str, &'static str)>,
 }
 
 pub struct TestApp {
@@ -295,7 +300,10 @@ impl TestApp {
     }
 
     pub async fn create_user(&self, spec: UserSpec) -> TestUser {
-        let email = format!("user-{}@example.com", uuid::Uuid::new_v4().simple());
+        let email = match spec.name {
+            Some((first, last)) => format!("{first}.{last}@example.com").to_lowercase(),
+            None => format!("user-{}@example.com", uuid::Uuid::new_v4().simple()),
+        };
         let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
         let totp_secret = spec.mfa.then(random_totp_secret);
         let user = self
@@ -303,8 +311,8 @@ impl TestApp {
             .insert_user(NewUser {
                 email: Email::parse(&email).unwrap(),
                 password_hash: self.hasher.hash(password.clone().into()).await.unwrap(),
-                first_name: "Test".into(),
-                last_name: "User".into(),
+                first_name: spec.name.map_or("Test", |n| n.0).into(),
+                last_name: spec.name.map_or("User", |n| n.1).into(),
                 phone_number: Some("+1-555-0100".into()),
                 is_active: !spec.inactive,
                 mfa_enabled: spec.mfa,

@@ -3,9 +3,11 @@
 mod helpers;
 
 mod admin;
+mod browser;
 mod chaos;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod events;
 mod expiry;

@@ -263,6 +263,7 @@ async fn a_guessed_code_does_not_tell_that_an_account_is_inactive() {
         .create_user(UserSpec {
             mfa: true,
             inactive: true,
+            ..UserSpec::default()
         })
         .await;
     let guess = app.verify_code(&inactive, &inactive.totp_code(0)).await;

@@ -231,12 +231,20 @@ async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Respo
         _ => response,
     };
     let cleared = match call {
-        // The cookie's session is over (or never was): the browser drops it.
-        Call::Account | Call::SignOut if status == StatusCode::UNAUTHORIZED => {
-            Some(Cookie::Session)
-        }
         Call::SignOut if status == StatusCode::OK && ends_own_session => Some(Cookie::Session),
-        Call::Admin if status == StatusCode::UNAUTHORIZED => Some(Cookie::Operator),
+        Call::Account | Call::SignOut | Call::Admin if status == StatusCode::UNAUTHORIZED => {
+            let (parts, body) = read_body(response).await?;
+            let code = error_code(&body);
+            response = Response::from_parts(parts, body.into());
+            // The credential is over (or never was): the browser drops it. A wrong password
+            // or code at re-authentication is a 401 too, and leaves the session be.
+            match call {
+                Call::Admin => (code == "invalid_admin_key").then_some(Cookie::Operator),
+                _ => SESSION_OVER
+                    .contains(&code.as_str())
+                    .then_some(Cookie::Session),
+            }
+        }
         _ => None,
     };
     if let Some(cookie) = cleared {
@@ -245,6 +253,34 @@ async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Respo
             .append(header::SET_COOKIE, cookies.clear(cookie));
     }
     Ok(response)
+}
+
+/// The API's codes for a bearer token that no longer opens anything.
+const SESSION_OVER: [&str; 4] = [
+    "missing_token",
+    "invalid_token",
+    "token_expired",
+    "session_ended",
+];
+
+/// The `code` of an error body.
+fn error_code(body: &Bytes) -> String {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("code")?.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+/// A response's head and its whole body (the API's answers are small JSON documents).
+async fn read_body(response: Response) -> Result<(warp::http::response::Parts, Bytes), ApiError> {
+    let (mut parts, body) = response.into_parts();
+    let bytes = body
+        .collect()
+        .await
+        .map_err(|e| ApiError::Internal(format!("console: reading the API's answer: {e}")))?
+        .to_bytes();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Ok((parts, bytes))
 }
 
 /// The API's answer to `request`. On a task of its own: warp keeps the route being served in
@@ -309,12 +345,7 @@ async fn keep_credentials(
     response: Response,
 ) -> Result<Response, ApiError> {
     let cookies = state.console.cookies;
-    let (mut parts, body) = response.into_parts();
-    let bytes = body
-        .collect()
-        .await
-        .map_err(|e| ApiError::Internal(format!("console: reading the API's answer: {e}")))?
-        .to_bytes();
+    let (mut parts, bytes) = read_body(response).await?;
     let Ok(Value::Object(mut fields)) = serde_json::from_slice::<Value>(&bytes) else {
         return Err(ApiError::Internal(
             "console: the API's answer is not an object".into(),
@@ -330,7 +361,6 @@ async fn keep_credentials(
     if let Some(Value::String(challenge)) = fields.remove("mfaToken") {
         set.push(cookies.set(Cookie::Challenge, &challenge, None)?);
     }
-    parts.headers.remove(header::CONTENT_LENGTH);
     for cookie in set {
         parts.headers.append(header::SET_COOKIE, cookie);
     }

@@ -4,6 +4,8 @@
 // changes anything without it: a page of another site cannot send it) and reads the API's
 // one error shape, {"error", "code"}, into an ApiError.
 
+const SIGNED_OUT = ['missing_token', 'invalid_token', 'token_expired', 'session_ended', 'invalid_admin_key'];
+
 export class ApiError extends Error {
   constructor(status, code, message, retryAfter) {
     super(message);
@@ -12,9 +14,10 @@ export class ApiError extends Error {
     this.retryAfter = retryAfter;
   }
 
-  /** The session (or the operator's pass) is over: the page goes back to its sign-in. */
+  /** The session (or the operator's pass) is over: the page goes back to its sign-in. (A
+   * wrong password or code is a 401 too, and leaves the session be.) */
   get signedOut() {
-    return this.status === 401 && !['invalid_credentials', 'invalid_mfa_code'].includes(this.code);
+    return this.status === 401 && SIGNED_OUT.includes(this.code);
   }
 }
 

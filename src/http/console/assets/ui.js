@@ -67,6 +67,11 @@ export function describe(error) {
  * While it runs the form's buttons are disabled; its error goes to the form's alert.
  */
 export function onSubmit(form, handler, onError) {
+  // An error is about what was sent: it goes as soon as the form is edited.
+  form.addEventListener('input', () => {
+    const alert = form.querySelector('[role=alert]');
+    if (alert) alert.textContent = '';
+  });
   form.addEventListener('submit', async (event) => {
     event.preventDefault();
     const alert = form.querySelector('[role=alert]');

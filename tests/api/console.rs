@@ -1,0 +1,418 @@
+//! The console's gateway over plain HTTP: where its credentials live (HttpOnly cookies, never
+//! a body), which requests it refuses (cross-site, forged, unknown paths), and that its
+//! cookies count nowhere but on its own routes. The browser tests (`browser.rs`) drive the
+//! pages themselves.
+
+use reqwest::header::{HeaderMap, SET_COOKIE};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app, spawn_app_with};
+
+const CONSOLE: (&str, &str) = ("x-finsec-console", "1");
+
+/// A console call as the pages make it (the console header, the cookies given).
+fn console(app: &TestApp, method: Method, path: &str, cookies: &str) -> reqwest::RequestBuilder {
+    let request = app
+        .client
+        .request(method, app.url(&format!("/console/api/{path}")))
+        .header(CONSOLE.0, CONSOLE.1);
+    if cookies.is_empty() {
+        request
+    } else {
+        request.header("cookie", cookies)
+    }
+}
+
+/// The `Set-Cookie` header for `name`, if any.
+fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .map(str::to_owned)
+}
+
+/// `name=value` from a `Set-Cookie`, as a browser sends it back.
+fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_console_sign_in_keeps_the_token_in_an_http_only_cookie() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let response = console(&app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let cookie = set_cookie(response.headers(), "finsec_session").expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console/api/auth"] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "plain HTTP in tests: {cookie}");
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body.get("access_token").is_none(),
+        "no token in the body: {body}"
+    );
+    assert_eq!(body["user"]["email"], user.email.as_str());
+
+    let session = cookie_pair(&cookie);
+    let me = console(&app, Method::GET, "auth/me", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+
+    // The cookie is the console's only: the bearer API does not take it.
+    let api = app
+        .client
+        .get(app.url("/api/auth/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_error(api, StatusCode::UNAUTHORIZED, "missing_token").await;
+
+    // And the console does not take a bearer token: only its cookie counts there.
+    let token = app.logged_in(&user).await.token;
+    let bearer = console(&app, Method::GET, "auth/me", "")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(bearer, StatusCode::UNAUTHORIZED, "missing_token").await;
+
+    // Logging out through the console ends the session and drops the cookie.
+    let logout = console(&app, Method::POST, "auth/logout", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(logout.status(), StatusCode::OK);
+    let cleared = set_cookie(logout.headers(), "finsec_session").expect("cleared");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let after = console(&app, Method::GET, "auth/me", &session)
+        .send()
+        .await
+        .unwrap();
+    let cleared = set_cookie(after.headers(), "finsec_session").expect("cleared on 401");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    assert_error(after, StatusCode::UNAUTHORIZED, "session_ended").await;
+}
+
+#[tokio::test]
+async fn forged_and_cross_site_console_calls_are_refused_and_change_nothing() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let login = console(&app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap();
+    let session = cookie_pair(&set_cookie(login.headers(), "finsec_session").unwrap());
+
+    // A form on another site cannot add the console's header.
+    let no_header = app
+        .client
+        .post(app.url("/console/api/auth/logout-all"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_error(no_header, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    // The browser says the call came from another site.
+    for (name, value) in [
+        ("sec-fetch-site", "cross-site"),
+        ("sec-fetch-site", "same-site"),
+        ("origin", "https://evil.example"),
+    ] {
+        let forged = console(&app, Method::POST, "auth/logout-all", &session)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_error(forged, StatusCode::FORBIDDEN, "csrf_rejected").await;
+    }
+    // None of them ended the session.
+    let me = console(&app, Method::GET, "auth/me", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    // The pages' own calls pass.
+    let origin = app.address.clone();
+    let own = console(&app, Method::POST, "auth/logout-all", &session)
+        .header("sec-fetch-site", "same-origin")
+        .header("origin", origin)
+        .json(&json!({"keepCurrent": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::OK);
+
+    // The gateway reaches the account and admin API only.
+    for path in [
+        "auth/introspect",
+        "auth/../admin/users/1/sessions",
+        "health/ready",
+        "metrics",
+        "openapi.json",
+    ] {
+        let response = console(&app, Method::GET, path, &session)
+            .send()
+            .await
+            .unwrap();
+        assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+}
+
+#[tokio::test]
+async fn the_mfa_challenge_waits_in_its_own_cookie() {
+    // Production's setting: verify-mfa must name its challenge, so the cookie must supply it.
+    let app = spawn_app_with(|f| f.merge(("auth.require_mfa_token", true))).await;
+    let user = app.mfa_user().await;
+    let login = console(&app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap();
+    let challenge = set_cookie(login.headers(), "finsec_mfa").expect("a challenge cookie");
+    assert!(
+        challenge.contains("HttpOnly") && challenge.contains("Path=/console/api/auth/verify-mfa")
+    );
+    assert!(set_cookie(login.headers(), "finsec_session").is_none());
+    let body: Value = login.json().await.unwrap();
+    assert_eq!(body["requireMfa"], true);
+    assert!(body.get("mfaToken").is_none(), "{body}");
+
+    // Without the cookie the code answers no challenge.
+    let bare = console(&app, Method::POST, "auth/verify-mfa", "")
+        .json(&json!({"userId": user.id, "otpCode": user.totp_code(0)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), StatusCode::UNAUTHORIZED);
+
+    let verified = console(
+        &app,
+        Method::POST,
+        "auth/verify-mfa",
+        &cookie_pair(&challenge),
+    )
+    .json(&json!({"userId": user.id, "otpCode": user.totp_code(0)}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(verified.status(), StatusCode::OK);
+    let session = set_cookie(verified.headers(), "finsec_session").expect("a session cookie");
+    let spent = set_cookie(verified.headers(), "finsec_mfa").expect("challenge cleared");
+    assert!(spent.contains("Max-Age=0"), "{spent}");
+    let body: Value = verified.json().await.unwrap();
+    assert!(body.get("access_token").is_none(), "{body}");
+    let me = console(&app, Method::GET, "auth/me", &cookie_pair(&session))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_admin_key_buys_a_short_lived_pass_that_only_the_console_takes() {
+    let app = spawn_app_with(|f| {
+        f.merge(("admin.api_key", ADMIN_KEY))
+            .merge(("console.operator_ttl", "10m"))
+    })
+    .await;
+    let user = app.user().await;
+    let find = format!("admin/users?email={}", user.email);
+
+    let none = console(&app, Method::GET, &find, "").send().await.unwrap();
+    assert_error(none, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+    let wrong = console(&app, Method::POST, "admin/session", "")
+        .json(&json!({"key": format!("{ADMIN_KEY}x")}))
+        .send()
+        .await
+        .unwrap();
+    assert!(set_cookie(wrong.headers(), "finsec_operator").is_none());
+    assert_error(wrong, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+
+    let signed_in = console(&app, Method::POST, "admin/session", "")
+        .json(&json!({"key": ADMIN_KEY}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), StatusCode::OK);
+    let pass = set_cookie(signed_in.headers(), "finsec_operator").expect("a pass");
+    for attribute in [
+        "HttpOnly",
+        "SameSite=Strict",
+        "Path=/console/api/admin",
+        "Max-Age=600",
+    ] {
+        assert!(pass.contains(attribute), "{pass}");
+    }
+    assert!(!pass.contains(ADMIN_KEY), "the pass is not the key");
+    let body = signed_in.text().await.unwrap();
+    assert!(!body.contains(ADMIN_KEY), "{body}");
+    let pass = cookie_pair(&pass);
+
+    let found = console(&app, Method::GET, &find, &pass)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status(), StatusCode::OK);
+    let found: Value = found.json().await.unwrap();
+    assert_eq!(found["user"]["id"], user.id.get());
+    let status = console(&app, Method::GET, "admin/session", &pass)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::OK);
+
+    // The admin API itself wants the key: a pass is no key there.
+    let api = app
+        .client
+        .get(app.url(&format!("/api/{find}")))
+        .header("cookie", &pass)
+        .send()
+        .await
+        .unwrap();
+    assert_error(api, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+    // A pass altered by hand is no pass.
+    let (value, _) = pass.rsplit_once('.').unwrap();
+    let forged = format!("{value}.{}", "0".repeat(64));
+    let refused = console(&app, Method::GET, &find, &forged)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        set_cookie(refused.headers(), "finsec_operator").is_some_and(|c| c.contains("Max-Age=0"))
+    );
+    assert_error(refused, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+    // A user's session cookie is not a pass either (nor sent there by a browser: its Path).
+    let login = console(&app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap();
+    let session = cookie_pair(&set_cookie(login.headers(), "finsec_session").unwrap());
+    let as_user = console(&app, Method::GET, &find, &session)
+        .send()
+        .await
+        .unwrap();
+    assert_error(as_user, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+
+    let signed_out = console(&app, Method::DELETE, "admin/session", &pass)
+        .send()
+        .await
+        .unwrap();
+    let cleared = set_cookie(signed_out.headers(), "finsec_operator").unwrap();
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+}
+
+#[tokio::test]
+async fn console_pages_allow_no_inline_script_no_framing_and_no_other_origin() {
+    let app = spawn_app().await;
+    for page in [
+        "/account/",
+        "/admin/",
+        "/account",
+        "/console/assets/account.js",
+    ] {
+        let response = app.client.get(app.url(page)).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "{page}");
+        let headers = response.headers().clone();
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        for directive in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+            "require-trusted-types-for 'script'",
+            "form-action 'none'",
+        ] {
+            assert!(csp.contains(directive), "{page}: {csp}");
+        }
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"),
+            "{csp}"
+        );
+        assert_eq!(headers["x-frame-options"], "DENY");
+        let body = response.text().await.unwrap();
+        if page.ends_with('/') {
+            // Every script is a file of this origin; no handler attributes, nothing from a CDN.
+            assert!(
+                !body.contains("<script>") && !body.contains(" onclick"),
+                "{page}"
+            );
+            assert!(
+                !body.contains("http://") && !body.contains("https://"),
+                "{page}"
+            );
+        }
+    }
+    let css = app
+        .client
+        .get(app.url("/console/assets/console.css"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        css.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/css")
+    );
+    let unknown = app
+        .client
+        .get(app.url("/console/assets/secrets.toml"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(unknown, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn a_console_turned_off_is_not_there() {
+    let app = spawn_app_with(|f| f.merge(("console.enabled", false))).await;
+    let user = app.user().await;
+    for path in ["/account/", "/admin/", "/console/assets/api.js"] {
+        let response = app.client.get(app.url(path)).send().await.unwrap();
+        assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+    }
+    let login = console(&app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap();
+    assert_error(login, StatusCode::NOT_FOUND, "not_found").await;
+}
+
+#[tokio::test]
+async fn secure_cookies_are_prefixed_and_only_the_prefixed_name_counts() {
+    let app = spawn_app_with(|f| f.merge(("console.secure_cookies", true))).await;
+    let user = app.user().await;
+    let login = console(&app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap();
+    let cookie = set_cookie(login.headers(), "__Secure-finsec_session").expect("prefixed");
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let pair = cookie_pair(&cookie);
+    let me = console(&app, Method::GET, "auth/me", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    // The same token under the plain name (planted over HTTP, say) is not the console's.
+    let planted = pair.replacen("__Secure-", "", 1);
+    let me = console(&app, Method::GET, "auth/me", &planted)
+        .send()
+        .await
+        .unwrap();
+    assert_error(me, StatusCode::UNAUTHORIZED, "missing_token").await;
+}
