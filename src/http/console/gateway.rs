@@ -158,15 +158,24 @@ fn same_origin(incoming: &Incoming) -> Result<(), ApiError> {
     if text(CONSOLE_HEADER).is_none() {
         return Err(ApiError::CsrfRejected);
     }
-    if let Some(site) = text("sec-fetch-site")
-        && site != "same-origin"
-    {
-        return Err(ApiError::CsrfRejected);
+    // Every current browser says where a call came from; its word decides.
+    if let Some(site) = text("sec-fetch-site") {
+        return if site == "same-origin" {
+            Ok(())
+        } else {
+            Err(ApiError::CsrfRejected)
+        };
     }
-    // Browsers without Fetch Metadata still send Origin on a POST: it must name our host.
+    // Older browsers still send Origin on a POST: it must name our host (and port, when the
+    // Host says one).
     if let (Some(origin), Some(host)) = (text("origin"), text("host")) {
-        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        if !origin_host.eq_ignore_ascii_case(host) {
+        let authority = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        let same = authority.eq_ignore_ascii_case(host)
+            || (!host.contains(':')
+                && authority
+                    .rsplit_once(':')
+                    .is_some_and(|(name, _)| name.eq_ignore_ascii_case(host)));
+        if !same {
             return Err(ApiError::CsrfRejected);
         }
     }
