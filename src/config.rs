@@ -266,7 +266,7 @@ const MAX_OPERATOR_TTL: Duration = Duration::from_secs(12 * 3600);
 pub struct ConsoleSettings {
     /// Off: every console path answers 404.
     pub enabled: bool,
-    /// Cookies marked `Secure` (and named `__Secure-…`): set it whenever the console is
+    /// Cookies marked `Secure` (and named `__Host-…`): set it whenever the console is
     /// reached over HTTPS, which production requires.
     pub secure_cookies: bool,
     /// How long the console cookie an operator gets for the admin key stays good.

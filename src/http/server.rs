@@ -74,6 +74,24 @@ fn request_id(request: &Request<Incoming>) -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
+/// A request's method as a metrics label: the standard ones, else `OTHER` (hyper accepts any
+/// token as a method, and each would mint a series).
+fn method_label(method: &warp::http::Method) -> &'static str {
+    use warp::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::PATCH => "PATCH",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "OTHER",
+    }
+}
+
 /// Serves `service` on `listener` until `shutdown` resolves, then lets in-flight requests
 /// finish (within `shutdown_grace`).
 pub async fn serve<S>(
@@ -150,7 +168,7 @@ pub async fn serve<S>(
                     "unmatched".to_owned()
                 };
                 metrics::counter!("finsec_http_requests_total", "route" => label.clone(),
-                    "method" => method.to_string(), "status" => status.as_str().to_owned())
+                    "method" => method_label(&method), "status" => status.as_str().to_owned())
                 .increment(1);
                 metrics::histogram!("finsec_http_request_duration_seconds", "route" => label)
                     .record(started.elapsed().as_secs_f64());

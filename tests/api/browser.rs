@@ -306,7 +306,7 @@ async fn support_signs_a_customer_out_of_everything() {
     assert_eq!(
         run(
             &staff,
-            "return (await fetch('/console/api/admin/session')).status;"
+            "return (await fetch('/console/api/admin/session', {headers: {'X-FinSec-Console': '1'}})).status;"
         )
         .await,
         json!(401)

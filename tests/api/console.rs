@@ -7,7 +7,7 @@ use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, TestApp, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{ADMIN_KEY, TestApp, TestUser, assert_error, spawn_app, spawn_app_with};
 
 const CONSOLE: (&str, &str) = ("x-finsec-console", "1");
 
@@ -22,6 +22,21 @@ fn console(app: &TestApp, method: Method, path: &str, cookies: &str) -> reqwest:
     } else {
         request.header("cookie", cookies)
     }
+}
+
+/// A console login of `user`, answered.
+async fn sign_in(app: &TestApp, user: &TestUser) -> reqwest::Response {
+    console(app, Method::POST, "auth/login", "")
+        .json(&user.credentials())
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `user`'s console session, as the cookie a browser sends back.
+async fn session_cookie(app: &TestApp, user: &TestUser) -> String {
+    let login = sign_in(app, user).await;
+    cookie_pair(&set_cookie(login.headers(), "finsec_session").expect("a session cookie"))
 }
 
 /// The `Set-Cookie` header for `name`, if any.
@@ -108,12 +123,7 @@ async fn a_console_sign_in_keeps_the_token_in_an_http_only_cookie() {
 async fn forged_and_cross_site_console_calls_are_refused_and_change_nothing() {
     let app = spawn_app().await;
     let user = app.user().await;
-    let login = console(&app, Method::POST, "auth/login", "")
-        .json(&user.credentials())
-        .send()
-        .await
-        .unwrap();
-    let session = cookie_pair(&set_cookie(login.headers(), "finsec_session").unwrap());
+    let session = session_cookie(&app, &user).await;
 
     // A form on another site cannot add the console's header.
     let no_header = app
@@ -154,14 +164,18 @@ async fn forged_and_cross_site_console_calls_are_refused_and_change_nothing() {
         .unwrap();
     assert_eq!(own.status(), StatusCode::OK);
 
+    // Reads must be the console's too (a sibling subdomain's <img> carries SameSite cookies).
+    let image = app
+        .client
+        .get(app.url("/console/api/auth/me"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_error(image, StatusCode::FORBIDDEN, "csrf_rejected").await;
+
     // The gateway reaches the account and admin API only.
-    for path in [
-        "auth/introspect",
-        "auth/../admin/users/1/sessions",
-        "health/ready",
-        "metrics",
-        "openapi.json",
-    ] {
+    for path in ["health/ready", "metrics", "openapi.json"] {
         let response = console(&app, Method::GET, path, &session)
             .send()
             .await
@@ -175,11 +189,7 @@ async fn the_mfa_challenge_waits_in_its_own_cookie() {
     // Production's setting: verify-mfa must name its challenge, so the cookie must supply it.
     let app = spawn_app_with(|f| f.merge(("auth.require_mfa_token", true))).await;
     let user = app.mfa_user().await;
-    let login = console(&app, Method::POST, "auth/login", "")
-        .json(&user.credentials())
-        .send()
-        .await
-        .unwrap();
+    let login = sign_in(&app, &user).await;
     let challenge = set_cookie(login.headers(), "finsec_mfa").expect("a challenge cookie");
     assert!(
         challenge.contains("HttpOnly") && challenge.contains("Path=/console/api/auth/verify-mfa")
@@ -294,12 +304,7 @@ async fn the_admin_key_buys_a_short_lived_pass_that_only_the_console_takes() {
     );
     assert_error(refused, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
     // A user's session cookie is not a pass either (nor sent there by a browser: its Path).
-    let login = console(&app, Method::POST, "auth/login", "")
-        .json(&user.credentials())
-        .send()
-        .await
-        .unwrap();
-    let session = cookie_pair(&set_cookie(login.headers(), "finsec_session").unwrap());
+    let session = session_cookie(&app, &user).await;
     let as_user = console(&app, Method::GET, &find, &session)
         .send()
         .await
@@ -383,25 +388,20 @@ async fn a_console_turned_off_is_not_there() {
         let response = app.client.get(app.url(path)).send().await.unwrap();
         assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
     }
-    let login = console(&app, Method::POST, "auth/login", "")
-        .json(&user.credentials())
-        .send()
-        .await
-        .unwrap();
+    let login = sign_in(&app, &user).await;
     assert_error(login, StatusCode::NOT_FOUND, "not_found").await;
 }
 
 #[tokio::test]
-async fn secure_cookies_are_prefixed_and_only_the_prefixed_name_counts() {
+async fn secure_cookies_are_host_prefixed_and_only_the_prefixed_name_counts() {
     let app = spawn_app_with(|f| f.merge(("console.secure_cookies", true))).await;
     let user = app.user().await;
-    let login = console(&app, Method::POST, "auth/login", "")
-        .json(&user.credentials())
-        .send()
-        .await
-        .unwrap();
-    let cookie = set_cookie(login.headers(), "__Secure-finsec_session").expect("prefixed");
-    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let login = sign_in(&app, &user).await;
+    let cookie = set_cookie(login.headers(), "__Host-finsec_session").expect("prefixed");
+    assert!(
+        cookie.ends_with("; Secure") && cookie.contains("; Path=/;"),
+        "{cookie}"
+    );
     let pair = cookie_pair(&cookie);
     let me = console(&app, Method::GET, "auth/me", &pair)
         .send()
@@ -409,10 +409,117 @@ async fn secure_cookies_are_prefixed_and_only_the_prefixed_name_counts() {
         .unwrap();
     assert_eq!(me.status(), StatusCode::OK);
     // The same token under the plain name (planted over HTTP, say) is not the console's.
-    let planted = pair.replacen("__Secure-", "", 1);
+    let planted = pair.replacen("__Host-", "", 1);
     let me = console(&app, Method::GET, "auth/me", &planted)
         .send()
         .await
         .unwrap();
     assert_error(me, StatusCode::UNAUTHORIZED, "missing_token").await;
+}
+
+#[tokio::test]
+async fn the_gateway_takes_each_path_in_one_spelling_only() {
+    let app = spawn_app_with(|f| {
+        f.merge(("admin.api_key", ADMIN_KEY))
+            .merge(("introspection.clients", vec![format!("rs:{ADMIN_KEY}")]))
+    })
+    .await;
+    let user = app.user().await;
+    // warp routes `login/` to the login: through the console it would skip the cookie and
+    // hand the page its token.
+    for path in [
+        "auth/login/",
+        "auth//login",
+        "auth/verify-mfa/",
+        "auth/introspect",
+        "auth/introspect/",
+        "auth/%6cogin",
+    ] {
+        let response = console(&app, Method::POST, path, "")
+            .json(&user.credentials())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            set_cookie(response.headers(), "finsec_session").is_none(),
+            "{path}"
+        );
+        let body = assert_error(response, StatusCode::NOT_FOUND, "not_found").await;
+        assert!(body.get("access_token").is_none(), "{path}");
+    }
+
+    // Dot segments, sent as they are (an HTTP client library would resolve them first), with
+    // a customer's session: they must not walk into the admin API.
+    let session = session_cookie(&app, &user).await;
+    let host = app.address.trim_start_matches("http://").to_owned();
+    for path in [
+        format!("/console/api/auth/../admin/users/{}/sessions", user.id),
+        "/console/api/auth/./sessions".to_owned(),
+    ] {
+        let head = raw_get(&host, &path, &session).await;
+        assert!(head.starts_with("HTTP/1.1 404"), "{path}: {head}");
+    }
+}
+
+/// A GET sent byte for byte (no client library normalises its path); the response's head.
+async fn raw_get(host: &str, path: &str, cookie: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(host).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nX-FinSec-Console: 1\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_planted_twin_cookie_is_no_credential_and_clears_nothing() {
+    let app = spawn_app().await;
+    let user = app.user().await;
+    let session = session_cookie(&app, &user).await;
+    let twins = format!("finsec_session=planted; {session}");
+    let response = console(&app, Method::GET, "auth/me", &twins)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        set_cookie(response.headers(), "finsec_session").is_none(),
+        "a cookie not read is not cleared"
+    );
+    assert_error(response, StatusCode::UNAUTHORIZED, "missing_token").await;
+    let alone = console(&app, Method::GET, "auth/me", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alone.status(), StatusCode::OK, "the real one still works");
+}
+
+#[tokio::test]
+async fn guesses_at_the_admin_key_through_the_console_are_rate_limited() {
+    let app = spawn_app_with(|f| {
+        f.merge(("admin.api_key", ADMIN_KEY))
+            .merge(("security.ip_rate", 1))
+            .merge(("security.ip_burst", 3))
+    })
+    .await;
+    let mut statuses = Vec::new();
+    for guess in 0..6 {
+        let response = console(&app, Method::POST, "admin/session", "")
+            .json(&json!({"key": format!("guess-{guess}")}))
+            .send()
+            .await
+            .unwrap();
+        statuses.push(response.status());
+    }
+    assert_eq!(statuses[0], StatusCode::UNAUTHORIZED);
+    assert!(
+        statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "{statuses:?}"
+    );
 }

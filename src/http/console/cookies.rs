@@ -1,8 +1,15 @@
 //! The console's three cookies. Each is `HttpOnly` (no script reads it) and `SameSite=Strict`
-//! (no other site's page sends it), scoped by `Path` to the console calls that need it, and
-//! `Secure` with the `__Secure-` name prefix when `console.secure_cookies` is on. None but
-//! the operator's outlives the browser: the others carry no `Max-Age`, and what they hold
-//! expires on its own (the access token with its session, the challenge in minutes).
+//! (no other site's page sends it). With `console.secure_cookies` on (production) each is
+//! `__Host-` prefixed: `Secure`, `Path=/` and no `Domain`, so only this host, over HTTPS, can
+//! set it; no sibling subdomain can plant one of ours, and no plain-HTTP response can
+//! overwrite one. Without it (plain `http://localhost` in development) each is scoped by
+//! `Path` to the console calls that use it. None but the operator's outlives the browser: the
+//! others carry no `Max-Age`, and what they hold expires on its own (the access token with its
+//! session, the challenge in minutes).
+//!
+//! Reading is strict: a cookie whose name comes twice in a request is no credential at all
+//! (which of two was planted cannot be told), and pairs are read as bytes, so another cookie
+//! with a non-ASCII value cannot hide ours.
 
 use warp::http::HeaderValue;
 use warp::http::header::{COOKIE, HeaderMap};
@@ -48,11 +55,11 @@ impl Cookies {
         Self { secure }
     }
 
-    /// `__Secure-` makes the browser refuse the cookie unless it came over HTTPS with
-    /// `Secure`: no plain-HTTP response can plant or overwrite it.
+    /// `__Host-` makes the browser refuse the cookie unless this host sent it over HTTPS with
+    /// `Secure`, `Path=/` and no `Domain`.
     fn name(&self, cookie: Cookie) -> String {
         if self.secure {
-            format!("__Secure-{}", cookie.base_name())
+            format!("__Host-{}", cookie.base_name())
         } else {
             cookie.base_name().to_owned()
         }
@@ -65,10 +72,10 @@ impl Cookies {
         value: &str,
         max_age: Option<u64>,
     ) -> Result<HeaderValue, ApiError> {
+        let path = if self.secure { "/" } else { cookie.path() };
         let mut header = format!(
-            "{}={value}; Path={}; HttpOnly; SameSite=Strict",
-            self.name(cookie),
-            cookie.path()
+            "{}={value}; Path={path}; HttpOnly; SameSite=Strict",
+            self.name(cookie)
         );
         if let Some(seconds) = max_age {
             header.push_str(&format!("; Max-Age={seconds}"));
@@ -86,18 +93,25 @@ impl Cookies {
             .unwrap_or_else(|_| HeaderValue::from_static("finsec_cleared=; Max-Age=0"))
     }
 
-    /// The cookie's value in the request, if it is there and not empty.
+    /// The cookie's value in the request: there once, not empty, and ASCII.
     pub fn read<'a>(&self, headers: &'a HeaderMap, cookie: Cookie) -> Option<&'a str> {
         let name = self.name(cookie);
-        headers
+        let mut values = headers
             .get_all(COOKIE)
             .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(';'))
-            .filter_map(|pair| pair.trim().split_once('='))
-            .find(|(key, _)| *key == name)
-            .map(|(_, value)| value.trim())
-            .filter(|value| !value.is_empty())
+            .flat_map(|header| header.as_bytes().split(|&b| b == b';'))
+            .filter_map(|pair| {
+                let at = pair.iter().position(|&b| b == b'=')?;
+                let (key, value) = (pair[..at].trim_ascii(), pair[at + 1..].trim_ascii());
+                (key == name.as_bytes()).then_some(value)
+            });
+        let value = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        std::str::from_utf8(value)
+            .ok()
+            .filter(|value| !value.is_empty() && value.is_ascii())
     }
 }
 
@@ -119,7 +133,7 @@ mod tests {
             .unwrap();
         assert_eq!(
             secure,
-            "__Secure-finsec_operator=p; Path=/console/api/admin; HttpOnly; SameSite=Strict; Max-Age=900; Secure"
+            "__Host-finsec_operator=p; Path=/; HttpOnly; SameSite=Strict; Max-Age=900; Secure"
         );
         let cleared = Cookies::new(false).clear(Cookie::Challenge);
         assert!(cleared.to_str().unwrap().starts_with("finsec_mfa=; "));
@@ -139,5 +153,30 @@ mod tests {
         assert_eq!(cookies.read(&headers, Cookie::Operator), None);
         // With Secure on, only the prefixed name counts: a plain-HTTP cookie is not it.
         assert_eq!(Cookies::new(true).read(&headers, Cookie::Session), None);
+    }
+
+    #[test]
+    fn a_planted_twin_or_a_foreign_byte_cannot_pass_for_ours() {
+        let cookies = Cookies::new(false);
+        let mut twins = HeaderMap::new();
+        twins.insert(
+            COOKIE,
+            HeaderValue::from_static("finsec_session=planted; finsec_session=real"),
+        );
+        assert_eq!(cookies.read(&twins, Cookie::Session), None, "two: neither");
+        let mut split = HeaderMap::new();
+        split.append(COOKIE, HeaderValue::from_static("finsec_session=a"));
+        split.append(COOKIE, HeaderValue::from_static("finsec_session=b"));
+        assert_eq!(
+            cookies.read(&split, Cookie::Session),
+            None,
+            "across headers too"
+        );
+        let mut foreign = HeaderMap::new();
+        foreign.insert(
+            COOKIE,
+            HeaderValue::from_bytes(b"other=caf\xc3\xa9; finsec_session=ours").unwrap(),
+        );
+        assert_eq!(cookies.read(&foreign, Cookie::Session), Some("ours"));
     }
 }

@@ -28,7 +28,7 @@ use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::http::header::{self, HeaderMap, HeaderValue};
 use warp::http::{Method, Request, StatusCode};
-use warp::path::Tail;
+use warp::path::FullPath;
 use warp::reply::Response;
 
 use super::cookies::Cookie;
@@ -72,10 +72,12 @@ enum Call {
 
 impl Call {
     fn of(path: &str) -> Option<Self> {
-        // The API's paths have no dot segments; no console call may walk out of its prefix.
+        // The API's paths have no dot, empty or encoded segments. Refusing them keeps a call
+        // from walking out of its prefix, and from reaching a handler under a spelling the
+        // matches below miss (warp routes `auth/login/` to the login too).
         if path
             .split('/')
-            .any(|s| s == "." || s == ".." || s.contains('%'))
+            .any(|s| s.is_empty() || s == "." || s == ".." || s.contains('%'))
         {
             return None;
         }
@@ -107,7 +109,7 @@ struct Incoming {
 pub fn route(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
     warp::path("console")
         .and(warp::path("api"))
-        .and(warp::path::tail())
+        .and(warp::path::full())
         .and(warp::method())
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
         .and(warp::header::headers_cloned())
@@ -116,7 +118,7 @@ pub fn route(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
         .and(with_state(state))
         .and(warp::any().map(move || api.clone()))
         .then(
-            |tail: Tail,
+            |full: FullPath,
              method: Method,
              query: String,
              headers: HeaderMap,
@@ -124,13 +126,18 @@ pub fn route(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
              body: Bytes,
              state: Arc<AppState>,
              api: Api| async move {
-                let Some(call) = Call::of(tail.as_str()) else {
+                // The path as sent: warp's tail would drop a trailing slash.
+                let path = full
+                    .as_str()
+                    .strip_prefix("/console/api/")
+                    .unwrap_or_default();
+                let Some(call) = Call::of(path) else {
                     return Err(ApiError::NotFound);
                 };
                 let incoming = Incoming {
                     call,
                     method,
-                    path: tail.as_str().to_owned(),
+                    path: path.to_owned(),
                     query,
                     headers,
                     peer,
@@ -147,12 +154,10 @@ pub fn route(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// A call that may change something must say it is the console's and, where the browser
-/// tells, come from this origin.
+/// A console call must say it is the console's and, where the browser tells, come from this
+/// origin. Reads too: `SameSite` is per site, so a sibling subdomain's `<img>` would carry
+/// the cookies, and even a read keeps a session from idling out.
 fn same_origin(incoming: &Incoming) -> Result<(), ApiError> {
-    if matches!(incoming.method, Method::GET | Method::HEAD) {
-        return Ok(());
-    }
     let headers = &incoming.headers;
     let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     if text(CONSOLE_HEADER).is_none() {
@@ -202,8 +207,9 @@ async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Respo
         .uri(uri)
         .body(Full::new(body.clone()))
         .map_err(|e| ApiError::Internal(format!("console request: {e}")))?;
+    let incoming_headers = incoming.headers;
     let headers = request.headers_mut();
-    for (name, value) in &incoming.headers {
+    for (name, value) in &incoming_headers {
         if !DROPPED.contains(name) {
             headers.append(name, value.clone());
         }
@@ -211,14 +217,14 @@ async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Respo
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     match call {
         Call::Account | Call::SignOut => {
-            if let Some(token) = cookies.read(&incoming.headers, Cookie::Session) {
+            if let Some(token) = cookies.read(&incoming_headers, Cookie::Session) {
                 let bearer = HeaderValue::from_str(&format!("Bearer {token}"))
                     .map_err(|_| ApiError::InvalidToken)?;
                 headers.insert(header::AUTHORIZATION, bearer);
             }
         }
         Call::Admin => {
-            let pass = cookies.read(&incoming.headers, Cookie::Operator);
+            let pass = cookies.read(&incoming_headers, Cookie::Operator);
             if let Some(passes) = &state.console.operator
                 && pass.is_some_and(|pass| passes.verify(pass, Utc::now()).is_some())
             {
@@ -239,6 +245,7 @@ async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Respo
         }
         _ => response,
     };
+    let sent = |cookie| cookies.read(&incoming_headers, cookie).is_some();
     let cleared = match call {
         Call::SignOut if status == StatusCode::OK && ends_own_session => Some(Cookie::Session),
         Call::Account | Call::SignOut | Call::Admin if status == StatusCode::UNAUTHORIZED => {
@@ -256,7 +263,8 @@ async fn forward(state: &AppState, api: Api, incoming: Incoming) -> Result<Respo
         }
         _ => None,
     };
-    if let Some(cookie) = cleared {
+    // Only what the browser sent is cleared: a call that carried no cookie changes none.
+    if let Some(cookie) = cleared.filter(|&cookie| sent(cookie)) {
         response
             .headers_mut()
             .append(header::SET_COOKIE, cookies.clear(cookie));
@@ -395,12 +403,14 @@ async fn operator_session(state: &AppState, incoming: Incoming) -> Result<Respon
             Ok(json!({"message": "Signed in", "expires_at": until.to_rfc3339()}).reply())
         }
         Method::POST => {
-            if let Some(peer) = incoming.peer {
+            let client = incoming.peer.map(|peer| {
                 let forwarded = incoming
                     .headers
                     .get("x-forwarded-for")
                     .and_then(|v| v.to_str().ok());
-                let ip = state.ip_rate.client_ip(peer.0.ip(), forwarded);
+                state.ip_rate.client_ip(peer.0.ip(), forwarded)
+            });
+            if let Some(ip) = client {
                 state.ip_rate.check(ip)?;
             }
             let key = parse_object(&incoming.body, false)?.string("key")?;
@@ -409,11 +419,11 @@ async fn operator_session(state: &AppState, incoming: Incoming) -> Result<Respon
                 .as_ref()
                 .is_some_and(|expected| expected.matches(&key));
             if !matches {
-                tracing::warn!(peer = ?incoming.peer.map(|p| p.0.ip()), "wrong admin key presented to the console");
+                tracing::warn!(client = ?client, "wrong admin key presented to the console");
                 return Err(ApiError::InvalidAdminKey);
             }
             let (pass, until) = passes.issue(now)?;
-            tracing::info!(peer = ?incoming.peer.map(|p| p.0.ip()), "operator signed in to the console");
+            tracing::info!(client = ?client, "operator signed in to the console");
             let mut response =
                 json!({"message": "Signed in", "expires_at": until.to_rfc3339()}).reply();
             response.headers_mut().append(
@@ -445,6 +455,9 @@ mod tests {
         assert_eq!(Call::of("admin/users/7/sessions"), Some(Call::Admin));
         assert_eq!(Call::of("admin/session"), Some(Call::OperatorSession));
         for refused in [
+            "auth/login/",
+            "auth//login",
+            "auth/%6cogin",
             "auth/introspect",
             "auth/../admin/users",
             "auth/%2e%2e/admin",

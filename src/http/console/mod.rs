@@ -63,7 +63,8 @@ const HTML: &str = "text/html; charset=utf-8";
 /// posted anywhere (the pages send JSON with `fetch`), and DOM sinks take no strings.
 const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; \
     style-src 'self'; img-src 'self' data:; connect-src 'self'; form-action 'none'; \
-    frame-ancestors 'none'; base-uri 'none'; require-trusted-types-for 'script'";
+    frame-ancestors 'none'; base-uri 'none'; require-trusted-types-for 'script'; \
+    trusted-types 'none'";
 
 /// The console's pages, files and gateway; nothing when `console.enabled` is off.
 pub fn routes(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {

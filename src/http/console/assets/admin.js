@@ -101,11 +101,18 @@ function wire() {
     await find(email);
   }, signedOut);
 
+  // Enter in the reason field would press the first button, "Sign out of everything": each
+  // action takes a click (or the keyboard on its own button).
+  byId('reason').addEventListener('keydown', (event) => {
+    if (event.key === 'Enter') event.preventDefault();
+  });
+
   onSubmit(byId('actions-form'), async (_form, submitter) => {
     const reason = byId('reason').value.trim();
     if (!reason) throw new Error('Give a reason: it goes into the audit trail.');
     const base = `admin/users/${encodeURIComponent(customer.id)}`;
-    const action = submitter?.value ?? 'logout-all';
+    const action = submitter?.value;
+    if (!action) return;
     const answer = await post(`${base}/${action}`, { reason });
     byId('reason').value = '';
     const ended = `${answer.revoked} session${answer.revoked === 1 ? '' : 's'} ended`;
