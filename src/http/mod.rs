@@ -245,6 +245,7 @@ pub fn metrics_response(handle: &metrics_exporter_prometheus::PrometheusHandle) 
 fn with_allow(path: warp::path::FullPath, mut response: Response) -> Response {
     if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
         && let Some(methods) = openapi::allowed_methods(&route_template(path.as_str()))
+            .or_else(|| console::allowed_methods(path.as_str()))
     {
         response.headers_mut().insert(
             warp::http::header::ALLOW,

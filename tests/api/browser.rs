@@ -105,6 +105,17 @@ async fn john_signs_his_phone_out_from_his_laptop() {
     // The laptop is still in.
     assert_eq!(console_status(&laptop, "auth/me").await, 200);
 
+    // A third device (signed in through the API), then "Sign out of all other devices".
+    let tablet = app.logged_in(&john).await;
+    text_containing(&laptop, "#devices", "Unknown device").await;
+    click(&laptop, "#sign-out-others").await;
+    text_containing(&laptop, "#account-notice", "Signed out of 1 other device").await;
+    assert_eq!(
+        app.me(&tablet.token).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(count(&laptop, "#devices > li").await, 1);
+
     // Signing out of the laptop ends its session in the service, not just on the page.
     click(&laptop, "#sign-out").await;
     view(&laptop, "sign-in").await;
@@ -124,7 +135,11 @@ async fn john_signs_his_phone_out_from_his_laptop() {
 
 #[tokio::test]
 async fn jane_signs_in_with_a_code_from_her_app() {
-    let app = spawn_app_with(|f| f.merge(("auth.require_mfa_token", true))).await;
+    let app = spawn_app_with(|f| {
+        f.merge(("auth.require_mfa_token", true))
+            .merge(("security.max_failures", 3))
+    })
+    .await;
     let jane = named(&app, "Jane", "Smith", true).await;
     let browser = Browser::start().await;
     let window = browser.window(LAPTOP).await;
@@ -146,6 +161,27 @@ async fn jane_signs_in_with_a_code_from_her_app() {
     text_containing(&window, "#events", "Signed in with two-factor code").await;
     text_containing(&window, "#events", "Wrong two-factor code").await;
     assert_no_readable_credentials(&window).await;
+
+    // Signed out, then wrong passwords until the account is locked: the page says how long.
+    click(&window, "#sign-out").await;
+    view(&window, "sign-in").await;
+    let mut said = String::new();
+    for _ in 0..6 {
+        fill(&window, "email", &jane.email).await;
+        fill(&window, "password", "not-her-password").await;
+        click(&window, "#sign-in-button").await;
+        said = shown(&window, "#sign-in-error:not(:empty)")
+            .await
+            .text()
+            .await
+            .unwrap();
+        if said.contains("Too many failed attempts") {
+            break;
+        }
+        assert!(said.contains("Invalid credentials"), "{said}");
+    }
+    assert!(said.contains("Too many failed attempts"), "{said}");
+    text_containing(&window, "#sign-in-error", "Try again in").await;
 
     // Phone width: one column, nothing wider than the screen.
     window.set_window_size(390, 844).await.unwrap();

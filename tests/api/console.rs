@@ -7,7 +7,9 @@ use reqwest::header::{HeaderMap, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, TestApp, TestUser, assert_error, spawn_app, spawn_app_with};
+use crate::helpers::{
+    ADMIN_KEY, TestApp, TestUser, assert_error, spawn_app, spawn_app_with, spawn_cluster_with,
+};
 
 const CONSOLE: (&str, &str) = ("x-finsec-console", "1");
 
@@ -371,6 +373,24 @@ async fn console_pages_allow_no_inline_script_no_framing_and_no_other_origin() {
             .unwrap()
             .starts_with("text/css")
     );
+    // Pages answer HEAD like GET, and a 405 says what they do take.
+    let head = app.client.head(app.url("/account/")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    for (path, allowed) in [
+        ("/account/", "GET, HEAD"),
+        ("/console/assets/api.js", "GET, HEAD"),
+        ("/console/api/auth/me", "GET"),
+    ] {
+        let put = app.client.put(app.url(path)).header(CONSOLE.0, CONSOLE.1);
+        let response = put.send().await.unwrap();
+        assert_eq!(response.headers()["allow"], allowed, "{path}");
+        assert_error(
+            response,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+        )
+        .await;
+    }
     let unknown = app
         .client
         .get(app.url("/console/assets/secrets.toml"))
@@ -522,4 +542,44 @@ async fn guesses_at_the_admin_key_through_the_console_are_rate_limited() {
         statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
         "{statuses:?}"
     );
+}
+
+#[tokio::test]
+async fn the_console_behind_a_load_balancer_acts_as_one() {
+    let cluster = spawn_cluster_with(2, |f| f.merge(("admin.api_key", ADMIN_KEY))).await;
+    let (first, second) = (cluster.node(0), cluster.node(1));
+    let john = first.user().await;
+    // Signed in on one instance, the cookie works on the other.
+    let session = session_cookie(first, &john).await;
+    let me = console(second, Method::GET, "auth/me", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), StatusCode::OK);
+    // A pass one instance gave, another takes: they share the admin key.
+    let signed_in = console(first, Method::POST, "admin/session", "")
+        .json(&json!({"key": ADMIN_KEY}))
+        .send()
+        .await
+        .unwrap();
+    let pass = cookie_pair(&set_cookie(signed_in.headers(), "finsec_operator").unwrap());
+    let forced = console(
+        second,
+        Method::POST,
+        &format!("admin/users/{}/logout-all", john.id),
+        &pass,
+    )
+    .json(&json!({"reason": "card reported stolen"}))
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(forced.status(), StatusCode::OK);
+    // And the customer's very next console call is refused, wherever it lands.
+    for node in [first, second] {
+        let me = console(node, Method::GET, "auth/me", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_error(me, StatusCode::UNAUTHORIZED, "session_ended").await;
+    }
 }

@@ -79,7 +79,7 @@ pub fn routes(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
         .and(warp::path("assets"))
         .and(warp::path::param::<String>())
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get_or_head())
         .and_then(|name: String| async move {
             ASSETS
                 .iter()
@@ -106,8 +106,29 @@ fn page(
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
     warp::path(name)
         .and(warp::path::end())
-        .and(warp::get())
+        .and(get_or_head())
         .map(move || with_type(html, HTML))
+}
+
+/// Pages and files answer `HEAD` as `GET` (hyper sends no body for it).
+fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
+    warp::get().or(warp::head()).unify()
+}
+
+/// The methods a console path serves, for `Allow` on a 405 (`None`: not a console path).
+pub fn allowed_methods(path: &str) -> Option<&'static str> {
+    let page = ["/account", "/account/", "/admin", "/admin/"].contains(&path)
+        || path
+            .strip_prefix("/console/assets/")
+            .is_some_and(|name| ASSETS.iter().any(|(file, _, _)| *file == name));
+    if page {
+        return Some("GET, HEAD");
+    }
+    match path.strip_prefix("/console") {
+        Some("/api/admin/session") => Some("GET, POST, DELETE"),
+        Some(api) => super::openapi::allowed_methods(&super::route_template(api)),
+        None => None,
+    }
 }
 
 fn with_type(content: &'static str, kind: &'static str) -> Response {

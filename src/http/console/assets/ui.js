@@ -54,10 +54,16 @@ export function wait(seconds) {
   return `${seconds} second${seconds === 1 ? '' : 's'}`;
 }
 
-/** What an error says to a person, with the wait when there is one. */
+/** What an error says to a person; a refusal that says how long to wait says it in words. */
+const WAITS = {
+  throttled: 'Too many failed attempts for this account.',
+  rate_limited: 'Too many requests from this device.',
+  busy: 'The service is busy.',
+};
+
 export function describe(error) {
-  if (error?.retryAfter && ['throttled', 'rate_limited', 'busy'].includes(error.code)) {
-    return `${error.message}. Try again in ${wait(error.retryAfter)}.`;
+  if (error?.retryAfter && WAITS[error.code]) {
+    return `${WAITS[error.code]} Try again in ${wait(error.retryAfter)}.`;
   }
   return error?.message ?? String(error);
 }
