@@ -241,8 +241,10 @@ pub fn metrics_response(handle: &metrics_exporter_prometheus::PrometheusHandle) 
     .into_response()
 }
 
-/// A 405 says which methods its path does serve (RFC 9110 requires `Allow` on it).
+/// A 405 says which methods its path does serve (RFC 9110 requires `Allow` on it), and the
+/// console's answers carry its security headers (`console::secure`).
 fn with_allow(path: warp::path::FullPath, mut response: Response) -> Response {
+    console::secure(path.as_str(), &mut response);
     if response.status() == warp::http::StatusCode::METHOD_NOT_ALLOWED
         && let Some(methods) = openapi::allowed_methods(&route_template(path.as_str()))
             .or_else(|| console::allowed_methods(path.as_str()))

@@ -64,6 +64,29 @@ async fn assert_no_readable_credentials(window: &Client) {
     );
 }
 
+/// At a small phone's width (360 px) the page is one column: nothing scrolls sideways. The
+/// window goes back to its size after.
+async fn assert_fits_a_phone(window: &Client) {
+    let (width, height) = (
+        run(window, "return window.outerWidth;").await,
+        run(window, "return window.outerHeight;").await,
+    );
+    window.set_window_size(360, 800).await.unwrap();
+    let overflow = run(
+        window,
+        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
+    )
+    .await;
+    assert_eq!(overflow, json!(0), "no sideways scrolling on a phone");
+    window
+        .set_window_size(
+            width.as_u64().unwrap() as u32,
+            height.as_u64().unwrap() as u32,
+        )
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn john_signs_his_phone_out_from_his_laptop() {
     let app = spawn_app().await;
@@ -88,6 +111,7 @@ async fn john_signs_his_phone_out_from_his_laptop() {
 
     // The laptop lists both devices once its list refreshes, itself marked.
     let devices = text_containing(&laptop, "#devices", "iPhone").await;
+    assert_fits_a_phone(&phone).await;
     assert!(devices.contains("This device"), "{devices}");
     assert_eq!(count(&laptop, "#devices > li").await, 2);
     let current = shown(&laptop, "#devices > li[data-current=true]").await;
@@ -183,14 +207,7 @@ async fn jane_signs_in_with_a_code_from_her_app() {
     assert!(said.contains("Too many failed attempts"), "{said}");
     text_containing(&window, "#sign-in-error", "Try again in").await;
 
-    // Phone width: one column, nothing wider than the screen.
-    window.set_window_size(390, 844).await.unwrap();
-    let overflow = run(
-        &window,
-        "return document.documentElement.scrollWidth - document.documentElement.clientWidth;",
-    )
-    .await;
-    assert_eq!(overflow, json!(0), "no sideways scrolling on a phone");
+    assert_fits_a_phone(&window).await;
     window.close().await.unwrap();
 }
 
@@ -245,6 +262,7 @@ async fn a_new_customer_turns_on_two_factor_and_keeps_the_recovery_codes() {
 
     shown(&window, "#recovery").await;
     assert_eq!(count(&window, "#recovery-codes > li").await, 10);
+    assert_no_readable_credentials(&window).await;
     let codes: Vec<String> = run(
         &window,
         "return [...document.querySelectorAll('#recovery-codes > li')].map(li => li.textContent);",
@@ -316,6 +334,7 @@ async fn support_signs_a_customer_out_of_everything() {
     text_containing(&staff, "#console-notice", "1 session ended").await;
     text_containing(&staff, "#customer-sessions", "Not signed in anywhere").await;
     text_containing(&staff, "#customer-events", "card reported stolen").await;
+    assert_fits_a_phone(&staff).await;
 
     // The customer's page drops to the sign-in screen on its own (its next refresh).
     view(&customers_phone, "sign-in").await;

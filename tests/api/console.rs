@@ -26,6 +26,14 @@ fn console(app: &TestApp, method: Method, path: &str, cookies: &str) -> reqwest:
     }
 }
 
+/// Whether an HTML text has an inline event handler attribute (` onclick=`, ` onload=`, …).
+fn has_handler(html: &str) -> bool {
+    html.split(" on").skip(1).any(|rest| {
+        let name: String = rest.chars().take_while(char::is_ascii_alphabetic).collect();
+        !name.is_empty() && rest[name.len()..].starts_with('=')
+    })
+}
+
 /// A console login of `user`, answered.
 async fn sign_in(app: &TestApp, user: &TestUser) -> reqwest::Response {
     console(app, Method::POST, "auth/login", "")
@@ -244,6 +252,13 @@ async fn the_admin_key_buys_a_short_lived_pass_that_only_the_console_takes() {
 
     let none = console(&app, Method::GET, &find, "").send().await.unwrap();
     assert_error(none, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
+    // The key itself is no credential on the console: only a pass is.
+    let key = console(&app, Method::GET, &find, "")
+        .header("x-admin-key", ADMIN_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_error(key, StatusCode::UNAUTHORIZED, "invalid_admin_key").await;
     let wrong = console(&app, Method::POST, "admin/session", "")
         .json(&json!({"key": format!("{ADMIN_KEY}x")}))
         .send()
@@ -324,14 +339,17 @@ async fn the_admin_key_buys_a_short_lived_pass_that_only_the_console_takes() {
 #[tokio::test]
 async fn console_pages_allow_no_inline_script_no_framing_and_no_other_origin() {
     let app = spawn_app().await;
-    for page in [
-        "/account/",
-        "/admin/",
-        "/account",
-        "/console/assets/account.js",
+    // Pages, files, and errors on console paths alike.
+    for (page, status) in [
+        ("/account/", StatusCode::OK),
+        ("/admin/", StatusCode::OK),
+        ("/account", StatusCode::OK),
+        ("/console/assets/account.js", StatusCode::OK),
+        ("/console/assets/secrets.toml", StatusCode::NOT_FOUND),
+        ("/account/nothing-here", StatusCode::NOT_FOUND),
     ] {
         let response = app.client.get(app.url(page)).send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::OK, "{page}");
+        assert_eq!(response.status(), status, "{page}");
         let headers = response.headers().clone();
         let csp = headers["content-security-policy"].to_str().unwrap();
         for directive in [
@@ -339,7 +357,10 @@ async fn console_pages_allow_no_inline_script_no_framing_and_no_other_origin() {
             "script-src 'self'",
             "frame-ancestors 'none'",
             "require-trusted-types-for 'script'",
+            "trusted-types 'none'",
+            "img-src 'self' data:",
             "form-action 'none'",
+            "base-uri 'none'",
         ] {
             assert!(csp.contains(directive), "{page}: {csp}");
         }
@@ -351,10 +372,16 @@ async fn console_pages_allow_no_inline_script_no_framing_and_no_other_origin() {
         let body = response.text().await.unwrap();
         if page.ends_with('/') {
             // Every script is a file of this origin; no handler attributes, nothing from a CDN.
-            assert!(
-                !body.contains("<script>") && !body.contains(" onclick"),
-                "{page}"
-            );
+            let scripts: Vec<&str> = body.split("<script").skip(1).collect();
+            assert_eq!(scripts.len(), 1, "{page}: one module");
+            for script in scripts {
+                let tag = script.split('>').next().unwrap();
+                assert!(
+                    tag.contains(" src=\"/console/assets/") && script.contains("></script>"),
+                    "{page}: a script with a body or from elsewhere: {tag}"
+                );
+            }
+            assert!(!has_handler(&body), "{page}: an inline handler");
             assert!(
                 !body.contains("http://") && !body.contains("https://"),
                 "{page}"

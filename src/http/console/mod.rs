@@ -94,8 +94,6 @@ pub fn routes(state: Arc<AppState>, api: Api) -> BoxedFilter<(Response,)> {
         .unify()
         .or(gateway::route(state, api))
         .unify()
-        .with(warp::reply::with::headers(security_headers()))
-        .map(Reply::into_response)
         .boxed()
 }
 
@@ -133,6 +131,25 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
 
 fn with_type(content: &'static str, kind: &'static str) -> Response {
     warp::reply::with_header(content, header::CONTENT_TYPE, kind).into_response()
+}
+
+/// Whether `path` is the console's: its pages, files and gateway.
+fn is_console_path(path: &str) -> bool {
+    ["/account", "/admin"]
+        .iter()
+        .any(|page| path == *page || path.starts_with(&format!("{page}/")))
+        || path.starts_with("/console/")
+}
+
+/// Every answer on a console path, errors included, forbids inline script and framing.
+pub fn secure(path: &str, response: &mut Response) {
+    if !is_console_path(path) {
+        return;
+    }
+    static HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(security_headers);
+    for (name, value) in HEADERS.iter() {
+        response.headers_mut().insert(name, value.clone());
+    }
 }
 
 fn security_headers() -> HeaderMap {

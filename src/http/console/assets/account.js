@@ -4,7 +4,10 @@
 // elsewhere, revoked by support, expired) brings back the sign-in form.
 
 import { ApiError, del, get, post } from './api.js';
-import { ago, byId, describe, download, el, eventItem, onSubmit, showView, when } from './ui.js';
+import {
+  ago, announce, byId, describe, download, el, eventItem, noImplicitSubmit, onSubmit, showView, when,
+  whileDisabled,
+} from './ui.js';
 
 /** How often the device list refreshes while someone is using the page. */
 const REFRESH_MS = 5000;
@@ -17,24 +20,54 @@ let useRecoveryCode = false;
 let recoveryCodes = [];
 let lastInput = Date.now();
 let refresher = null;
+/** Each device-list request's number: an answer older than the newest is dropped. */
+let listRequests = 0;
+/** Actions in flight: the periodic refresh waits for them. */
+let acting = 0;
 
-/** A signed-out answer returns to the sign-in form; anything else is for the caller to show. */
+/** A signed-out answer returns to the sign-in form (once); anything else is for the caller. */
 function signedOut(error) {
   if (error instanceof ApiError && error.signedOut) {
-    showSignIn('Your session has ended. Please sign in again.');
+    if (me) showSignIn('Your session has ended. Please sign in again.');
     return true;
   }
   return false;
 }
 
-function showSignIn(notice = '') {
+/** The sign-in form, with nothing of the previous user left on the page. */
+function showSignIn(notice = '', error = '') {
   me = null;
+  pendingUserId = null;
+  recoveryCodes = [];
   clearInterval(refresher);
   refresher = null;
+  listRequests += 1;
   byId('sign-out').hidden = true;
-  byId('sign-in-notice').textContent = notice;
-  byId('password').value = '';
+  for (const id of ['devices', 'events', 'recovery-codes']) byId(id).replaceChildren();
+  for (const id of ['mfa-secret', 'account-notice', 'account-error', 'devices-error', 'password-status']) {
+    byId(id).textContent = '';
+  }
+  byId('mfa-qr').removeAttribute('src');
+  for (const field of document.querySelectorAll('input')) {
+    if (field.id !== 'email') field.value = '';
+  }
+  byId('mfa-keep-others').checked = false;
   showView('sign-in');
+  // Set once shown: a live region inside a hidden view is not announced.
+  byId('sign-in-notice').textContent = notice;
+  byId('sign-in-error').textContent = error;
+}
+
+/** Runs a user's action on the account; the periodic refresh holds off meanwhile. */
+async function act(button, action) {
+  acting += 1;
+  try {
+    await whileDisabled(button, action);
+  } catch (error) {
+    if (!signedOut(error)) announce('account-error', describe(error));
+  } finally {
+    acting -= 1;
+  }
 }
 
 function showSecondFactor() {
@@ -59,16 +92,29 @@ async function showAccount(notice = '') {
   const answer = await get('auth/me');
   me = answer.user;
   byId('greeting').textContent = `${me.first_name}, your security`;
-  byId('account-notice').textContent = notice;
+  byId('account-error').textContent = '';
   byId('sign-out').hidden = false;
   showView('account');
+  byId('account-notice').textContent = notice;
   renderMfa();
-  await Promise.all([refreshDevices(), refreshEvents()]);
   if (!refresher) refresher = setInterval(refreshIfAttended, REFRESH_MS);
+  await refreshAll();
+}
+
+/** The device list and the events; a failure is shown with the list, not thrown. */
+async function refreshAll() {
+  try {
+    await Promise.all([refreshDevices(), refreshEvents()]);
+  } catch (error) {
+    if (!signedOut(error)) byId('devices-error').textContent = describe(error);
+  }
 }
 
 async function refreshIfAttended() {
-  if (!me || document.visibilityState !== 'visible' || Date.now() - lastInput > ATTENDED_MS) return;
+  if (!me || acting > 0 || document.visibilityState !== 'visible') return;
+  if (Date.now() - lastInput > ATTENDED_MS) return;
+  // Rebuilding the list under the keyboard would drop the focus of a device's button.
+  if (byId('devices').contains(document.activeElement)) return;
   try {
     await refreshDevices();
   } catch (error) {
@@ -77,7 +123,11 @@ async function refreshIfAttended() {
 }
 
 async function refreshDevices() {
+  const request = (listRequests += 1);
   const { sessions } = await get('auth/sessions');
+  // A newer request (after an action, say) answers for the list; a stale one would bring
+  // back a device just signed out.
+  if (request !== listRequests || !me) return;
   byId('devices-error').textContent = '';
   byId('devices').replaceChildren(...sessions.map(deviceItem));
   byId('sign-out-others').hidden = sessions.length < 2;
@@ -87,7 +137,7 @@ function deviceItem(session) {
   let signOut = el('span', { class: 'badge', text: 'This device' });
   if (!session.current) {
     signOut = el('button', { type: 'button', class: 'quiet', 'aria-label': `Sign out ${session.device}`, text: 'Sign out' });
-    signOut.addEventListener('click', () => endSession(session.id));
+    signOut.addEventListener('click', (event) => endSession(event.currentTarget, session.id));
   }
   return el(
     'li',
@@ -106,14 +156,12 @@ function deviceItem(session) {
   );
 }
 
-async function endSession(id) {
-  try {
+async function endSession(button, id) {
+  await act(button, async () => {
     await del(`auth/sessions/${encodeURIComponent(id)}`);
-    byId('account-notice').textContent = 'That device is signed out.';
-    await Promise.all([refreshDevices(), refreshEvents()]);
-  } catch (error) {
-    if (!signedOut(error)) byId('devices-error').textContent = describe(error);
-  }
+    await refreshAll();
+    announce('account-notice', 'That device is signed out.');
+  });
 }
 
 async function refreshEvents() {
@@ -188,30 +236,31 @@ function wire() {
     }
   }, () => false);
 
+  byId('start-over').addEventListener('click', () => showSignIn());
+
   byId('use-recovery').addEventListener('click', () => {
     useRecoveryCode = !useRecoveryCode;
     renderSecondFactor();
     byId('second-factor-code').focus();
   });
 
-  byId('sign-out').addEventListener('click', async () => {
-    try {
-      await post('auth/logout');
-    } catch (error) {
-      if (signedOut(error)) return;
-    }
-    showSignIn('You have signed out.');
-  });
+  byId('sign-out').addEventListener('click', (event) =>
+    act(event.currentTarget, async () => {
+      try {
+        await post('auth/logout');
+      } catch (error) {
+        // Already over is signed out too; anything else and the session may live on.
+        if (!(error instanceof ApiError && error.signedOut)) throw error;
+      }
+      showSignIn('You have signed out.');
+    }));
 
-  byId('sign-out-others').addEventListener('click', async () => {
-    try {
+  byId('sign-out-others').addEventListener('click', (event) =>
+    act(event.currentTarget, async () => {
       const { revoked } = await post('auth/logout-all', { keepCurrent: true });
-      byId('account-notice').textContent = `Signed out of ${revoked} other device${revoked === 1 ? '' : 's'}.`;
-      await Promise.all([refreshDevices(), refreshEvents()]);
-    } catch (error) {
-      if (!signedOut(error)) byId('devices-error').textContent = describe(error);
-    }
-  });
+      await refreshAll();
+      announce('account-notice', `Signed out of ${revoked} other device${revoked === 1 ? '' : 's'}.`);
+    }));
 
   onSubmit(byId('mfa-setup-form'), async () => {
     const password = byId('mfa-setup-password').value;
@@ -236,7 +285,7 @@ function wire() {
     me.mfa_enabled = true;
     byId('account-notice').textContent = 'Two-factor is on.';
     showRecoveryCodes(answer.recoveryCodes);
-    await Promise.all([refreshDevices(), refreshEvents()]);
+    await refreshAll();
   }, signedOut);
 
   onSubmit(byId('mfa-manage-form'), async (_form, submitter) => {
@@ -247,16 +296,18 @@ function wire() {
     if (submitter?.value === 'disable') {
       await post('auth/mfa/disable', body);
       me.mfa_enabled = false;
-      byId('account-notice').textContent = 'Two-factor is off.';
       renderMfa();
-    } else {
+      announce('account-notice', 'Two-factor is off.');
+    } else if (submitter?.value === 'regenerate') {
       const answer = await post('auth/mfa/recovery-codes', body);
       byId('account-notice').textContent = 'New recovery codes made: the old ones no longer work.';
       showRecoveryCodes(answer.recoveryCodes);
+    } else {
+      return;
     }
     byId('mfa-manage-password').value = '';
     byId('mfa-manage-code').value = '';
-    await Promise.all([refreshDevices(), refreshEvents()]);
+    await refreshAll();
   }, signedOut);
 
   byId('copy-codes').addEventListener('click', async () => {
@@ -275,7 +326,10 @@ function wire() {
     recoveryCodes = [];
     byId('recovery-codes').replaceChildren();
     renderMfa();
+    announce('mfa-state', byId('mfa-state').textContent);
   });
+  // "New recovery codes" and "Turn off" are different acts: Enter presses neither.
+  noImplicitSubmit(byId('mfa-manage-form'));
 
   onSubmit(byId('password-form'), async () => {
     const currentPassword = byId('current-password').value;
@@ -285,9 +339,11 @@ function wire() {
     if (newPassword !== byId('confirm-password').value) throw new Error('The new passwords do not match.');
     const { revoked } = await post('auth/change-password', { currentPassword, newPassword });
     for (const id of ['current-password', 'new-password', 'confirm-password']) byId(id).value = '';
-    byId('password-status').textContent =
-      `Password changed.${revoked ? ` ${revoked} other device${revoked === 1 ? ' was' : 's were'} signed out.` : ''}`;
-    await Promise.all([refreshDevices(), refreshEvents()]);
+    announce(
+      'password-status',
+      `Password changed.${revoked ? ` ${revoked} other device${revoked === 1 ? ' was' : 's were'} signed out.` : ''}`,
+    );
+    await refreshAll();
   }, signedOut);
 }
 
@@ -296,8 +352,9 @@ async function start() {
   try {
     await showAccount();
   } catch (error) {
-    // No session yet (or an old one): the sign-in form, without a word about it.
-    showSignIn(error instanceof ApiError && error.signedOut ? '' : describe(error));
+    // No session yet (or an old one): the sign-in form, without a word about it; anything
+    // else is said as the error it is.
+    showSignIn('', error instanceof ApiError && error.signedOut ? '' : describe(error));
   }
 }
 

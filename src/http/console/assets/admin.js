@@ -4,7 +4,9 @@
 // them out of everything with a reason, deactivate or reactivate the account.
 
 import { ApiError, del, get, post } from './api.js';
-import { ago, byId, describe, el, eventItem, onSubmit, showView, when } from './ui.js';
+import {
+  ago, announce, byId, describe, el, eventItem, noImplicitSubmit, onSubmit, showView, when, whileDisabled,
+} from './ui.js';
 
 let customer = null;
 
@@ -16,17 +18,22 @@ function signedOut(error) {
   return false;
 }
 
-function showSignIn(notice = '') {
+/** The sign-in form, with nothing of the last customer left on the page. */
+function showSignIn(notice = '', error = '') {
   customer = null;
   byId('customer').hidden = true;
   byId('sign-out').hidden = true;
-  byId('sign-in-notice').textContent = notice;
+  for (const id of ['customer-sessions', 'customer-events']) byId(id).replaceChildren();
+  for (const id of ['console-notice', 'console-error']) byId(id).textContent = '';
+  for (const field of document.querySelectorAll('input')) field.value = '';
   showView('sign-in');
+  // Set once shown: a live region inside a hidden view is not announced.
+  byId('sign-in-notice').textContent = notice;
+  byId('sign-in-form').querySelector('[role=alert]').textContent = error;
 }
 
-function showConsole(notice = '') {
+function showConsole() {
   byId('sign-out').hidden = false;
-  byId('console-notice').textContent = notice;
   showView('console');
 }
 
@@ -85,27 +92,29 @@ function wire() {
     byId('find-email').focus();
   }, () => false);
 
-  byId('sign-out').addEventListener('click', async () => {
-    try {
-      await del('admin/session');
-    } finally {
-      showSignIn('You have signed out.');
-    }
-  });
+  byId('sign-out').addEventListener('click', (event) =>
+    whileDisabled(event.currentTarget, async () => {
+      try {
+        await del('admin/session');
+        showSignIn('You have signed out.');
+      } catch (error) {
+        // The pass may still be good: say so rather than pretend.
+        if (!signedOut(error)) announce('console-error', describe(error));
+      }
+    }));
 
   onSubmit(byId('find-form'), async () => {
     const email = byId('find-email').value.trim();
     if (!email) throw new Error("Enter the customer's email.");
     byId('console-notice').textContent = '';
+    byId('console-error').textContent = '';
     byId('customer').hidden = true;
     await find(email);
   }, signedOut);
 
   // Enter in the reason field would press the first button, "Sign out of everything": each
   // action takes a click (or the keyboard on its own button).
-  byId('reason').addEventListener('keydown', (event) => {
-    if (event.key === 'Enter') event.preventDefault();
-  });
+  noImplicitSubmit(byId('actions-form'));
 
   onSubmit(byId('actions-form'), async (_form, submitter) => {
     const reason = byId('reason').value.trim();
@@ -116,12 +125,13 @@ function wire() {
     const answer = await post(`${base}/${action}`, { reason });
     byId('reason').value = '';
     const ended = `${answer.revoked} session${answer.revoked === 1 ? '' : 's'} ended`;
-    byId('console-notice').textContent = {
+    await find(customer.email);
+    // The button used may be hidden now (deactivate ↔ reactivate): focus goes to what happened.
+    announce('console-notice', {
       'logout-all': `Signed out of everything: ${ended}.`,
       deactivate: `Account deactivated: ${ended}.`,
       activate: 'Account reactivated: the customer can sign in again.',
-    }[action];
-    await find(customer.email);
+    }[action]);
   }, signedOut);
 }
 
@@ -131,7 +141,7 @@ async function start() {
     await get('admin/session');
     showConsole();
   } catch (error) {
-    showSignIn(error instanceof ApiError && error.signedOut ? '' : describe(error));
+    showSignIn('', error instanceof ApiError && error.signedOut ? '' : describe(error));
   }
 }
 

@@ -94,6 +94,37 @@ export function onSubmit(form, handler, onError) {
   });
 }
 
+/** Puts `text` in the status or alert element `id` and moves focus there, so that a
+ * keyboard or screen-reader user lands on what happened (the control they used may be gone). */
+export function announce(id, text) {
+  const target = byId(id);
+  target.textContent = text;
+  if (!text) return;
+  target.setAttribute('tabindex', '-1');
+  target.focus();
+}
+
+/** Runs `action` with `button` disabled: a second click cannot send it twice. */
+export async function whileDisabled(button, action) {
+  if (button.disabled) return;
+  button.disabled = true;
+  try {
+    await action();
+  } finally {
+    button.disabled = false;
+  }
+}
+
+/** Enter in this form's fields presses none of its buttons: where each button does something
+ * different (and some cannot be undone), each takes its own click. */
+export function noImplicitSubmit(form) {
+  for (const field of form.querySelectorAll('input')) {
+    field.addEventListener('keydown', (event) => {
+      if (event.key === 'Enter') event.preventDefault();
+    });
+  }
+}
+
 /** Offers `text` as a file download. */
 export function download(filename, text) {
   const url = URL.createObjectURL(new Blob([text], { type: 'text/plain' }));
