@@ -157,6 +157,56 @@ async fn john_signs_his_phone_out_from_his_laptop() {
     phone.close().await.unwrap();
 }
 
+/// Every field has a label and every button a name, on whichever view shows.
+async fn assert_labelled(window: &Client) {
+    let unnamed = run(
+        window,
+        "return [...document.querySelectorAll('input')].filter(i => i.labels.length === 0).map(i => i.id)
+           .concat([...document.querySelectorAll('button')]
+             .filter(b => !(b.getAttribute('aria-label') || b.textContent.trim())).map(b => b.id));",
+    )
+    .await;
+    assert_eq!(
+        unnamed,
+        json!([]),
+        "fields without a label, buttons without a name"
+    );
+}
+
+#[tokio::test]
+async fn the_sign_in_works_from_the_keyboard_alone() {
+    let app = spawn_app().await;
+    let john = named(&app, "John", "Doe", false).await;
+    let browser = Browser::start().await;
+    let window = browser.window(LAPTOP).await;
+    window.goto(&app.url("/account/")).await.unwrap();
+    view(&window, "sign-in").await;
+    assert_labelled(&window).await;
+    // The view's heading has the focus; Tab goes to the email, then the password, and Enter
+    // signs in.
+    let focused = run(&window, "return document.activeElement.id;").await;
+    assert_eq!(focused, json!("sign-in-title"));
+    let keys = |text: String| {
+        let window = window.clone();
+        async move {
+            window
+                .active_element()
+                .await
+                .unwrap()
+                .send_keys(&text)
+                .await
+                .unwrap()
+        }
+    };
+    keys("\u{E004}".into()).await; // Tab
+    keys(john.email.clone()).await;
+    keys("\u{E004}".into()).await;
+    keys(format!("{}\u{E007}", john.password)).await; // Enter
+    view(&window, "account").await;
+    assert_labelled(&window).await;
+    window.close().await.unwrap();
+}
+
 #[tokio::test]
 async fn jane_signs_in_with_a_code_from_her_app() {
     let app = spawn_app_with(|f| {

@@ -135,10 +135,11 @@ fn with_type(content: &'static str, kind: &'static str) -> Response {
 
 /// Whether `path` is the console's: its pages, files and gateway.
 fn is_console_path(path: &str) -> bool {
-    ["/account", "/admin"]
-        .iter()
-        .any(|page| path == *page || path.starts_with(&format!("{page}/")))
-        || path.starts_with("/console/")
+    // Asked of every response: no allocation.
+    ["/account", "/admin"].iter().any(|page| {
+        path.strip_prefix(page)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }) || path.starts_with("/console/")
 }
 
 /// Every answer on a console path, errors included, forbids inline script and framing.
@@ -169,4 +170,30 @@ fn security_headers() -> HeaderMap {
         "camera=(), microphone=(), geolocation=(), payment=()",
     );
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_paths_are_its_pages_files_and_gateway_only() {
+        for path in [
+            "/account",
+            "/account/",
+            "/admin/x",
+            "/console/assets/api.js",
+        ] {
+            assert!(is_console_path(path), "{path}");
+        }
+        for path in [
+            "/accounts",
+            "/administrator",
+            "/api/admin/users",
+            "/console",
+            "/",
+        ] {
+            assert!(!is_console_path(path), "{path}");
+        }
+    }
 }
