@@ -708,6 +708,14 @@ mod tests {
                 "database.url",
             ),
             (base().merge(("password.log_n", 0)), "password.log_n"),
+            (
+                base().merge(("console.operator_ttl", "0s")),
+                "console.operator_ttl",
+            ),
+            (
+                base().merge(("console.operator_ttl", "13h")),
+                "console.operator_ttl",
+            ),
         ];
         for (figment, key) in cases {
             let err = Settings::from_figment(figment).unwrap_err().to_string();

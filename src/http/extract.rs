@@ -152,18 +152,11 @@ where
 pub fn form_body(
     limit: u64,
 ) -> impl Filter<Extract = (Vec<(String, String)>,), Error = Rejection> + Clone {
-    warp::header::optional::<u64>("content-length")
-        .and(warp::body::stream())
-        .and_then(move |length: Option<u64>, body| async move {
-            let bytes = read_limited(length, body, limit)
-                .await
-                .map_err(warp::reject::custom)?;
-            Ok::<_, Rejection>(
-                form_urlencoded::parse(&bytes)
-                    .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                    .collect(),
-            )
-        })
+    raw_body(limit).map(|bytes: bytes::Bytes| {
+        form_urlencoded::parse(&bytes)
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    })
 }
 
 /// A body of at most `limit` bytes as it came (the console passes it on to the API, which

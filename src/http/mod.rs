@@ -129,29 +129,11 @@ fn endpoints(state: Arc<AppState>) -> warp::filters::BoxedFilter<(Response,)> {
         .boxed()
 }
 
-/// Whether `template` (a [`route_template`]) is one the service serves: an API route, a
-/// console page or file, or the API through the console.
+/// Whether `template` (a [`route_template`]) is one the service serves: an API route, or a
+/// console page, file or call.
 pub fn is_route(template: &str) -> bool {
-    ROUTES.contains(&template)
-        || CONSOLE_ROUTES.contains(&template)
-        || template
-            .strip_prefix("/console")
-            .is_some_and(|api| api.starts_with("/api/") && ROUTES.contains(&api))
+    ROUTES.contains(&template) || console::allowed_methods(template).is_some()
 }
-
-/// The console's pages and files (`http::console`).
-const CONSOLE_ROUTES: &[&str] = &[
-    "/account",
-    "/account/",
-    "/admin",
-    "/admin/",
-    "/console/api/admin/session",
-    "/console/assets/console.css",
-    "/console/assets/api.js",
-    "/console/assets/ui.js",
-    "/console/assets/account.js",
-    "/console/assets/admin.js",
-];
 
 /// Every route template the service serves (metrics label only these; anything else is
 /// `unmatched`).
@@ -303,6 +285,29 @@ mod tests {
         );
         assert_eq!(route_template("/api/auth/me"), "/api/auth/me");
         assert_eq!(route_template(&"/x".repeat(100)).len(), 64);
+    }
+
+    #[test]
+    fn console_routes_are_its_pages_files_and_the_calls_it_passes_on() {
+        for route in [
+            "/account/",
+            "/admin",
+            "/console/assets/api.js",
+            "/console/api/admin/session",
+            "/console/api/auth/sessions/{id}",
+            "/console/api/admin/users",
+        ] {
+            assert!(is_route(route), "{route}");
+        }
+        for route in [
+            "/console/assets/secrets.toml",
+            "/console/api/metrics",
+            "/console/api/auth/introspect",
+            "/console/api/auth/login/",
+            "/console/openapi.json",
+        ] {
+            assert!(!is_route(route), "{route}");
+        }
     }
 
     #[test]

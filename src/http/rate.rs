@@ -54,7 +54,22 @@ impl IpRateLimit {
             .unwrap_or(peer)
     }
 
-    pub fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
+    /// Counts a request from `peer` (forwarded for someone, maybe) against its client's rate;
+    /// returns that client. A request with no peer (an in-process call) is not counted.
+    pub fn admit(
+        &self,
+        peer: Option<ClientAddr>,
+        forwarded_for: Option<&str>,
+    ) -> Result<Option<IpAddr>, ApiError> {
+        let Some(peer) = peer else {
+            return Ok(None);
+        };
+        let ip = self.client_ip(peer.0.ip(), forwarded_for);
+        self.check(ip)?;
+        Ok(Some(ip))
+    }
+
+    fn check(&self, ip: IpAddr) -> Result<(), ApiError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -80,11 +95,11 @@ pub fn within_rate(state: Arc<AppState>) -> impl Filter<Extract = (), Error = Re
         .and(with_state(state))
         .and_then(
             |peer: Option<ClientAddr>, forwarded: Option<String>, state: Arc<AppState>| async move {
-                let Some(peer) = peer else {
-                    return Ok(());
-                };
-                let ip = state.ip_rate.client_ip(peer.0.ip(), forwarded.as_deref());
-                state.ip_rate.check(ip).map_err(warp::reject::custom)
+                state
+                    .ip_rate
+                    .admit(peer, forwarded.as_deref())
+                    .map(|_| ())
+                    .map_err(warp::reject::custom)
             },
         )
         .untuple_one()

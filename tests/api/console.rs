@@ -49,6 +49,14 @@ async fn session_cookie(app: &TestApp, user: &TestUser) -> String {
     cookie_pair(&set_cookie(login.headers(), "finsec_session").expect("a session cookie"))
 }
 
+/// `GET auth/me` through the console with these cookies, as the pages ask it.
+async fn console_me(app: &TestApp, cookies: &str) -> reqwest::Response {
+    console(app, Method::GET, "auth/me", cookies)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The `Set-Cookie` header for `name`, if any.
 fn set_cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -87,10 +95,7 @@ async fn a_console_sign_in_keeps_the_token_in_an_http_only_cookie() {
     assert_eq!(body["user"]["email"], user.email.as_str());
 
     let session = cookie_pair(&cookie);
-    let me = console(&app, Method::GET, "auth/me", &session)
-        .send()
-        .await
-        .unwrap();
+    let me = console_me(&app, &session).await;
     assert_eq!(me.status(), StatusCode::OK);
 
     // The cookie is the console's only: the bearer API does not take it.
@@ -120,10 +125,7 @@ async fn a_console_sign_in_keeps_the_token_in_an_http_only_cookie() {
     assert_eq!(logout.status(), StatusCode::OK);
     let cleared = set_cookie(logout.headers(), "finsec_session").expect("cleared");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
-    let after = console(&app, Method::GET, "auth/me", &session)
-        .send()
-        .await
-        .unwrap();
+    let after = console_me(&app, &session).await;
     let cleared = set_cookie(after.headers(), "finsec_session").expect("cleared on 401");
     assert!(cleared.contains("Max-Age=0"), "{cleared}");
     assert_error(after, StatusCode::UNAUTHORIZED, "session_ended").await;
@@ -158,10 +160,7 @@ async fn forged_and_cross_site_console_calls_are_refused_and_change_nothing() {
         assert_error(forged, StatusCode::FORBIDDEN, "csrf_rejected").await;
     }
     // None of them ended the session.
-    let me = console(&app, Method::GET, "auth/me", &session)
-        .send()
-        .await
-        .unwrap();
+    let me = console_me(&app, &session).await;
     assert_eq!(me.status(), StatusCode::OK);
     // The pages' own calls pass.
     let origin = app.address.clone();
@@ -183,6 +182,14 @@ async fn forged_and_cross_site_console_calls_are_refused_and_change_nothing() {
         .await
         .unwrap();
     assert_error(image, StatusCode::FORBIDDEN, "csrf_rejected").await;
+
+    // Without an admin key there is nothing to trade for a pass.
+    let no_key = console(&app, Method::POST, "admin/session", "")
+        .json(&json!({"key": "anything"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(no_key, StatusCode::NOT_FOUND, "not_found").await;
 
     // The gateway reaches the account and admin API only.
     for path in ["health/ready", "metrics", "openapi.json"] {
@@ -233,10 +240,7 @@ async fn the_mfa_challenge_waits_in_its_own_cookie() {
     assert!(spent.contains("Max-Age=0"), "{spent}");
     let body: Value = verified.json().await.unwrap();
     assert!(body.get("access_token").is_none(), "{body}");
-    let me = console(&app, Method::GET, "auth/me", &cookie_pair(&session))
-        .send()
-        .await
-        .unwrap();
+    let me = console_me(&app, &cookie_pair(&session)).await;
     assert_eq!(me.status(), StatusCode::OK);
 }
 
@@ -450,17 +454,11 @@ async fn secure_cookies_are_host_prefixed_and_only_the_prefixed_name_counts() {
         "{cookie}"
     );
     let pair = cookie_pair(&cookie);
-    let me = console(&app, Method::GET, "auth/me", &pair)
-        .send()
-        .await
-        .unwrap();
+    let me = console_me(&app, &pair).await;
     assert_eq!(me.status(), StatusCode::OK);
     // The same token under the plain name (planted over HTTP, say) is not the console's.
     let planted = pair.replacen("__Host-", "", 1);
-    let me = console(&app, Method::GET, "auth/me", &planted)
-        .send()
-        .await
-        .unwrap();
+    let me = console_me(&app, &planted).await;
     assert_error(me, StatusCode::UNAUTHORIZED, "missing_token").await;
 }
 
@@ -531,19 +529,13 @@ async fn a_planted_twin_cookie_is_no_credential_and_clears_nothing() {
     let user = app.user().await;
     let session = session_cookie(&app, &user).await;
     let twins = format!("finsec_session=planted; {session}");
-    let response = console(&app, Method::GET, "auth/me", &twins)
-        .send()
-        .await
-        .unwrap();
+    let response = console_me(&app, &twins).await;
     assert!(
         set_cookie(response.headers(), "finsec_session").is_none(),
         "a cookie not read is not cleared"
     );
     assert_error(response, StatusCode::UNAUTHORIZED, "missing_token").await;
-    let alone = console(&app, Method::GET, "auth/me", &session)
-        .send()
-        .await
-        .unwrap();
+    let alone = console_me(&app, &session).await;
     assert_eq!(alone.status(), StatusCode::OK, "the real one still works");
 }
 
@@ -578,10 +570,7 @@ async fn the_console_behind_a_load_balancer_acts_as_one() {
     let john = first.user().await;
     // Signed in on one instance, the cookie works on the other.
     let session = session_cookie(first, &john).await;
-    let me = console(second, Method::GET, "auth/me", &session)
-        .send()
-        .await
-        .unwrap();
+    let me = console_me(second, &session).await;
     assert_eq!(me.status(), StatusCode::OK);
     // A pass one instance gave, another takes: they share the admin key.
     let signed_in = console(first, Method::POST, "admin/session", "")
@@ -603,10 +592,7 @@ async fn the_console_behind_a_load_balancer_acts_as_one() {
     assert_eq!(forced.status(), StatusCode::OK);
     // And the customer's very next console call is refused, wherever it lands.
     for node in [first, second] {
-        let me = console(node, Method::GET, "auth/me", &session)
-            .send()
-            .await
-            .unwrap();
+        let me = console_me(node, &session).await;
         assert_error(me, StatusCode::UNAUTHORIZED, "session_ended").await;
     }
 }

@@ -55,7 +55,7 @@ const DROPPED: [header::HeaderName; 4] = [
 
 /// What a console call is, by its path under `/console/api/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
+pub(super) enum Call {
     /// `auth/login`: the token (or the challenge) the answer holds goes into a cookie.
     SignIn,
     /// `auth/verify-mfa`: the challenge comes from its cookie, the token goes into one.
@@ -71,7 +71,7 @@ enum Call {
 }
 
 impl Call {
-    fn of(path: &str) -> Option<Self> {
+    pub(super) fn of(path: &str) -> Option<Self> {
         // The API's paths have no dot, empty or encoded segments. Refusing them keeps a call
         // from walking out of its prefix, and from reaching a handler under a spelling the
         // matches below miss (warp routes `auth/login/` to the login too).
@@ -339,18 +339,13 @@ fn with_challenge(body: Bytes, challenge: &str) -> Bytes {
 /// Whether a logout ends the caller's own session (so its cookie goes too): logout without
 /// a `sessionId`, or logout-all without `keepCurrent: true`.
 fn ends_own_session(path: &str, body: &Bytes) -> bool {
-    let fields = parse_object(body, true).ok();
-    let field = |name: &str| {
-        fields
-            .as_ref()
-            .and_then(|f| f.optional_string(name).ok().flatten())
+    // Asked only of a 200, which the API gives only to a well-formed body.
+    let Ok(fields) = parse_object(body, true) else {
+        return false;
     };
     match path {
-        "auth/logout" => field("sessionId").is_none(),
-        _ => !fields
-            .as_ref()
-            .and_then(|f| f.optional_bool("keepCurrent").ok().flatten())
-            .unwrap_or(false),
+        "auth/logout" => matches!(fields.optional_string("sessionId"), Ok(None)),
+        _ => !matches!(fields.optional_bool("keepCurrent"), Ok(Some(true))),
     }
 }
 
@@ -403,16 +398,11 @@ async fn operator_session(state: &AppState, incoming: Incoming) -> Result<Respon
             Ok(json!({"message": "Signed in", "expires_at": until.to_rfc3339()}).reply())
         }
         Method::POST => {
-            let client = incoming.peer.map(|peer| {
-                let forwarded = incoming
-                    .headers
-                    .get("x-forwarded-for")
-                    .and_then(|v| v.to_str().ok());
-                state.ip_rate.client_ip(peer.0.ip(), forwarded)
-            });
-            if let Some(ip) = client {
-                state.ip_rate.check(ip)?;
-            }
+            let forwarded = incoming
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok());
+            let client = state.ip_rate.admit(incoming.peer, forwarded)?;
             let key = parse_object(&incoming.body, false)?.string("key")?;
             let matches = state
                 .admin_key

@@ -113,7 +113,8 @@ fn get_or_head() -> impl Filter<Extract = (), Error = warp::Rejection> + Clone {
     warp::get().or(warp::head()).unify()
 }
 
-/// The methods a console path serves, for `Allow` on a 405 (`None`: not a console path).
+/// The methods a console path (or its route template) serves, for `Allow` on a 405 and for
+/// telling the console's routes in metrics; `None`: not a path the console serves.
 pub fn allowed_methods(path: &str) -> Option<&'static str> {
     let page = ["/account", "/account/", "/admin", "/admin/"].contains(&path)
         || path
@@ -122,10 +123,11 @@ pub fn allowed_methods(path: &str) -> Option<&'static str> {
     if page {
         return Some("GET, HEAD");
     }
-    match path.strip_prefix("/console") {
-        Some("/api/admin/session") => Some("GET, POST, DELETE"),
-        Some(api) => super::openapi::allowed_methods(&super::route_template(api)),
-        None => None,
+    let call = path.strip_prefix("/console/api/")?;
+    match gateway::Call::of(call)? {
+        gateway::Call::OperatorSession => Some("GET, POST, DELETE"),
+        // The API's own route, as the gateway passes it on.
+        _ => super::openapi::allowed_methods(&super::route_template(&format!("/api/{call}"))),
     }
 }
 

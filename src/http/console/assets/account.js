@@ -5,7 +5,7 @@
 
 import { ApiError, del, get, post } from './api.js';
 import {
-  ago, announce, byId, describe, download, el, eventItem, noImplicitSubmit, onSubmit, showView, when,
+  announce, byId, describe, download, el, eventItem, noImplicitSubmit, onSubmit, sessionItem, showView,
   whileDisabled,
 } from './ui.js';
 
@@ -139,21 +139,7 @@ function deviceItem(session) {
     signOut = el('button', { type: 'button', class: 'quiet', 'aria-label': `Sign out ${session.device}`, text: 'Sign out' });
     signOut.addEventListener('click', (event) => endSession(event.currentTarget, session.id));
   }
-  return el(
-    'li',
-    { class: 'device', 'data-session-id': session.id, 'data-current': session.current ? 'true' : 'false' },
-    el('span', { class: 'what', text: session.device }),
-    el('span', { class: 'where', text: session.ip ?? 'Unknown address' }),
-    el(
-      'span',
-      { class: 'times' },
-      'Signed in ',
-      el('time', { datetime: session.created_at, text: when(session.created_at) }),
-      ' · Active ',
-      el('time', { datetime: session.last_seen_at, title: when(session.last_seen_at), text: ago(session.last_seen_at) }),
-    ),
-    signOut,
-  );
+  return sessionItem(session, signOut);
 }
 
 async function endSession(button, id) {

@@ -5,7 +5,8 @@
 
 import { ApiError, del, get, post } from './api.js';
 import {
-  ago, announce, byId, describe, el, eventItem, noImplicitSubmit, onSubmit, showView, when, whileDisabled,
+  announce, byId, describe, el, eventItem, noImplicitSubmit, onSubmit, sessionItem, showView, when,
+  whileDisabled,
 } from './ui.js';
 
 let customer = null;
@@ -50,7 +51,7 @@ async function showCustomer(user) {
   byId('customer-mfa').textContent = user.mfa_enabled ? 'On' : 'Off';
   byId('customer-since').textContent = when(user.created_at);
   byId('customer-sessions').replaceChildren(
-    ...(sessions.length ? sessions.map(sessionItem) : [el('li', { text: 'Not signed in anywhere.' })]),
+    ...(sessions.length ? sessions.map((session) => sessionItem(session)) : [el('li', { text: 'Not signed in anywhere.' })]),
   );
   byId('customer-events').replaceChildren(
     ...(events.length ? events.map(eventItem) : [el('li', { text: 'No events.' })]),
@@ -58,23 +59,6 @@ async function showCustomer(user) {
   byId('deactivate-button').hidden = !user.is_active;
   byId('activate-button').hidden = user.is_active;
   byId('customer').hidden = false;
-}
-
-function sessionItem(session) {
-  return el(
-    'li',
-    { class: 'device', 'data-session-id': session.id },
-    el('span', { class: 'what', text: session.device }),
-    el('span', { class: 'where', text: session.ip ?? 'Unknown address' }),
-    el(
-      'span',
-      { class: 'times' },
-      'Signed in ',
-      el('time', { datetime: session.created_at, text: when(session.created_at) }),
-      ' · Active ',
-      el('time', { datetime: session.last_seen_at, title: when(session.last_seen_at), text: ago(session.last_seen_at) }),
-    ),
-  );
 }
 
 async function find(email) {

@@ -135,6 +135,26 @@ export function download(filename, text) {
   setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
+/** A live session as a list item: device, address, signed-in and last-active times, then
+ * `trailing` (a badge or a button) when given. */
+export function sessionItem(session, trailing = null) {
+  return el(
+    'li',
+    { class: 'device', 'data-session-id': session.id, 'data-current': session.current ? 'true' : 'false' },
+    el('span', { class: 'what', text: session.device }),
+    el('span', { class: 'where', text: session.ip ?? 'Unknown address' }),
+    el(
+      'span',
+      { class: 'times' },
+      'Signed in ',
+      el('time', { datetime: session.created_at, text: when(session.created_at) }),
+      ' · Active ',
+      el('time', { datetime: session.last_seen_at, title: when(session.last_seen_at), text: ago(session.last_seen_at) }),
+    ),
+    trailing,
+  );
+}
+
 /** Events as people read them. */
 export const EVENT_TEXT = {
   login_succeeded: 'Signed in',
